@@ -1,0 +1,1 @@
+//! Runnable programs showing cmwq at work; see the binaries in `src/bin/`.

@@ -1,0 +1,231 @@
+//! One-shot closures and the handle to their result.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::pool::Outcome;
+use crate::sync::atomic::{AtomicU8, Ordering::SeqCst};
+
+/// Queued, not started: `cancel` may still win.
+const QUEUED: u8 = 0;
+/// A worker started the closure; it will run to the end.
+const STARTED: u8 = 1;
+/// Cancelled before it started; the closure is dropped unrun.
+const CANCELLED: u8 = 2;
+
+/// The result slot shared by a submitted closure and its [`Completion`].
+pub(crate) struct CompletionShared<T> {
+    /// `QUEUED -> STARTED` by the worker, or `QUEUED -> CANCELLED` by
+    /// `Completion::cancel`; whoever wins the exchange decides.
+    state: AtomicU8,
+    slot: Mutex<Slot<T>>,
+    cv: Condvar,
+}
+
+struct Slot<T> {
+    result: Option<Result<T, Panicked>>,
+    waker: Option<Waker>,
+    /// A thread sleeps in `wait`; only then is the condvar signalled.
+    sleepers: usize,
+}
+
+impl<T> CompletionShared<T> {
+    pub(crate) fn new() -> CompletionShared<T> {
+        CompletionShared {
+            state: AtomicU8::new(QUEUED),
+            slot: Mutex::new(Slot { result: None, waker: None, sleepers: 0 }),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slot<T>> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The worker's side: runs `f` unless cancelled and publishes its result.
+    pub(crate) fn run(self: Arc<Self>, f: impl FnOnce() -> T) -> Outcome {
+        if self.state.compare_exchange(QUEUED, STARTED, SeqCst, SeqCst).is_err() {
+            return Outcome::Skipped;
+        }
+        let result = catch_unwind(AssertUnwindSafe(f)).map_err(Panicked::new);
+        let outcome = if result.is_err() { Outcome::Panicked } else { Outcome::Ran };
+        if Arc::strong_count(&self) == 1 {
+            // The Completion was dropped (detached): nobody wants the value.
+            return outcome;
+        }
+        let mut slot = self.lock();
+        slot.result = Some(result);
+        let waker = slot.waker.take();
+        let sleepers = slot.sleepers;
+        drop(slot);
+        if sleepers > 0 {
+            self.cv.notify_all();
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+        outcome
+    }
+}
+
+/// The handle to a closure queued with [`Workqueue::submit`](crate::Workqueue::submit).
+///
+/// Wait for the result with [`wait`](Completion::wait), or `.await` it: it is
+/// a `Future`. Dropping it detaches the closure, which still runs.
+///
+/// ```
+/// let wq = wq_core::Workqueue::builder("compute").build()?;
+/// let answer = wq.submit(|| 6 * 7)?;
+/// assert_eq!(answer.wait().unwrap(), 42);
+///
+/// let boom = wq.submit(|| -> u32 { panic!("no luck") })?;
+/// assert_eq!(boom.wait().unwrap_err().message(), "no luck");
+/// # Ok::<(), wq_core::Error>(())
+/// ```
+#[must_use = "dropping a Completion detaches the work; call .wait() or .await it to get the result"]
+pub struct Completion<T> {
+    shared: Arc<CompletionShared<T>>,
+}
+
+impl<T> Completion<T> {
+    pub(crate) fn new(shared: Arc<CompletionShared<T>>) -> Completion<T> {
+        Completion { shared }
+    }
+
+    /// Blocks until the closure finished; gives its value, or the panic
+    /// that ended it.
+    pub fn wait(self) -> Result<T, Panicked> {
+        let mut slot = self.shared.lock();
+        loop {
+            if let Some(result) = slot.result.take() {
+                return result;
+            }
+            slot.sleepers += 1;
+            slot = self.shared.cv.wait(slot).unwrap_or_else(|e| e.into_inner());
+            slot.sleepers -= 1;
+        }
+    }
+
+    /// Blocks until the closure finished or `timeout` passed; returns
+    /// whether it finished (then [`wait`](Completion::wait) returns at once).
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut slot = self.shared.lock();
+        loop {
+            if slot.result.is_some() {
+                return true;
+            }
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                return false;
+            }
+            slot.sleepers += 1;
+            slot = self.shared.cv.wait_timeout(slot, left).unwrap_or_else(|e| e.into_inner()).0;
+            slot.sleepers -= 1;
+        }
+    }
+
+    /// Whether the closure finished (its result is ready).
+    pub fn is_finished(&self) -> bool {
+        self.shared.lock().result.is_some()
+    }
+
+    /// Cancels the closure if no worker started it yet: it is then dropped
+    /// without running. Gives the handle back if it already started.
+    pub fn cancel(self) -> Result<(), Completion<T>> {
+        match self.shared.state.compare_exchange(QUEUED, CANCELLED, SeqCst, SeqCst) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(self),
+        }
+    }
+}
+
+impl<T> Future for Completion<T> {
+    type Output = Result<T, Panicked>;
+
+    /// # Panics
+    /// If polled again after it returned `Ready` (the result was moved out).
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut slot = self.shared.lock();
+        if let Some(result) = slot.result.take() {
+            slot.waker = None;
+            return Poll::Ready(result);
+        }
+        assert!(
+            self.shared.state.load(SeqCst) != CANCELLED,
+            "Completion polled after it was cancelled"
+        );
+        match &mut slot.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl<T> fmt::Debug for Completion<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completion").field("finished", &self.is_finished()).finish()
+    }
+}
+
+/// A work item panicked; this carries the panic.
+pub struct Panicked {
+    message: String,
+    payload: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+impl Panicked {
+    pub(crate) fn new(payload: Box<dyn Any + Send>) -> Panicked {
+        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "a non-string panic payload".to_owned()
+        };
+        Panicked { message, payload: Mutex::new(Some(payload)) }
+    }
+
+    /// The panic message, when the payload was a string.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The panic payload, as `std::panic::catch_unwind` gives it.
+    pub fn into_panic(self) -> Box<dyn Any + Send> {
+        let message = self.message;
+        self.payload
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|| Box::new(message))
+    }
+
+    /// Continues the panic on the calling thread.
+    pub fn resume(self) -> ! {
+        std::panic::resume_unwind(self.into_panic())
+    }
+}
+
+impl fmt::Debug for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Panicked").field("message", &self.message).finish()
+    }
+}
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "work item panicked: {}", self.message)
+    }
+}
+
+impl std::error::Error for Panicked {}

@@ -1,0 +1,379 @@
+//! Worker pools and concurrency management.
+//!
+//! A pool is a worklist plus the workers that serve it. Bound pools (one
+//! normal and one highpri per CPU) pin their workers to their CPU and keep
+//! exactly one worker *running* while work is pending: a new worker starts
+//! only when the running one sleeps. See `README.md` beside this file for the
+//! rules and the lost-wake-up argument.
+
+mod pwq;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub(crate) use pwq::{PwqLink, PwqState};
+
+use crate::runtime::RtCore;
+use crate::sync::atomic::{AtomicIsize, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use crate::work::WorkShared;
+use crate::worker::WorkerShared;
+
+/// One queued instance of something to run.
+pub(crate) struct Entry {
+    pub(crate) pwq: Arc<PwqLink>,
+    pub(crate) color: u64,
+    pub(crate) job: Job,
+}
+
+/// What an entry runs.
+pub(crate) enum Job {
+    /// An instance of a reusable work item, valid only while the item's
+    /// state still carries `gen` (see `work/README.md`).
+    Work { work: Arc<WorkShared>, gen: u64 },
+    /// A one-shot closure.
+    Once(Box<dyn FnOnce() -> Outcome + Send>),
+}
+
+/// How the user code of one entry ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ran,
+    Panicked,
+    /// Cancelled before it started (a `Completion` cancel): nothing ran.
+    Skipped,
+}
+
+impl Outcome {
+    pub(crate) fn of(panicked: bool) -> Outcome {
+        if panicked {
+            Outcome::Panicked
+        } else {
+            Outcome::Ran
+        }
+    }
+}
+
+/// What kind of pool this is; fixed at creation.
+#[derive(Clone, Debug)]
+pub(crate) struct PoolAttrs {
+    /// The CPU of a bound pool; `None` for unbound pools.
+    pub(crate) cpu: Option<usize>,
+    pub(crate) highpri: bool,
+    /// The nice value workers ask for.
+    pub(crate) nice: i32,
+    /// CPUs the workers may run on.
+    pub(crate) cpus: Vec<usize>,
+}
+
+/// A worker pool.
+pub(crate) struct Pool {
+    pub(crate) id: usize,
+    pub(crate) attrs: PoolAttrs,
+    /// How many workers may count as running before no more are woken:
+    /// 1 for a bound pool, the number of its CPUs for an unbound one.
+    pub(crate) target: usize,
+    /// Workers running work items and not marked sleeping, blocking or
+    /// CPU-intensive. Changed only through `WorkerShared::set_flags` /
+    /// `clr_flags`; invariant: equals the number of this pool's workers
+    /// whose flags contain none of `worker::NOT_RUNNING`, and never negative.
+    pub(crate) nr_running: AtomicIsize,
+    pub(crate) rt: Arc<RtCore>,
+    /// The nice value the OS granted, or `i32::MIN` if it refused.
+    pub(crate) nice_granted: AtomicU64,
+    inner: Mutex<PoolInner>,
+    /// Pwq slots whose last link dropped. A link may drop while the pool
+    /// lock is held, so it only records the slot here (a leaf lock);
+    /// `alloc_pwq` frees them under the pool lock.
+    released: Mutex<Vec<usize>>,
+}
+
+/// The part of a pool behind its lock.
+pub(crate) struct PoolInner {
+    pub(crate) worklist: VecDeque<Entry>,
+    /// Idle workers, most recently idle last (woken first, so the oldest time out).
+    pub(crate) idle: Vec<Arc<WorkerShared>>,
+    /// Every live worker of the pool.
+    pub(crate) workers: Vec<Arc<WorkerShared>>,
+    /// Workers woken from idle that have not yet decided to run:
+    /// `need_more_worker` counts them as running so a burst of queueing wakes one.
+    pub(crate) nr_waking: usize,
+    pub(crate) next_worker_id: usize,
+    /// Workers created but not yet running their loop.
+    pub(crate) nr_starting: usize,
+    /// A worker creation request is outstanding at the manager.
+    pub(crate) want_worker: bool,
+    /// The runtime is shutting down: workers exit once the worklist is empty.
+    pub(crate) dying: bool,
+    pwqs: Vec<Option<PwqState>>,
+    free_pwqs: Vec<usize>,
+}
+
+impl Pool {
+    pub(crate) fn new(rt: Arc<RtCore>, id: usize, attrs: PoolAttrs) -> Arc<Pool> {
+        let target = if attrs.cpu.is_some() { 1 } else { attrs.cpus.len().max(1) };
+        Arc::new(Pool {
+            id,
+            attrs,
+            target,
+            nr_running: AtomicIsize::new(0),
+            rt,
+            nice_granted: AtomicU64::new(u64::MAX),
+            inner: Mutex::new(PoolInner {
+                worklist: VecDeque::new(),
+                idle: Vec::new(),
+                workers: Vec::new(),
+                nr_waking: 0,
+                next_worker_id: 0,
+                nr_starting: 0,
+                want_worker: false,
+                dying: false,
+                pwqs: Vec::new(),
+                free_pwqs: Vec::new(),
+            }),
+            released: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Locks the pool. A panic never happens while the lock is held (user
+    /// code runs unlocked), so poisoning is ignored rather than propagated.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, PoolInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pool's name in dumps and worker names: `0`, `0H`, `u3`.
+    pub(crate) fn label(&self) -> String {
+        match self.attrs.cpu {
+            Some(cpu) if self.attrs.highpri => format!("{cpu}:H"),
+            Some(cpu) => format!("{cpu}"),
+            None => format!("u{}", self.id),
+        }
+    }
+
+    pub(crate) fn nr_running(&self) -> isize {
+        self.nr_running.load(SeqCst)
+    }
+
+    /// Work is pending and fewer than `target` workers run (or are about to).
+    pub(crate) fn need_more_worker(&self, inner: &PoolInner) -> bool {
+        !inner.worklist.is_empty() && (self.nr_running().max(0) as usize) + inner.nr_waking < self.target
+    }
+
+    /// A running worker should take the next item rather than go idle.
+    pub(crate) fn keep_working(&self, inner: &PoolInner) -> bool {
+        !inner.worklist.is_empty() && (inner.dying || self.nr_running() <= self.target as isize)
+    }
+
+    /// Wakes an idle worker if work needs one; asks the manager for a new
+    /// worker if none is idle. Returns the worker to unpark once the lock is
+    /// released (waking under the lock would make it block on the lock).
+    #[must_use = "the returned worker must be unparked"]
+    pub(crate) fn kick(self: &Arc<Self>, inner: &mut PoolInner) -> Option<Arc<WorkerShared>> {
+        if !self.need_more_worker(inner) {
+            return None;
+        }
+        match inner.idle.pop() {
+            Some(w) => {
+                w.mark_woken();
+                inner.nr_waking += 1;
+                Some(w)
+            }
+            None => {
+                self.request_worker(inner);
+                None
+            }
+        }
+    }
+
+    /// Asks the runtime's manager thread to create a worker for this pool.
+    pub(crate) fn request_worker(self: &Arc<Self>, inner: &mut PoolInner) {
+        if !inner.want_worker && !inner.dying {
+            inner.want_worker = true;
+            self.rt.manager.request(self.clone());
+        }
+    }
+
+    /// Whether the manager should create a worker now: no idle worker is in
+    /// reserve, so the next wake would have to wait for thread creation.
+    pub(crate) fn wants_worker(&self, inner: &PoolInner) -> bool {
+        inner.idle.is_empty() && inner.nr_starting == 0 && !inner.dying
+    }
+
+    /// Puts an entry on this pool: on the worklist if its pwq has room
+    /// under `max_active`, else on the pwq's inactive list.
+    pub(crate) fn insert(self: &Arc<Self>, inner: &mut PoolInner, entry: Entry) -> Option<Arc<WorkerShared>> {
+        let slot = entry.pwq.slot;
+        let pwq = inner.pwq_mut(slot);
+        pwq.add_in_flight(entry.color);
+        if pwq.nr_active < pwq.max_active {
+            pwq.nr_active += 1;
+            tracing::trace!(target: "wq", pool = self.id, "queue_work");
+            inner.worklist.push_back(entry);
+            self.kick(inner)
+        } else {
+            tracing::trace!(target: "wq", pool = self.id, "queue_work (inactive)");
+            pwq.inactive.push_back(entry);
+            None
+        }
+    }
+
+    /// Accounts one finished entry of pwq `slot`: frees its active slot,
+    /// activates the oldest inactive entry, counts stats. Returns true if a
+    /// flush colour retired.
+    pub(crate) fn complete(&self, inner: &mut PoolInner, done: &Done) -> bool {
+        let pwq = inner.pwq_mut(done.link.slot);
+        debug_assert!(pwq.nr_active > 0, "nr_active underflow");
+        pwq.nr_active -= 1;
+        if done.outcome != Outcome::Skipped {
+            pwq.total += 1;
+            pwq.cpu_time += done.cpu_time;
+            pwq.panics += u64::from(done.outcome == Outcome::Panicked);
+        }
+        let retired = pwq.dec_in_flight(done.color);
+        if pwq.nr_active < pwq.max_active {
+            if let Some(next) = pwq.inactive.pop_front() {
+                pwq.nr_active += 1;
+                tracing::trace!(target: "wq", pool = self.id, "activate_work");
+                inner.worklist.push_back(next);
+            }
+        }
+        retired
+    }
+
+    /// Creates a pwq slot for a new workqueue.
+    pub(crate) fn alloc_pwq(&self, max_active: usize) -> usize {
+        let mut inner = self.lock();
+        let released = std::mem::take(&mut *self.released.lock().unwrap_or_else(|e| e.into_inner()));
+        for slot in released {
+            let pwq = inner.pwqs[slot].take();
+            debug_assert!(pwq.is_some_and(|p| p.nr_in_flight == 0), "freeing a pwq with work in flight");
+            inner.free_pwqs.push(slot);
+        }
+        match inner.free_pwqs.pop() {
+            Some(slot) => {
+                inner.pwqs[slot] = Some(PwqState::new(max_active));
+                slot
+            }
+            None => {
+                inner.pwqs.push(Some(PwqState::new(max_active)));
+                inner.pwqs.len() - 1
+            }
+        }
+    }
+
+    fn release_pwq(&self, slot: usize) {
+        self.released.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
+    }
+
+    /// A running worker stopped counting as running (it sleeps, blocks or
+    /// turned CPU-intensive): wake another if work is pending. Called after
+    /// `nr_running` dropped; taking the lock here is what makes the wake-up
+    /// impossible to lose (see README.md).
+    pub(crate) fn worker_stopped_running(self: &Arc<Self>) -> bool {
+        let mut inner = self.lock();
+        let woken = self.kick(&mut inner);
+        drop(inner);
+        match woken {
+            Some(w) => {
+                w.unpark();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Starts the runtime's shutdown for this pool: idle workers exit, busy
+    /// ones finish the worklist first.
+    pub(crate) fn shut_down(&self) {
+        let mut inner = self.lock();
+        inner.dying = true;
+        let idle = std::mem::take(&mut inner.idle);
+        inner.nr_waking += idle.len();
+        drop(inner);
+        for w in idle {
+            w.mark_woken();
+            w.unpark();
+        }
+    }
+
+    /// Snapshot for stats and dumps.
+    pub(crate) fn snapshot(&self) -> PoolSnapshot {
+        let inner = self.lock();
+        PoolSnapshot {
+            workers: inner.workers.len(),
+            idle: inner.idle.len(),
+            running: self.nr_running().max(0) as usize,
+            pending: inner.worklist.len(),
+        }
+    }
+
+    /// Sums the stats of pwq `slot`.
+    pub(crate) fn pwq_stats(&self, slot: usize) -> (u64, usize, Duration, u64) {
+        let mut inner = self.lock();
+        let p = inner.pwq_mut(slot);
+        (p.total, p.nr_in_flight, p.cpu_time, p.panics)
+    }
+
+    /// Whether every entry of colour `<= color` in pwq `slot` completed.
+    pub(crate) fn pwq_flushed(&self, slot: usize, color: u64) -> bool {
+        self.lock().pwq_mut(slot).flushed(color)
+    }
+
+    /// Counts a granted or refused priority for `dump()`.
+    pub(crate) fn record_nice(&self, granted: Option<i32>) {
+        let v = granted.map_or(u64::MAX - 1, |n| n as i64 as u64);
+        self.nice_granted.store(v, Relaxed);
+    }
+
+    /// The nice value workers run at: `Ok(n)`, or `Err(())` if the OS refused.
+    pub(crate) fn nice_status(&self) -> Option<Result<i32, ()>> {
+        match self.nice_granted.load(Relaxed) {
+            u64::MAX => None,
+            v if v == u64::MAX - 1 => Some(Err(())),
+            v => Some(Ok(v as i64 as i32)),
+        }
+    }
+}
+
+impl PoolInner {
+    pub(crate) fn pwq(&self, slot: usize) -> &PwqState {
+        self.pwqs[slot].as_ref().expect("entry refers to a freed pool workqueue")
+    }
+
+    pub(crate) fn pwq_mut(&mut self, slot: usize) -> &mut PwqState {
+        self.pwqs[slot].as_mut().expect("entry refers to a freed pool workqueue")
+    }
+}
+
+/// The accounting of one finished (or discarded) entry, applied under the
+/// lock of the entry's pool.
+pub(crate) struct Done {
+    pub(crate) link: Arc<PwqLink>,
+    pub(crate) color: u64,
+    pub(crate) outcome: Outcome,
+    pub(crate) cpu_time: Duration,
+}
+
+/// Counts shown by `dump()` and `Runtime::stats()`.
+pub(crate) struct PoolSnapshot {
+    pub(crate) workers: usize,
+    pub(crate) idle: usize,
+    pub(crate) running: usize,
+    pub(crate) pending: usize,
+}
+
+/// Applies `done` for an entry whose pool is `pool`, notifying flushers of
+/// its workqueue if a colour retired.
+pub(crate) fn complete_entry(done: Done) {
+    let pool = &done.link.pool;
+    let mut inner = pool.lock();
+    let retired = pool.complete(&mut inner, &done);
+    let woken = pool.kick(&mut inner);
+    drop(inner);
+    if let Some(w) = woken {
+        w.unpark();
+    }
+    if retired {
+        done.link.wq.notify_flushers();
+    }
+}

@@ -1,0 +1,109 @@
+//! Pool workqueues: the link between one workqueue and one worker pool.
+//!
+//! A pool workqueue (`pwq`) carries the per-(queue, pool) policy: `max_active`
+//! with its inactive list, and the in-flight counts by flush colour that
+//! `Workqueue::flush` waits on. Its state lives inside the pool, under the
+//! pool lock, as in the kernel; [`PwqLink`] is the handle queued entries hold.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Entry, Pool};
+use crate::workqueue::WqCore;
+
+/// A handle to one pool workqueue. Entries hold it until they complete, so
+/// the state it names stays alive while anything of it is in flight.
+pub(crate) struct PwqLink {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) slot: usize,
+    pub(crate) wq: Arc<WqCore>,
+}
+
+impl Drop for PwqLink {
+    fn drop(&mut self) {
+        self.pool.release_pwq(self.slot);
+    }
+}
+
+/// Per-(queue, pool) state. Protected by the pool lock.
+#[derive(Default)]
+pub(crate) struct PwqState {
+    /// Entries allowed on the pool's worklist or running at once.
+    pub(crate) max_active: usize,
+    /// Invariant: `nr_active <= max_active`, and it counts exactly the
+    /// entries of this pwq that are on the worklist, running, or parked in a
+    /// work item's hand-off slot.
+    pub(crate) nr_active: usize,
+    /// Entries waiting for `nr_active` to drop, oldest first.
+    pub(crate) inactive: VecDeque<Entry>,
+    /// In-flight entries by flush colour, colours strictly increasing.
+    /// Invariant: the counts sum to `nr_in_flight`.
+    colors: VecDeque<(u64, usize)>,
+    pub(crate) nr_in_flight: usize,
+    /// Work items completed through this pwq (the wq_monitor `total`).
+    pub(crate) total: u64,
+    pub(crate) cpu_time: Duration,
+    pub(crate) panics: u64,
+}
+
+impl PwqState {
+    pub(crate) fn new(max_active: usize) -> PwqState {
+        PwqState { max_active, ..PwqState::default() }
+    }
+
+    /// Counts a new entry of `color`. Colours arrive in order because they
+    /// are read under the pool lock and only ever grow.
+    pub(crate) fn add_in_flight(&mut self, color: u64) {
+        self.nr_in_flight += 1;
+        match self.colors.back_mut() {
+            Some((c, n)) if *c == color => *n += 1,
+            back => {
+                debug_assert!(back.is_none_or(|(c, _)| *c < color), "flush colours out of order");
+                self.colors.push_back((color, 1));
+            }
+        }
+    }
+
+    /// Uncounts a completed entry. Returns true if the oldest colour retired
+    /// (a flusher may be waiting for it).
+    pub(crate) fn dec_in_flight(&mut self, color: u64) -> bool {
+        debug_assert!(self.nr_in_flight > 0, "in-flight underflow");
+        self.nr_in_flight -= 1;
+        let idx = self
+            .colors
+            .iter()
+            .position(|(c, _)| *c == color)
+            .expect("completed entry's flush colour is not in flight");
+        self.colors[idx].1 -= 1;
+        if self.colors[idx].1 == 0 {
+            self.colors.remove(idx);
+            return idx == 0;
+        }
+        false
+    }
+
+    /// Whether every entry of colour `<= color` has completed.
+    pub(crate) fn flushed(&self, color: u64) -> bool {
+        self.colors.front().is_none_or(|(c, _)| *c > color)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_retire_oldest_first() {
+        let mut p = PwqState::new(4);
+        p.add_in_flight(1);
+        p.add_in_flight(1);
+        p.add_in_flight(2);
+        assert!(!p.flushed(1));
+        assert!(!p.dec_in_flight(2), "a younger colour retiring does not unblock flushers");
+        assert!(!p.dec_in_flight(1));
+        assert!(p.dec_in_flight(1));
+        assert!(p.flushed(2));
+        assert_eq!(p.nr_in_flight, 0);
+    }
+}

@@ -1,0 +1,161 @@
+//! The manager: the one thread that creates workers for pools that asked.
+//!
+//! Pools ask when their idle reserve is gone or when work waits and no
+//! worker can take it. Creating threads off the queueing path keeps
+//! `queue` cheap; the idle reserve keeps wakes from waiting for creation.
+//! A failed creation (EAGAIN, the worker cap, an injected fault) is retried
+//! with exponential backoff; the pool's work stays queued meanwhile.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::RtCore;
+use crate::pool::Pool;
+use crate::sync::atomic::Ordering::SeqCst;
+use crate::worker::{self, WorkerShared};
+use crate::Error;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(1);
+const BACKOFF_MAX: Duration = Duration::from_millis(100);
+
+pub(crate) struct Manager {
+    queue: Mutex<Requests>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct Requests {
+    pools: Vec<Arc<Pool>>,
+    shutdown: bool,
+}
+
+impl Manager {
+    pub(crate) fn new() -> Arc<Manager> {
+        Arc::new(Manager { queue: Mutex::new(Requests::default()), cv: Condvar::new() })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Requests> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called with the pool lock held (lock order: pool, then manager).
+    pub(crate) fn request(&self, pool: Arc<Pool>) {
+        self.lock().pools.push(pool);
+        self.cv.notify_one();
+    }
+
+    pub(crate) fn shut_down(&self) {
+        self.lock().shutdown = true;
+        self.cv.notify_one();
+    }
+
+    pub(crate) fn start(core: &Arc<RtCore>) -> Result<(), Error> {
+        let core2 = core.clone();
+        std::thread::Builder::new()
+            .name("wq/manager".into())
+            .spawn(move || run(&core2))
+            .map(drop)
+            .map_err(Error::Spawn)
+    }
+}
+
+fn run(core: &RtCore) {
+    let manager = &core.manager;
+    let mut retry: Vec<Arc<Pool>> = Vec::new();
+    let mut backoff = BACKOFF_MIN;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let mut pools = {
+            let mut q = manager.lock();
+            loop {
+                if q.shutdown {
+                    return;
+                }
+                let due = retry_at.is_some_and(|t| Instant::now() >= t);
+                if !q.pools.is_empty() || due {
+                    break;
+                }
+                q = match retry_at {
+                    Some(t) => manager.cv.wait_timeout(q, t.saturating_duration_since(Instant::now())).unwrap_or_else(|e| e.into_inner()).0,
+                    None => manager.cv.wait(q).unwrap_or_else(|e| e.into_inner()),
+                };
+            }
+            std::mem::take(&mut q.pools)
+        };
+        if retry_at.is_some_and(|t| Instant::now() >= t) {
+            pools.append(&mut retry);
+            retry_at = None;
+        }
+        for pool in pools {
+            if retry.iter().any(|p| Arc::ptr_eq(p, &pool)) {
+                continue;
+            }
+            match maybe_create_worker(&pool) {
+                Ok(()) => backoff = BACKOFF_MIN,
+                Err(err) => {
+                    tracing::warn!(target: "wq", pool = %pool.label(), %err, retry_in = ?backoff, "worker creation failed");
+                    retry.push(pool);
+                }
+            }
+        }
+        if !retry.is_empty() && retry_at.is_none() {
+            retry_at = Some(Instant::now() + backoff);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// Creates a worker if the pool still wants one; clears its request flag
+/// once it does not (a failed creation leaves the flag set for the retry).
+fn maybe_create_worker(pool: &Arc<Pool>) -> Result<(), Error> {
+    {
+        let mut inner = pool.lock();
+        if !pool.wants_worker(&inner) {
+            inner.want_worker = false;
+            return Ok(());
+        }
+    }
+    spawn_worker(pool)?;
+    pool.lock().want_worker = false;
+    Ok(())
+}
+
+/// Creates one worker thread for `pool`; it starts idle (or takes pending
+/// work at once).
+pub(crate) fn spawn_worker(pool: &Arc<Pool>) -> Result<(), Error> {
+    let rt = &pool.rt;
+    let max = rt.config.max_workers;
+    if rt.nr_workers.fetch_add(1, SeqCst) >= max {
+        rt.nr_workers.fetch_sub(1, SeqCst);
+        return Err(Error::Spawn(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!("the runtime's worker cap of {max} is reached"),
+        )));
+    }
+    let me = {
+        let mut inner = pool.lock();
+        let id = inner.next_worker_id;
+        inner.next_worker_id += 1;
+        let name = match (pool.attrs.cpu, pool.attrs.highpri) {
+            (Some(cpu), false) => format!("wq/{cpu}:{id}"),
+            (Some(cpu), true) => format!("wq/{cpu}:{id}H"),
+            (None, _) => format!("wq/u{}:{id}", pool.id),
+        };
+        let me = Arc::new(WorkerShared::new(name));
+        inner.nr_starting += 1;
+        inner.workers.push(me.clone());
+        me
+    };
+    let (pool2, me2) = (pool.clone(), me.clone());
+    match rt.spawn_thread(me.name.clone(), move || worker::run(pool2, me2)) {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            let mut inner = pool.lock();
+            inner.nr_starting -= 1;
+            inner.workers.retain(|w| !Arc::ptr_eq(w, &me));
+            drop(inner);
+            rt.nr_workers.fetch_sub(1, SeqCst);
+            Err(Error::Spawn(err))
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The runtime: pools, the manager that creates workers, the timer, and
+//! the registry of workqueues.
+
+mod manager;
+
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+pub(crate) use manager::{spawn_worker, Manager};
+
+use crate::delayed::Timer;
+use crate::pool::{Pool, PoolAttrs, PwqLink};
+use crate::stats::{PoolStats, RuntimeStats};
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use crate::topology::{Topology, TopologyError};
+use crate::workqueue::{WqCore, WqShared};
+use crate::{sys, Error, Flags, Workqueue, WorkqueueBuilder};
+
+/// Called before each worker thread is created; an error fails that creation.
+pub type SpawnHook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
+/// Settings fixed at build time.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) idle_timeout: Duration,
+    pub(crate) cpu_hog_threshold: Duration,
+    pub(crate) max_workers: usize,
+    pub(crate) spawn_hook: Option<SpawnHook>,
+}
+
+/// What pools, the manager and workers share; holds no pool, so it never
+/// keeps the runtime's threads alive by itself.
+pub(crate) struct RtCore {
+    pub(crate) config: Config,
+    pub(crate) manager: Arc<Manager>,
+    /// Live worker threads of all pools. Invariant: `<= config.max_workers`.
+    pub(crate) nr_workers: AtomicUsize,
+    pub(crate) shutdown: AtomicBool,
+}
+
+impl RtCore {
+    /// The one place worker threads are created (fault injection hooks in here).
+    pub(crate) fn spawn_thread(&self, name: String, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+        if let Some(hook) = &self.config.spawn_hook {
+            hook()?;
+        }
+        std::thread::Builder::new().name(name).spawn(f).map(drop)
+    }
+}
+
+pub(crate) struct RuntimeShared {
+    pub(crate) core: Arc<RtCore>,
+    pub(crate) topology: Topology,
+    /// CPU slot of each CPU number the runtime manages.
+    slot_of_cpu: Vec<Option<usize>>,
+    /// `bound[slot] = [normal, highpri]`.
+    pub(crate) bound: Vec<[Arc<Pool>; 2]>,
+    /// `[normal, highpri]` unbound pools.
+    pub(crate) unbound: [Arc<Pool>; 2],
+    timer: Arc<Timer>,
+    pub(crate) workqueues: Mutex<Vec<Weak<WqShared>>>,
+    next_wq_id: AtomicU64,
+}
+
+impl Drop for RuntimeShared {
+    fn drop(&mut self) {
+        self.core.shutdown.store(true, SeqCst);
+        for pool in self.pools() {
+            pool.shut_down();
+        }
+        self.core.manager.shut_down();
+        self.timer.shutdown();
+    }
+}
+
+impl RuntimeShared {
+    pub(crate) fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.bound.iter().flatten().chain(self.unbound.iter())
+    }
+}
+
+/// A cmwq runtime: per-CPU worker pools, unbound pools, and the threads
+/// that manage them. Cloning gives another handle to the same runtime.
+///
+/// Most programs use the process-wide [`Runtime::global`] through
+/// [`Workqueue::builder`]; tests and embedders build isolated ones:
+///
+/// ```
+/// use std::time::Duration;
+/// use wq_core::Runtime;
+///
+/// let rt = Runtime::builder().cpus([0]).idle_timeout(Duration::from_secs(5)).build()?;
+/// let wq = rt.workqueue("mine").build()?;
+/// assert_eq!(wq.submit(|| "done")?.wait().unwrap(), "done");
+/// println!("{}", rt.dump());
+/// # Ok::<(), wq_core::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) shared: Arc<RuntimeShared>,
+}
+
+static GLOBAL: OnceLock<Runtime> = OnceLock::new();
+static GLOBAL_INIT: Mutex<()> = Mutex::new(());
+
+impl Runtime {
+    /// Starts configuring a new runtime.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// The process-wide runtime, built with default settings on first use.
+    ///
+    /// # Panics
+    /// If the OS refuses to create its first threads; use
+    /// [`Runtime::try_global`] to get that as an error.
+    pub fn global() -> &'static Runtime {
+        Runtime::try_global().unwrap_or_else(|err| panic!("cannot start the global wq runtime: {err}"))
+    }
+
+    /// The process-wide runtime, or why it could not be built.
+    ///
+    /// # Errors
+    /// [`Error::Spawn`] if its threads could not be created.
+    pub fn try_global() -> Result<&'static Runtime, Error> {
+        if let Some(rt) = GLOBAL.get() {
+            return Ok(rt);
+        }
+        let _guard = GLOBAL_INIT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rt) = GLOBAL.get() {
+            return Ok(rt);
+        }
+        let rt = Runtime::builder().build()?;
+        Ok(GLOBAL.get_or_init(|| rt))
+    }
+
+    /// Starts building a workqueue on this runtime.
+    pub fn workqueue(&self, name: &str) -> WorkqueueBuilder {
+        WorkqueueBuilder::new(Some(self.clone()), name)
+    }
+
+    /// The CPUs this runtime manages, ascending.
+    pub fn cpus(&self) -> &[usize] {
+        self.shared.topology.cpus()
+    }
+
+    /// The CPU topology the runtime was built on.
+    pub fn topology(&self) -> &Topology {
+        &self.shared.topology
+    }
+
+    /// Pool and worker counts.
+    pub fn stats(&self) -> RuntimeStats {
+        let pools: Vec<PoolStats> = self.shared.pools().map(|p| PoolStats::of(p)).collect();
+        RuntimeStats { workers: self.shared.core.nr_workers.load(SeqCst), pools }
+    }
+
+    /// The `wq_dump.py` view: CPUs, pools, and which pool each workqueue
+    /// uses on each CPU.
+    pub fn dump(&self) -> String {
+        crate::stats::dump(self)
+    }
+
+    pub(crate) fn timer(&self) -> &Timer {
+        &self.shared.timer
+    }
+
+    /// The CPU slot of the CPU the caller runs on (a CPU outside the
+    /// runtime's set maps onto one inside it).
+    pub(crate) fn local_slot(&self) -> usize {
+        let n = self.shared.bound.len();
+        match sys::current_cpu() {
+            Some(cpu) => self.shared.slot_of_cpu.get(cpu).copied().flatten().unwrap_or(cpu % n),
+            None => 0,
+        }
+    }
+
+    /// The CPU slot of `cpu`.
+    pub(crate) fn slot_of(&self, cpu: usize) -> Result<usize, Error> {
+        self.shared
+            .slot_of_cpu
+            .get(cpu)
+            .copied()
+            .flatten()
+            .ok_or_else(|| Error::InvalidCpu { cpu, allowed: self.cpus().to_vec() })
+    }
+
+    /// Live workqueues of this runtime.
+    pub(crate) fn workqueues(&self) -> Vec<Workqueue> {
+        let mut list = self.shared.workqueues.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.iter().filter_map(Weak::upgrade).map(|shared| Workqueue { shared }).collect()
+    }
+
+    pub(crate) fn create_workqueue(&self, name: String, flags: Flags, max_active: u32, ordered: bool) -> Workqueue {
+        let id = self.shared.next_wq_id.fetch_add(1, SeqCst);
+        let core = Arc::new(WqCore::new(id, name, flags, ordered, max_active));
+        let hi = usize::from(flags.contains(Flags::HIGHPRI));
+        let pools: Vec<Arc<Pool>> = if flags.contains(Flags::UNBOUND) {
+            vec![self.shared.unbound[hi].clone()]
+        } else {
+            self.shared.bound.iter().map(|p| p[hi].clone()).collect()
+        };
+        let pwqs = pools
+            .into_iter()
+            .map(|pool| {
+                let slot = pool.alloc_pwq(max_active as usize);
+                Arc::new(PwqLink { pool, slot, wq: core.clone() })
+            })
+            .collect();
+        let shared = Arc::new(WqShared { core, rt: self.clone(), pwqs, armed: Default::default() });
+        self.shared.workqueues.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&shared));
+        Workqueue { shared }
+    }
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime").field("cpus", &self.cpus()).finish()
+    }
+}
+
+/// Configures a [`Runtime`].
+#[derive(Clone)]
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct RuntimeBuilder {
+    cpus: Option<Vec<usize>>,
+    config: Config,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> RuntimeBuilder {
+        RuntimeBuilder {
+            cpus: None,
+            config: Config {
+                idle_timeout: Duration::from_secs(300),
+                cpu_hog_threshold: Duration::from_millis(10),
+                max_workers: 4096,
+                spawn_hook: None,
+            },
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// The CPUs to run bound pools on (default: every CPU the process may
+    /// use). Each must be allowed to the process.
+    pub fn cpus(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
+        self.cpus = Some(cpus.into_iter().collect());
+        self
+    }
+
+    /// How long a worker beyond a pool's idle reserve may stay idle before
+    /// it exits (default 300 s, as the kernel's `IDLE_WORKER_TIMEOUT`).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a work item may run without sleeping before it is treated
+    /// as CPU-intensive (default 10 ms, the kernel's `wq_cpu_intensive_thresh_us`).
+    pub fn cpu_hog_threshold(mut self, threshold: Duration) -> Self {
+        self.config.cpu_hog_threshold = threshold;
+        self
+    }
+
+    /// The most worker threads the runtime may have at once (default 4096).
+    pub fn max_workers(mut self, max: usize) -> Self {
+        self.config.max_workers = max;
+        self
+    }
+
+    /// Fault injection: `hook` runs before each worker thread is created,
+    /// and an error it returns fails that creation as the OS would (the
+    /// pool retries with backoff; queued work waits, never lost).
+    pub fn spawn_hook(mut self, hook: impl Fn() -> io::Result<()> + Send + Sync + 'static) -> Self {
+        self.config.spawn_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Builds the runtime and starts its first workers (one idle worker per pool).
+    ///
+    /// # Errors
+    /// [`Error::NoCpus`] or [`Error::InvalidCpu`] for a bad CPU set,
+    /// [`Error::InvalidConfig`] for a zero timeout or a worker cap below
+    /// the number of pools, [`Error::Spawn`] if threads cannot be created.
+    pub fn build(self) -> Result<Runtime, Error> {
+        let detected = Topology::detect();
+        let topology = match &self.cpus {
+            None => detected,
+            Some(cpus) => detected.restrict(cpus).map_err(|err| match err {
+                TopologyError::EmptyCpuSet => Error::NoCpus,
+                TopologyError::CpusNotAllowed { missing, allowed } => Error::InvalidCpu { cpu: missing[0], allowed },
+                other => Error::InvalidConfig(other.to_string()),
+            })?,
+        };
+        let config = self.config;
+        if config.idle_timeout.is_zero() {
+            return Err(Error::InvalidConfig("idle_timeout must be above zero".into()));
+        }
+        if config.cpu_hog_threshold.is_zero() {
+            return Err(Error::InvalidConfig("cpu_hog_threshold must be above zero".into()));
+        }
+        let nr_pools = 2 * topology.cpus().len() + 2;
+        if config.max_workers < nr_pools {
+            return Err(Error::InvalidConfig(format!(
+                "max_workers {} is below the {nr_pools} workers the pools start with",
+                config.max_workers
+            )));
+        }
+        let manager = Manager::new();
+        let core = Arc::new(RtCore { config, manager, nr_workers: AtomicUsize::new(0), shutdown: AtomicBool::new(false) });
+        let cpus = topology.cpus().to_vec();
+        let mut next_id = 0;
+        let mut pool = |cpu: Option<usize>, highpri: bool| {
+            let attrs = PoolAttrs {
+                cpu,
+                highpri,
+                nice: if highpri { -20 } else { 0 },
+                cpus: cpu.map_or_else(|| cpus.clone(), |c| vec![c]),
+            };
+            next_id += 1;
+            Pool::new(core.clone(), next_id - 1, attrs)
+        };
+        let bound: Vec<[Arc<Pool>; 2]> = cpus.iter().map(|&c| [pool(Some(c), false), pool(Some(c), true)]).collect();
+        let unbound = [pool(None, false), pool(None, true)];
+        let max_cpu = cpus.iter().max().copied().unwrap_or(0);
+        let mut slot_of_cpu = vec![None; max_cpu + 1];
+        for (slot, &cpu) in cpus.iter().enumerate() {
+            slot_of_cpu[cpu] = Some(slot);
+        }
+        let timer = Timer::start("wq/timer".into())?;
+        let shared = Arc::new(RuntimeShared {
+            core: core.clone(),
+            topology,
+            slot_of_cpu,
+            bound,
+            unbound,
+            timer,
+            workqueues: Mutex::new(Vec::new()),
+            next_wq_id: AtomicU64::new(1),
+        });
+        // From here on a failure drops `shared`, which stops what started.
+        Manager::start(&core)?;
+        for pool in shared.pools() {
+            spawn_worker(pool)?;
+        }
+        Ok(Runtime { shared })
+    }
+}
+
+impl fmt::Debug for RuntimeBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuntimeBuilder")
+            .field("cpus", &self.cpus)
+            .field("idle_timeout", &self.config.idle_timeout)
+            .field("cpu_hog_threshold", &self.config.cpu_hog_threshold)
+            .field("max_workers", &self.config.max_workers)
+            .finish()
+    }
+}

@@ -1,0 +1,113 @@
+//! Thin, safe wrappers over the few OS calls the engine needs.
+//!
+//! Together with `detect::perf` (the perf ring buffer), this is one of the
+//! only places in `wq-core` that contain `unsafe`. Each wrapper turns an
+//! errno into an `io::Error` and never hands out raw pointers.
+
+use std::io;
+use std::time::Duration;
+
+/// The kernel thread id of the calling thread (what `/proc/self/task/<tid>` names).
+pub(crate) fn gettid() -> i32 {
+    // SAFETY: `gettid` takes no arguments, cannot fail and touches no memory.
+    unsafe { libc::gettid() }
+}
+
+/// The CPU the calling thread runs on right now, if the OS can say.
+pub(crate) fn current_cpu() -> Option<usize> {
+    // SAFETY: `sched_getcpu` takes no arguments and only returns a value.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
+}
+
+/// The CPUs the calling thread may run on (`sched_getaffinity`).
+pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: an all-zero `cpu_set_t` is a valid, empty CPU set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live, writable `cpu_set_t` and we pass its exact size.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `CPU_ISSET` only reads `set`, and every index is below the set's capacity.
+    Ok((0..max).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+}
+
+/// Restricts the calling thread to `cpus`.
+pub(crate) fn set_current_affinity(cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: an all-zero `cpu_set_t` is a valid, empty CPU set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    for &cpu in cpus {
+        if cpu >= max {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("CPU {cpu} is beyond the CPU set size {max}")));
+        }
+        // SAFETY: `cpu` is below the set's capacity (checked above), so the write stays inside `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a live, initialised `cpu_set_t` and we pass its exact size.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets the nice value of the calling thread (Linux threads have their own).
+pub(crate) fn set_current_nice(nice: i32) -> io::Result<()> {
+    let tid = gettid() as libc::id_t;
+    // SAFETY: `setpriority` only reads its integer arguments.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The nice value of the calling thread.
+pub(crate) fn current_nice() -> io::Result<i32> {
+    let tid = gettid() as libc::id_t;
+    // `getpriority` can legitimately return -1, so errno must be cleared first.
+    clear_errno();
+    // SAFETY: `getpriority` only reads its integer arguments.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+    if nice == -1 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error().unwrap_or(0) != 0 {
+            return Err(err);
+        }
+    }
+    Ok(nice)
+}
+
+fn clear_errno() {
+    // SAFETY: `__errno_location` returns the calling thread's errno slot, valid for writes.
+    unsafe { *libc::__errno_location() = 0 };
+}
+
+/// CPU time consumed by the calling thread (`CLOCK_THREAD_CPUTIME_ID`, a vDSO read).
+pub(crate) fn thread_cpu_time() -> Duration {
+    clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time consumed by another thread of this process, by its clock id.
+pub(crate) fn clock(id: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a live, writable timespec; an invalid clock id only yields EINVAL.
+    let rc = unsafe { libc::clock_gettime(id, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The CPU-time clock of the calling thread, readable from other threads.
+pub(crate) fn current_thread_cpu_clock() -> Option<libc::clockid_t> {
+    let mut id: libc::clockid_t = 0;
+    // SAFETY: `pthread_self` is always valid for the calling thread and `id` is writable.
+    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
+    (rc == 0).then_some(id)
+}

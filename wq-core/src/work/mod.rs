@@ -1,0 +1,225 @@
+//! Reusable work items with the kernel's semantics.
+//!
+//! A [`Work`] is queued, runs, and can be queued again, like a kernel
+//! `work_struct`: queueing a pending item is a no-op, an item never runs on
+//! two workers at once, and `cancel_sync`/`flush` wait for it precisely.
+//! The protocol is in `README.md` beside this file.
+
+mod state;
+
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::pool::{Done, Outcome, PwqLink};
+use crate::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use crate::worker;
+use crate::Error;
+
+pub(crate) use state::{gen_of, Claim, NotQueued, State, PENDING, RUNNING, WAITERS};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A queued instance parked for the worker that runs the item right now,
+/// or in transit between dequeue and run.
+pub(crate) struct Parked {
+    pub(crate) link: Arc<PwqLink>,
+    pub(crate) color: u64,
+    pub(crate) gen: u64,
+}
+
+impl Parked {
+    /// The accounting of an instance that will not run.
+    pub(crate) fn discarded(self) -> Done {
+        Done { link: self.link, color: self.color, outcome: Outcome::Skipped, cpu_time: Default::default() }
+    }
+}
+
+/// The shared part of a work item.
+pub(crate) struct WorkShared {
+    pub(crate) id: u64,
+    pub(crate) state: State,
+    func: Box<dyn Fn() + Send + Sync>,
+    /// Instances dequeued while the item ran elsewhere (see `HANDOFF`).
+    parked: Mutex<Vec<Parked>>,
+    /// Highest generation that finished running or was cancelled.
+    /// Invariant: only grows; `flush` of generation `g` returns once `retired >= g`.
+    retired: AtomicU64,
+    wait_lock: Mutex<()>,
+    wait_cv: Condvar,
+}
+
+impl WorkShared {
+    pub(crate) fn new(func: Box<dyn Fn() + Send + Sync>) -> WorkShared {
+        WorkShared {
+            id: NEXT_ID.fetch_add(1, SeqCst),
+            state: State::new(),
+            func,
+            parked: Mutex::new(Vec::new()),
+            retired: AtomicU64::new(0),
+            wait_lock: Mutex::new(()),
+            wait_cv: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn call(&self) {
+        (self.func)()
+    }
+
+    pub(crate) fn lock_parked(&self) -> MutexGuard<'_, Vec<Parked>> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Generation `gen` is done (ran or was cancelled): release its flushers.
+    pub(crate) fn retire(&self, gen: u64) {
+        self.retired.fetch_max(gen, SeqCst);
+        if self.state.load() & WAITERS != 0 {
+            self.notify_waiters();
+        }
+    }
+
+    pub(crate) fn notify_waiters(&self) {
+        if self.state.take_waiters() {
+            let _guard = self.wait_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wait_cv.notify_all();
+        }
+    }
+
+    /// Sleeps until `done()` holds. Waiters announce themselves (`WAITERS`)
+    /// before each check, and notifiers change the state before taking the
+    /// flag, so a change is never missed (see README.md).
+    fn wait_until(&self, mut done: impl FnMut(&WorkShared) -> bool) {
+        let mut guard = self.wait_lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            self.state.set_waiters();
+            if done(self) {
+                return;
+            }
+            guard = self.wait_cv.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Clears `PENDING`; true if an instance was pending.
+    pub(crate) fn cancel(&self) -> bool {
+        match self.state.try_clear_pending() {
+            Some(gen) => {
+                self.retire(gen);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `cancel_sync`, with `take_back` run once queueing is disabled (a
+    /// delayed item disarms its timer there); returns whether anything was pending.
+    pub(crate) fn cancel_sync_with(&self, what: &str, take_back: impl FnOnce() -> bool) -> Result<bool, Error> {
+        if worker::current_work_id() == Some(self.id) {
+            return Err(Error::WouldDeadlock(format!("{what}::cancel_sync called from inside that work item")));
+        }
+        self.state.disable();
+        let disarmed = take_back();
+        let was_pending = self.cancel() || disarmed;
+        self.wait_until(|w| w.state.load() & RUNNING == 0);
+        self.state.enable();
+        Ok(was_pending)
+    }
+
+    pub(crate) fn flush(&self, what: &str) -> Result<bool, Error> {
+        if worker::current_work_id() == Some(self.id) {
+            return Err(Error::WouldDeadlock(format!("{what}::flush called from inside that work item")));
+        }
+        let s = self.state.load();
+        if s & (PENDING | RUNNING) == 0 {
+            return Ok(false);
+        }
+        let target = gen_of(s);
+        self.wait_until(|w| w.retired.load(SeqCst) >= target);
+        Ok(true)
+    }
+}
+
+/// A reusable work item: a function that can be queued on any workqueue,
+/// again and again.
+///
+/// It follows the kernel's `work_struct` rules: queueing an item that is
+/// already pending does nothing (and returns `false`); an item never runs on
+/// two workers at the same time, even when queued on several queues; its
+/// function may requeue the item itself. Cloning a `Work` gives another
+/// handle to the same item.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use wq_core::{Work, Workqueue};
+///
+/// let wq = Workqueue::builder("example").build()?;
+/// let hits = Arc::new(AtomicUsize::new(0));
+/// let h = hits.clone();
+/// let work = Work::new(move || { h.fetch_add(1, Ordering::SeqCst); });
+/// assert!(wq.queue(&work));
+/// work.flush()?;
+/// assert_eq!(hits.load(Ordering::SeqCst), 1);
+/// # Ok::<(), wq_core::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Work {
+    pub(crate) shared: Arc<WorkShared>,
+}
+
+impl Work {
+    /// A work item that runs `f` each time it executes.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Work {
+        Work { shared: Arc::new(WorkShared::new(Box::new(f))) }
+    }
+
+    /// A process-unique id, as shown in errors and traces.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// Whether the item is queued and has not started yet.
+    pub fn is_pending(&self) -> bool {
+        self.shared.state.load() & PENDING != 0
+    }
+
+    /// Whether a worker is running the item's function right now.
+    pub fn is_running(&self) -> bool {
+        self.shared.state.load() & RUNNING != 0
+    }
+
+    /// Takes the item off its queue if it has not started. Returns whether it
+    /// was pending. A running instance is not waited for (see
+    /// [`cancel_sync`](Work::cancel_sync)).
+    pub fn cancel(&self) -> bool {
+        self.shared.cancel()
+    }
+
+    /// Cancels the pending instance, if any, and waits until a running one
+    /// finished. While it waits, queueing the item fails (also from the
+    /// item itself), so when it returns the item is idle and can be queued
+    /// again. Returns whether an instance was pending.
+    ///
+    /// # Errors
+    /// [`Error::WouldDeadlock`] when called from inside this item.
+    pub fn cancel_sync(&self) -> Result<bool, Error> {
+        self.shared.cancel_sync_with("Work", || false)
+    }
+
+    /// Waits until the last queued instance finished running. Returns
+    /// whether there was one to wait for.
+    ///
+    /// # Errors
+    /// [`Error::WouldDeadlock`] when called from inside this item.
+    pub fn flush(&self) -> Result<bool, Error> {
+        self.shared.flush("Work")
+    }
+}
+
+impl fmt::Debug for Work {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Work")
+            .field("id", &self.id())
+            .field("pending", &self.is_pending())
+            .field("running", &self.is_running())
+            .finish()
+    }
+}

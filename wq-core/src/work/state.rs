@@ -1,0 +1,321 @@
+//! The state word of a work item: which transitions exist and who makes them.
+//!
+//! See `README.md` beside this file for the protocol as a whole.
+//!
+//! ```text
+//!  63                 24 23         8  7    4   3       2        1        0
+//! +---------------------+------------+-------+-------+--------+--------+---------+
+//! |        gen          |  disable   |   -   |WAITERS|HANDOFF |RUNNING | PENDING |
+//! +---------------------+------------+-------+-------+--------+--------+---------+
+//! ```
+
+use crate::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+/// Queued and not yet started (the kernel's `WORK_STRUCT_PENDING`).
+///
+/// Set by whoever queues the item (only if clear and `disable == 0`); cleared
+/// by the worker that starts it (so the function may requeue itself) or by a
+/// cancel. Invariant: at most one queued instance — the one whose entry
+/// carries the current `gen` — can ever be started.
+pub(crate) const PENDING: u64 = 1 << 0;
+/// A worker is running the function. Set and cleared only by that worker.
+pub(crate) const RUNNING: u64 = 1 << 1;
+/// Another worker dequeued an instance while this one ran and parked it in
+/// the item's hand-off slot. Set and cleared only with the slot lock held;
+/// `RUNNING` may not be cleared while it is set.
+pub(crate) const HANDOFF: u64 = 1 << 2;
+/// Someone sleeps in `flush` or `cancel_sync` on this item; whoever retires a
+/// generation or clears `RUNNING` must notify.
+pub(crate) const WAITERS: u64 = 1 << 3;
+/// One `cancel_sync` in progress; `queue` fails while the count is non-zero.
+pub(crate) const DISABLE_ONE: u64 = 1 << 8;
+const DISABLE_MASK: u64 = 0xffff << 8;
+/// One generation: bumped each time the item becomes pending.
+pub(crate) const GEN_ONE: u64 = 1 << 24;
+
+/// The generation number stored in a state word.
+pub(crate) fn gen_of(state: u64) -> u64 {
+    state >> 24
+}
+
+/// Why `try_mark_pending` refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NotQueued {
+    /// Already pending: the caller's queue is a no-op (`queue` returns false).
+    Pending,
+    /// A `cancel_sync` is in progress.
+    Disabled,
+}
+
+/// What a worker that dequeued an entry must do with it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Run it: `PENDING` was cleared and `RUNNING` set by this worker.
+    Run,
+    /// The entry was cancelled or superseded: complete it without running.
+    Stale,
+    /// It runs on another worker right now: park the entry in the hand-off slot.
+    Busy,
+}
+
+/// The atomic state word of one work item.
+#[derive(Debug)]
+pub(crate) struct State(AtomicU64);
+
+impl State {
+    pub(crate) fn new() -> State {
+        State(AtomicU64::new(0))
+    }
+
+    pub(crate) fn load(&self) -> u64 {
+        self.0.load(SeqCst)
+    }
+
+    /// `queue`: PENDING 0 -> 1 and a new generation. Returns that generation.
+    pub(crate) fn try_mark_pending(&self) -> Result<u64, NotQueued> {
+        let mut cur = self.load();
+        loop {
+            if cur & PENDING != 0 {
+                return Err(NotQueued::Pending);
+            }
+            if cur & DISABLE_MASK != 0 {
+                return Err(NotQueued::Disabled);
+            }
+            let next = (cur | PENDING).wrapping_add(GEN_ONE);
+            match self.0.compare_exchange_weak(cur, next, SeqCst, SeqCst) {
+                Ok(_) => return Ok(gen_of(next)),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// A worker dequeued the entry of generation `gen`: start it if it is
+    /// still the live instance and nobody else runs the item.
+    pub(crate) fn claim(&self, gen: u64) -> Claim {
+        let mut cur = self.load();
+        loop {
+            if cur & PENDING == 0 || gen_of(cur) != gen {
+                return Claim::Stale;
+            }
+            if cur & RUNNING != 0 {
+                return Claim::Busy;
+            }
+            let next = (cur & !PENDING) | RUNNING;
+            match self.0.compare_exchange_weak(cur, next, SeqCst, SeqCst) {
+                Ok(_) => return Claim::Run,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Slot lock held: mark that an entry is being parked for the runner.
+    /// Fails (returns false) if the runner already finished.
+    pub(crate) fn try_set_handoff(&self) -> bool {
+        let mut cur = self.load();
+        loop {
+            if cur & RUNNING == 0 {
+                return false;
+            }
+            match self.0.compare_exchange_weak(cur, cur | HANDOFF, SeqCst, SeqCst) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Slot lock held, slot emptied: the runner took every parked entry.
+    pub(crate) fn clear_handoff(&self) {
+        self.0.fetch_and(!HANDOFF, SeqCst);
+    }
+
+    /// The runner finished one execution. Returns `Err(state)` when
+    /// `HANDOFF` is set (the runner must empty the slot first), otherwise
+    /// clears `RUNNING` and returns the state before.
+    pub(crate) fn try_finish(&self) -> Result<u64, u64> {
+        let mut cur = self.load();
+        loop {
+            debug_assert!(cur & RUNNING != 0, "finishing a work item that is not running");
+            if cur & HANDOFF != 0 {
+                return Err(cur);
+            }
+            match self.0.compare_exchange_weak(cur, cur & !RUNNING, SeqCst, SeqCst) {
+                Ok(_) => return Ok(cur),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// The runner took a parked entry of generation `gen`: rerun it in place
+    /// (PENDING -> 0, RUNNING stays) if it is the live instance.
+    pub(crate) fn claim_parked(&self, gen: u64) -> bool {
+        let mut cur = self.load();
+        loop {
+            if cur & PENDING == 0 || gen_of(cur) != gen {
+                return false;
+            }
+            match self.0.compare_exchange_weak(cur, cur & !PENDING, SeqCst, SeqCst) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// `cancel`: PENDING 1 -> 0. Returns the cancelled generation.
+    pub(crate) fn try_clear_pending(&self) -> Option<u64> {
+        let mut cur = self.load();
+        loop {
+            if cur & PENDING == 0 {
+                return None;
+            }
+            match self.0.compare_exchange_weak(cur, cur & !PENDING, SeqCst, SeqCst) {
+                Ok(_) => return Some(gen_of(cur)),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// `cancel_sync` begins: queueing fails until [`State::enable`].
+    pub(crate) fn disable(&self) {
+        let prev = self.0.fetch_add(DISABLE_ONE, SeqCst);
+        debug_assert!(prev & DISABLE_MASK != DISABLE_MASK, "disable count overflow");
+    }
+
+    /// `cancel_sync` ends.
+    pub(crate) fn enable(&self) {
+        let prev = self.0.fetch_sub(DISABLE_ONE, SeqCst);
+        debug_assert!(prev & DISABLE_MASK != 0, "enable without disable");
+    }
+
+    /// A waiter announces itself before checking its condition.
+    pub(crate) fn set_waiters(&self) -> u64 {
+        self.0.fetch_or(WAITERS, SeqCst) | WAITERS
+    }
+
+    /// The notifier takes the waiters flag; returns whether it was set.
+    pub(crate) fn take_waiters(&self) -> bool {
+        self.0.fetch_and(!WAITERS, SeqCst) & WAITERS != 0
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_is_refused_while_pending_and_while_disabled() {
+        let s = State::new();
+        assert_eq!(s.try_mark_pending(), Ok(1));
+        assert_eq!(s.try_mark_pending(), Err(NotQueued::Pending));
+        assert_eq!(s.try_clear_pending(), Some(1));
+        s.disable();
+        assert_eq!(s.try_mark_pending(), Err(NotQueued::Disabled));
+        s.enable();
+        assert_eq!(s.try_mark_pending(), Ok(2));
+    }
+
+    #[test]
+    fn only_the_live_generation_can_be_claimed() {
+        let s = State::new();
+        let g1 = s.try_mark_pending().unwrap();
+        s.try_clear_pending();
+        let g2 = s.try_mark_pending().unwrap();
+        assert_eq!(s.claim(g1), Claim::Stale);
+        assert_eq!(s.claim(g2), Claim::Run);
+        // Requeued while running: a second worker must hand it off.
+        let g3 = s.try_mark_pending().unwrap();
+        assert_eq!(s.claim(g3), Claim::Busy);
+        assert!(s.try_set_handoff());
+        assert!(s.try_finish().is_err(), "RUNNING must stay while HANDOFF is set");
+        s.clear_handoff();
+        assert!(s.claim_parked(g3));
+        assert!(s.try_finish().is_ok());
+        assert_eq!(s.load() & (RUNNING | PENDING | HANDOFF), 0);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Two workers race to claim one queued instance while it is requeued:
+    /// it never runs on both at once, and the live generation runs exactly once.
+    #[test]
+    fn loom_claim_is_exclusive() {
+        loom::model(|| {
+            let s = Arc::new(State::new());
+            let g = s.try_mark_pending().unwrap();
+            let s2 = s.clone();
+            let t = thread::spawn(move || s2.claim(g) == Claim::Run);
+            let mine = s.claim(g) == Claim::Run;
+            let theirs = t.join().unwrap();
+            assert!(mine ^ theirs, "exactly one worker starts the instance");
+        });
+    }
+
+    /// `cancel` racing a worker's claim: the instance either runs or is
+    /// cancelled, never both, never neither.
+    #[test]
+    fn loom_cancel_vs_claim() {
+        loom::model(|| {
+            let s = Arc::new(State::new());
+            let g = s.try_mark_pending().unwrap();
+            let s2 = s.clone();
+            let t = thread::spawn(move || s2.try_clear_pending().is_some());
+            let ran = s.claim(g) == Claim::Run;
+            let cancelled = t.join().unwrap();
+            assert!(ran ^ cancelled);
+        });
+    }
+
+    /// The hand-off handshake: a parked entry is never stranded — either the
+    /// dequeuer sees the runner finished (and runs it itself) or the runner
+    /// sees HANDOFF and reruns it.
+    #[test]
+    fn loom_handoff_is_never_lost() {
+        loom::model(|| {
+            let s = Arc::new(State::new());
+            let g1 = s.try_mark_pending().unwrap();
+            assert_eq!(s.claim(g1), Claim::Run);
+            let g2 = s.try_mark_pending().unwrap();
+            let slot = Arc::new(loom::sync::Mutex::new(false));
+            let (s2, slot2) = (s.clone(), slot.clone());
+            // Dequeuer of g2.
+            let t = thread::spawn(move || loop {
+                match s2.claim(g2) {
+                    Claim::Run => return 1,
+                    Claim::Stale => return 0,
+                    Claim::Busy => {
+                        let mut parked = slot2.lock().unwrap();
+                        if s2.try_set_handoff() {
+                            *parked = true;
+                            return 0;
+                        }
+                    }
+                }
+            });
+            // Runner of g1 finishing.
+            let mut reruns = 0;
+            loop {
+                match s.try_finish() {
+                    Ok(_) => break,
+                    Err(_) => {
+                        let mut parked = slot.lock().unwrap();
+                        assert!(std::mem::take(&mut *parked));
+                        s.clear_handoff();
+                        drop(parked);
+                        if s.claim_parked(g2) {
+                            reruns += 1;
+                        }
+                    }
+                }
+            }
+            let dequeuer_ran = t.join().unwrap();
+            if dequeuer_ran == 1 {
+                assert!(s.try_finish().is_ok());
+            }
+            assert_eq!(reruns + dequeuer_ran, 1, "g2 runs exactly once");
+        });
+    }
+}

@@ -1,0 +1,83 @@
+//! Building a workqueue: validation of name, flags and `max_active`.
+
+use super::{Flags, Workqueue, DEFAULT_MAX_ACTIVE, MAX_ACTIVE_LIMIT, MAX_NAME_LEN};
+use crate::runtime::Runtime;
+use crate::Error;
+
+/// Configures a new [`Workqueue`]; made by [`Workqueue::builder`] or
+/// [`Runtime::workqueue`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct WorkqueueBuilder {
+    rt: Option<Runtime>,
+    name: String,
+    flags: Flags,
+    max_active: u32,
+    ordered: bool,
+}
+
+impl WorkqueueBuilder {
+    pub(crate) fn new(rt: Option<Runtime>, name: &str) -> WorkqueueBuilder {
+        WorkqueueBuilder { rt, name: name.to_owned(), flags: Flags::empty(), max_active: 0, ordered: false }
+    }
+
+    /// Sets the queue's flags (replacing earlier ones).
+    pub fn flags(mut self, flags: Flags) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    /// How many of the queue's items may run at once: per CPU for bound
+    /// queues, in total for unbound ones. 0 means the default (1024); more
+    /// than 2048 is refused by [`build`](WorkqueueBuilder::build).
+    pub fn max_active(mut self, max_active: u32) -> Self {
+        self.max_active = max_active;
+        self
+    }
+
+    /// Makes an ordered queue (the kernel's `alloc_ordered_workqueue`):
+    /// unbound, one item at a time, in queueing order.
+    pub fn ordered(mut self) -> Self {
+        self.ordered = true;
+        self
+    }
+
+    /// Creates the queue.
+    ///
+    /// # Errors
+    /// [`Error::EmptyName`], [`Error::NameTooLong`], [`Error::NameHasNul`],
+    /// [`Error::MaxActiveTooLarge`], [`Error::ConflictingFlags`] (ordered
+    /// with `max_active` above 1, or with `CPU_INTENSIVE`), and errors
+    /// creating the global runtime.
+    pub fn build(self) -> Result<Workqueue, Error> {
+        if self.name.is_empty() {
+            return Err(Error::EmptyName);
+        }
+        if self.name.len() > MAX_NAME_LEN {
+            return Err(Error::NameTooLong { len: self.name.len() });
+        }
+        if self.name.contains('\0') {
+            return Err(Error::NameHasNul);
+        }
+        if self.max_active > MAX_ACTIVE_LIMIT {
+            return Err(Error::MaxActiveTooLarge { requested: self.max_active });
+        }
+        let mut flags = self.flags;
+        let mut max_active = if self.max_active == 0 { DEFAULT_MAX_ACTIVE } else { self.max_active };
+        if self.ordered {
+            if self.max_active > 1 {
+                return Err(Error::ConflictingFlags("an ordered queue runs one item at a time (max_active 1)"));
+            }
+            if flags.contains(Flags::CPU_INTENSIVE) {
+                return Err(Error::ConflictingFlags("ordered and CPU_INTENSIVE"));
+            }
+            flags |= Flags::UNBOUND;
+            max_active = 1;
+        }
+        let rt = match self.rt {
+            Some(rt) => rt,
+            None => Runtime::try_global()?.clone(),
+        };
+        Ok(rt.create_workqueue(self.name, flags, max_active, self.ordered))
+    }
+}

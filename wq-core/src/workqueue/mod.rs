@@ -1,0 +1,456 @@
+//! Workqueues: named domains that carry policy.
+//!
+//! A workqueue owns one pool workqueue per pool it feeds (one per CPU for a
+//! bound queue, one for an unbound queue). Queueing picks the pwq, and the
+//! pwq applies `max_active`; `flush`, `drain` and `destroy` act on all of
+//! them together, as in the kernel.
+
+mod builder;
+mod flush;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+pub use builder::WorkqueueBuilder;
+
+use crate::completion::{Completion, CompletionShared};
+use crate::delayed::DelayedWork;
+use crate::pool::{Entry, Job, Outcome, PwqLink};
+use crate::runtime::Runtime;
+use crate::stats::WorkqueueStats;
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use crate::work::{NotQueued, Work, WorkShared};
+use crate::{worker, Error};
+
+bitflags::bitflags! {
+    /// Workqueue flags, with the kernel's meaning (`WQ_*` in `workqueue.rst`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Flags: u32 {
+        /// Work goes to the highpri pools: separate workers at a higher OS
+        /// priority, never waiting behind normal work.
+        const HIGHPRI = 1 << 0;
+        /// Work items do not take part in concurrency management: while one
+        /// runs, other items on its pool start anyway.
+        const CPU_INTENSIVE = 1 << 1;
+        /// Work goes to unbound pools whose workers are not pinned to a CPU.
+        const UNBOUND = 1 << 2;
+        /// The queue takes part in freezing (`Runtime::freeze`, issue 8).
+        const FREEZABLE = 1 << 3;
+        /// The queue may be needed to make forward progress under resource
+        /// pressure (the kernel's memory reclaim); marks it for a rescuer.
+        const MEM_RECLAIM = 1 << 4;
+        /// The kernel's `WQ_POWER_EFFICIENT`: unbound when the system
+        /// prefers power efficiency, bound otherwise (bound here).
+        const POWER_EFFICIENT = 1 << 5;
+    }
+}
+
+/// The default `max_active` (the kernel's `WQ_DFL_ACTIVE`).
+pub const DEFAULT_MAX_ACTIVE: u32 = 1024;
+/// The largest `max_active` accepted (the kernel's `WQ_MAX_ACTIVE`).
+pub const MAX_ACTIVE_LIMIT: u32 = 2048;
+/// The longest workqueue name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Counters of one workqueue that are not kept per pwq.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) cm_wakeups: AtomicU64,
+    pub(crate) cpu_hogs: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) mayday: AtomicU64,
+    pub(crate) rescued: AtomicU64,
+}
+
+/// The part of a workqueue that queued entries reach (through their pwq
+/// link); it does not keep the runtime alive.
+pub(crate) struct WqCore {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    pub(crate) flags: Flags,
+    pub(crate) ordered: bool,
+    pub(crate) max_active: u32,
+    /// Current flush colour: entries carry the colour they were queued in;
+    /// `flush` bumps it and waits for the older colours.
+    pub(crate) color: AtomicU64,
+    pub(crate) counters: Counters,
+    /// `drain` calls in progress; while non-zero only chained work may queue.
+    pub(crate) draining: AtomicUsize,
+    pub(crate) destroyed: AtomicBool,
+    flushers: AtomicUsize,
+    flush_lock: Mutex<()>,
+    flush_cv: Condvar,
+}
+
+impl WqCore {
+    pub(crate) fn new(id: u64, name: String, flags: Flags, ordered: bool, max_active: u32) -> WqCore {
+        WqCore {
+            id,
+            name,
+            flags,
+            ordered,
+            max_active,
+            color: AtomicU64::new(0),
+            counters: Counters::default(),
+            draining: AtomicUsize::new(0),
+            destroyed: AtomicBool::new(false),
+            flushers: AtomicUsize::new(0),
+            flush_lock: Mutex::new(()),
+            flush_cv: Condvar::new(),
+        }
+    }
+
+    /// A flush colour retired somewhere: wake flushers, if any.
+    pub(crate) fn notify_flushers(&self) {
+        if self.flushers.load(SeqCst) > 0 {
+            let _guard = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.flush_cv.notify_all();
+        }
+    }
+
+    /// Why queueing from the calling thread is refused right now, if it is.
+    /// Called under the target pool's lock, so `destroy` cannot slip in
+    /// between the check and the insertion.
+    fn refusal(&self, from_timer: bool) -> Option<Error> {
+        if self.destroyed.load(SeqCst) {
+            return Some(Error::Destroyed { queue: self.name.clone() });
+        }
+        if !from_timer && self.draining.load(SeqCst) > 0 && worker::current_wq_id() != Some(self.id) {
+            return Some(Error::Draining { queue: self.name.clone() });
+        }
+        None
+    }
+}
+
+pub(crate) struct WqShared {
+    pub(crate) core: Arc<WqCore>,
+    pub(crate) rt: Runtime,
+    /// Bound queues: one pwq per runtime CPU, by CPU slot. Unbound: one.
+    pub(crate) pwqs: Vec<Arc<PwqLink>>,
+    /// Ids of delayed work items whose timer is armed to queue here.
+    pub(crate) armed: Mutex<BTreeSet<u64>>,
+}
+
+/// A named workqueue: the domain that carries policy (priority, CPU
+/// intensity, ordering, `max_active`) and that can be flushed, drained and
+/// destroyed as a group.
+///
+/// Cloning gives another handle to the same queue.
+///
+/// ```
+/// use wq_core::{Flags, Workqueue};
+///
+/// let wq = Workqueue::builder("hashing").flags(Flags::CPU_INTENSIVE).max_active(4).build()?;
+/// let sum = wq.submit(|| (1..=10u64).sum::<u64>())?;
+/// assert_eq!(sum.wait().unwrap(), 55);
+/// wq.flush()?;
+/// # Ok::<(), wq_core::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Workqueue {
+    pub(crate) shared: Arc<WqShared>,
+}
+
+impl Workqueue {
+    /// Starts building a workqueue on the global runtime.
+    pub fn builder(name: &str) -> WorkqueueBuilder {
+        WorkqueueBuilder::new(None, name)
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.shared.core.name
+    }
+
+    /// The queue's flags (`ordered` queues show `UNBOUND`).
+    pub fn flags(&self) -> Flags {
+        self.shared.core.flags
+    }
+
+    /// Whether the queue runs its items one at a time in queueing order.
+    pub fn is_ordered(&self) -> bool {
+        self.shared.core.ordered
+    }
+
+    /// The effective `max_active`: per CPU for bound queues, for the whole
+    /// queue for unbound ones.
+    pub fn max_active(&self) -> u32 {
+        self.shared.core.max_active
+    }
+
+    /// The runtime the queue belongs to.
+    pub fn runtime(&self) -> &Runtime {
+        &self.shared.rt
+    }
+
+    /// Whether [`destroy`](Workqueue::destroy) completed on this queue.
+    pub fn is_destroyed(&self) -> bool {
+        self.shared.core.destroyed.load(SeqCst)
+    }
+
+    /// Queues `work` on the pool of the CPU the caller runs on. Returns
+    /// `false` if it was already pending (nothing changes then).
+    ///
+    /// Also returns `false` if the queue refuses work (destroyed, or
+    /// draining and the caller is not one of its items); the refusal is
+    /// logged and counted in [`WorkqueueStats::refused`]. Use
+    /// [`try_queue`](Workqueue::try_queue) to get the reason as a value.
+    pub fn queue(&self, work: &Work) -> bool {
+        self.or_refused(self.try_queue(work))
+    }
+
+    /// Like [`queue`](Workqueue::queue), with refusals as errors.
+    ///
+    /// # Errors
+    /// [`Error::Destroyed`] or [`Error::Draining`].
+    pub fn try_queue(&self, work: &Work) -> Result<bool, Error> {
+        let slot = self.shared.rt.local_slot();
+        self.queue_work(&work.shared, slot)
+    }
+
+    /// Queues `work` on the pool of CPU `cpu`. Returns `Ok(false)` if it was
+    /// already pending.
+    ///
+    /// # Errors
+    /// [`Error::InvalidCpu`] if the runtime does not manage `cpu`; the
+    /// refusals of [`try_queue`](Workqueue::try_queue).
+    pub fn queue_on(&self, cpu: usize, work: &Work) -> Result<bool, Error> {
+        let slot = self.shared.rt.slot_of(cpu)?;
+        self.queue_work(&work.shared, slot)
+    }
+
+    /// Arms `dwork` to be queued here after `delay`. Returns `false` if it
+    /// was already pending (its deadline is left alone; see
+    /// [`mod_delayed`](Workqueue::mod_delayed)) or if the queue refused it
+    /// (logged and counted, as for [`queue`](Workqueue::queue)).
+    pub fn queue_delayed(&self, dwork: &DelayedWork, delay: Duration) -> bool {
+        self.or_refused(self.try_queue_delayed(dwork, delay))
+    }
+
+    /// Like [`queue_delayed`](Workqueue::queue_delayed), with refusals as errors.
+    ///
+    /// # Errors
+    /// [`Error::DelayTooLong`], [`Error::Destroyed`], [`Error::Draining`].
+    pub fn try_queue_delayed(&self, dwork: &DelayedWork, delay: Duration) -> Result<bool, Error> {
+        dwork.queue_on_wq(self, None, delay, false)
+    }
+
+    /// Like [`try_queue_delayed`](Workqueue::try_queue_delayed), queueing on
+    /// CPU `cpu` when the timer fires.
+    ///
+    /// # Errors
+    /// As `try_queue_delayed`, and [`Error::InvalidCpu`].
+    pub fn queue_delayed_on(&self, cpu: usize, dwork: &DelayedWork, delay: Duration) -> Result<bool, Error> {
+        let slot = self.shared.rt.slot_of(cpu)?;
+        dwork.queue_on_wq(self, Some(slot), delay, false)
+    }
+
+    /// Queues `dwork` after `delay` whatever its state: a pending item
+    /// (armed or already on a worklist) is taken back and re-armed. Returns
+    /// whether it was pending before.
+    ///
+    /// # Errors
+    /// As [`try_queue_delayed`](Workqueue::try_queue_delayed).
+    pub fn mod_delayed(&self, dwork: &DelayedWork, delay: Duration) -> Result<bool, Error> {
+        dwork.queue_on_wq(self, None, delay, true)
+    }
+
+    /// Runs `f` once on this queue and returns a handle to its result.
+    ///
+    /// # Errors
+    /// [`Error::Destroyed`] or [`Error::Draining`]; `f` is dropped.
+    pub fn submit<T, F>(&self, f: F) -> Result<Completion<T>, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let shared = Arc::new(CompletionShared::new());
+        let job_shared = shared.clone();
+        let job = Job::Once(Box::new(move || job_shared.run(f)));
+        self.queue_job(job, self.shared.rt.local_slot(), false)?;
+        Ok(Completion::new(shared))
+    }
+
+    /// Runs `f` once on this queue without a handle: the cheapest way to
+    /// queue a closure (executors use it for each poll). A panic in `f` is
+    /// caught, counted in [`WorkqueueStats::panics`] and otherwise ignored.
+    ///
+    /// # Errors
+    /// [`Error::Destroyed`] or [`Error::Draining`]; `f` is dropped.
+    pub fn execute(&self, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
+        let job = Job::Once(Box::new(move || {
+            Outcome::of(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err())
+        }));
+        self.queue_job(job, self.shared.rt.local_slot(), false)
+    }
+
+    /// Waits for every work item queued before the call to finish. Items
+    /// queued meanwhile (also by those items) are not waited for.
+    ///
+    /// # Errors
+    /// [`Error::WouldDeadlock`] when called from one of this queue's items.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.check_not_own_item("flush")?;
+        self.flush_colors();
+        Ok(())
+    }
+
+    /// Flushes until the queue is empty. Meanwhile only the queue's own
+    /// items may queue more here (chaining); others get [`Error::Draining`].
+    ///
+    /// # Errors
+    /// [`Error::WouldDeadlock`] when called from one of this queue's items.
+    pub fn drain(&self) -> Result<(), Error> {
+        self.check_not_own_item("drain")?;
+        self.drain_inner();
+        Ok(())
+    }
+
+    /// Drains the queue, then refuses all further work. Queued work runs
+    /// first; nothing is dropped.
+    ///
+    /// # Errors
+    /// [`Error::DelayedWorkArmed`] if delayed work is armed to fire on this
+    /// queue (the queue stays usable; cancel those items first);
+    /// [`Error::WouldDeadlock`] when called from one of its items.
+    pub fn destroy(&self) -> Result<(), Error> {
+        self.check_not_own_item("destroy")?;
+        self.check_none_armed()?;
+        loop {
+            self.drain_inner();
+            // With every pool of the queue locked, nothing can be queued
+            // between the emptiness check and the flag.
+            let armed = self.shared.armed.lock().unwrap_or_else(|e| e.into_inner());
+            if !armed.is_empty() {
+                let items = armed.iter().copied().collect();
+                return Err(Error::DelayedWorkArmed { queue: self.name().to_owned(), items });
+            }
+            let guards: Vec<_> = self.shared.pwqs.iter().map(|l| l.pool.lock()).collect();
+            let empty = self.shared.pwqs.iter().zip(&guards).all(|(l, g)| g.pwq(l.slot).nr_in_flight == 0);
+            if empty {
+                self.shared.core.destroyed.store(true, SeqCst);
+                return Ok(());
+            }
+        }
+    }
+
+    /// The queue's counters: the `wq_monitor.py` columns.
+    pub fn stats(&self) -> WorkqueueStats {
+        let c = &self.shared.core.counters;
+        let mut s = WorkqueueStats {
+            cpu_hogs: c.cpu_hogs.load(Relaxed),
+            cm_wakeups: c.cm_wakeups.load(Relaxed),
+            mayday: c.mayday.load(Relaxed),
+            rescued: c.rescued.load(Relaxed),
+            refused: c.refused.load(Relaxed),
+            ..WorkqueueStats::default()
+        };
+        for link in &self.shared.pwqs {
+            let (total, in_flight, cpu_time, panics) = link.pool.pwq_stats(link.slot);
+            s.total += total;
+            s.in_flight += in_flight as u64;
+            s.cpu_time += cpu_time;
+            s.panics += panics;
+        }
+        s
+    }
+
+    fn or_refused(&self, r: Result<bool, Error>) -> bool {
+        r.unwrap_or_else(|err| {
+            tracing::error!(target: "wq", queue = %self.name(), %err, "work item refused");
+            false
+        })
+    }
+
+    fn check_not_own_item(&self, what: &str) -> Result<(), Error> {
+        if worker::current_wq_id() == Some(self.shared.core.id) {
+            return Err(Error::WouldDeadlock(format!(
+                "Workqueue::{what} of {:?} called from one of its own work items",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_none_armed(&self) -> Result<(), Error> {
+        let armed = self.shared.armed.lock().unwrap_or_else(|e| e.into_inner());
+        if armed.is_empty() {
+            return Ok(());
+        }
+        Err(Error::DelayedWorkArmed { queue: self.name().to_owned(), items: armed.iter().copied().collect() })
+    }
+
+    /// Marks `work` pending and queues it on the pwq of `slot`.
+    fn queue_work(&self, work: &Arc<WorkShared>, slot: usize) -> Result<bool, Error> {
+        let gen = match work.state.try_mark_pending() {
+            Ok(gen) => gen,
+            Err(NotQueued::Pending | NotQueued::Disabled) => return Ok(false),
+        };
+        match self.queue_job(Job::Work { work: work.clone(), gen }, slot, false) {
+            Ok(()) => Ok(true),
+            Err(err) => {
+                work.cancel();
+                Err(err)
+            }
+        }
+    }
+
+    /// Queues an instance already marked pending (delayed work firing).
+    pub(crate) fn queue_pending(&self, work: &Arc<WorkShared>, gen: u64, slot: Option<usize>) -> Result<(), Error> {
+        let slot = slot.unwrap_or_else(|| self.shared.rt.local_slot());
+        self.queue_job(Job::Work { work: work.clone(), gen }, slot, true)
+    }
+
+    /// Puts `job` on the pwq for CPU slot `slot`, unless the queue refuses.
+    fn queue_job(&self, job: Job, slot: usize, from_timer: bool) -> Result<(), Error> {
+        let link = self.pwq_for(slot);
+        let pool = &link.pool;
+        let mut inner = pool.lock();
+        if let Some(err) = self.shared.core.refusal(from_timer) {
+            drop(inner);
+            self.shared.core.counters.refused.fetch_add(1, Relaxed);
+            // The job (and whatever it captured) is dropped unlocked.
+            drop(job);
+            return Err(err);
+        }
+        let color = self.shared.core.color.load(SeqCst);
+        let woken = pool.insert(&mut inner, Entry { pwq: link.clone(), color, job });
+        drop(inner);
+        if let Some(w) = woken {
+            w.unpark();
+        }
+        Ok(())
+    }
+
+    fn pwq_for(&self, slot: usize) -> &Arc<PwqLink> {
+        let pwqs = &self.shared.pwqs;
+        &pwqs[if pwqs.len() == 1 { 0 } else { slot }]
+    }
+
+    /// Whether `destroy` should refuse because of armed delayed work; used
+    /// by `DelayedWork` under the `armed` lock to keep the two in step.
+    pub(crate) fn refusal_for_arming(&self) -> Option<Error> {
+        self.shared.core.refusal(false)
+    }
+}
+
+impl fmt::Debug for Workqueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workqueue")
+            .field("name", &self.name())
+            .field("flags", &self.flags())
+            .field("max_active", &self.max_active())
+            .field("ordered", &self.is_ordered())
+            .finish()
+    }
+}
+
+impl PartialEq for Workqueue {
+    fn eq(&self, other: &Workqueue) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Eq for Workqueue {}

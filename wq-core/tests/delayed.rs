@@ -1,0 +1,135 @@
+//! Delayed work: timers, re-arming, cancelling, flushing, destroy.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::wait_until;
+use wq_core::{DelayedWork, Error, Runtime, Workqueue};
+
+fn timed_work() -> (DelayedWork, Arc<Mutex<Vec<Instant>>>) {
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let r = runs.clone();
+    (DelayedWork::new(move || r.lock().unwrap().push(Instant::now())), runs)
+}
+
+#[test]
+fn delayed_work_does_not_run_before_its_delay() {
+    let wq = Workqueue::builder("delay").build().unwrap();
+    let (dw, runs) = timed_work();
+    let queued = Instant::now();
+    assert!(wq.queue_delayed(&dw, Duration::from_millis(100)));
+    assert!(dw.is_pending());
+    assert!(!wq.queue_delayed(&dw, Duration::from_millis(1)), "pending: deadline stays");
+    wait_until("it ran", || !runs.lock().unwrap().is_empty());
+    let ran = runs.lock().unwrap()[0];
+    assert!(ran - queued >= Duration::from_millis(100), "ran after {:?}", ran - queued);
+    assert!(!dw.is_pending());
+}
+
+#[test]
+fn mod_delayed_rearms_an_armed_item() {
+    let wq = Workqueue::builder("mod").build().unwrap();
+    let (dw, runs) = timed_work();
+    assert!(!wq.mod_delayed(&dw, Duration::from_millis(40)).unwrap(), "was idle");
+    let rearmed = Instant::now();
+    assert!(wq.mod_delayed(&dw, Duration::from_millis(200)).unwrap(), "was pending");
+    wait_until("it ran", || !runs.lock().unwrap().is_empty());
+    std::thread::sleep(Duration::from_millis(60));
+    let runs = runs.lock().unwrap();
+    assert_eq!(runs.len(), 1, "the first deadline must not fire too");
+    assert!(runs[0] - rearmed >= Duration::from_millis(200));
+}
+
+#[test]
+fn mod_delayed_rearms_an_item_already_on_the_worklist() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let wq = rt.workqueue("mod-queued").ordered().build().unwrap();
+    let (tx, rx) = mpsc::channel::<()>();
+    let gate = wq.submit(move || rx.recv().unwrap()).unwrap();
+    let (dw, runs) = timed_work();
+    assert!(wq.queue_delayed(&dw, Duration::ZERO), "zero delay queues at once");
+    let rearmed = Instant::now();
+    assert!(wq.mod_delayed(&dw, Duration::from_millis(150)).unwrap());
+    tx.send(()).unwrap();
+    gate.wait().unwrap();
+    wait_until("it ran", || !runs.lock().unwrap().is_empty());
+    assert!(runs.lock().unwrap()[0] - rearmed >= Duration::from_millis(150));
+    wq.flush().unwrap();
+    assert_eq!(runs.lock().unwrap().len(), 1, "the queued instance must have been taken back");
+}
+
+#[test]
+fn cancel_disarms_and_flush_fires_now() {
+    let wq = Workqueue::builder("cancel-delayed").build().unwrap();
+    let (dw, runs) = timed_work();
+    assert!(wq.queue_delayed(&dw, Duration::from_millis(50)));
+    assert!(dw.cancel());
+    assert!(!dw.is_pending());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(runs.lock().unwrap().is_empty(), "a cancelled timer fired");
+    assert!(wq.queue_delayed(&dw, Duration::from_secs(3600)));
+    let t = Instant::now();
+    assert!(dw.flush().unwrap());
+    assert_eq!(runs.lock().unwrap().len(), 1);
+    assert!(runs.lock().unwrap()[0] - t < Duration::from_secs(3600));
+    assert!(wq.queue_delayed(&dw, Duration::from_secs(3600)));
+    assert!(dw.cancel_sync().unwrap());
+    assert_eq!(runs.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn destroy_refuses_while_delayed_work_is_armed() {
+    let wq = Workqueue::builder("armed").build().unwrap();
+    let (dw, _) = timed_work();
+    assert!(wq.queue_delayed(&dw, Duration::from_secs(3600)));
+    match wq.destroy() {
+        Err(Error::DelayedWorkArmed { queue, items }) => {
+            assert_eq!(queue, "armed");
+            assert_eq!(items, vec![dw.id()]);
+        }
+        other => panic!("destroy with armed work: {other:?}"),
+    }
+    assert!(!wq.is_destroyed());
+    dw.cancel();
+    wq.destroy().unwrap();
+    assert!(matches!(wq.try_queue_delayed(&dw, Duration::from_millis(1)), Err(Error::Destroyed { .. })));
+    assert!(!dw.is_pending());
+}
+
+#[test]
+fn absurd_delays_are_refused() {
+    let wq = Workqueue::builder("absurd").build().unwrap();
+    let (dw, _) = timed_work();
+    assert!(matches!(wq.try_queue_delayed(&dw, Duration::MAX), Err(Error::DelayTooLong)));
+    assert!(!dw.is_pending());
+    assert!(matches!(wq.queue_delayed_on(9999, &dw, Duration::ZERO), Err(Error::InvalidCpu { .. })));
+}
+
+#[test]
+fn many_delayed_items_each_run_once() {
+    let wq = Workqueue::builder("many-delayed").build().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let items: Vec<_> = (0..200)
+        .map(|_| {
+            let c = count.clone();
+            DelayedWork::new(move || {
+                c.fetch_add(1, SeqCst);
+            })
+        })
+        .collect();
+    for (i, dw) in items.iter().enumerate() {
+        assert!(wq.queue_delayed(dw, Duration::from_millis(1 + (i % 20) as u64)));
+        // Re-arm half of them while armed: each must still run exactly once.
+        if i % 2 == 0 {
+            wq.mod_delayed(dw, Duration::from_millis(5)).unwrap();
+        }
+    }
+    for dw in &items {
+        dw.flush().unwrap();
+    }
+    wq.flush().unwrap();
+    assert_eq!(count.load(SeqCst), 200);
+}

@@ -1,0 +1,145 @@
+//! Runtime construction, worker lifecycle and fault injection.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::wait_until;
+use wq_core::{Error, Flags, Runtime};
+
+fn thread_names() -> BTreeSet<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim_end().to_owned())
+        .collect()
+}
+
+#[test]
+fn worker_threads_are_named_like_kworkers() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let hi = rt.workqueue("hi").flags(Flags::HIGHPRI).build().unwrap();
+    let ub = rt.workqueue("ub").flags(Flags::UNBOUND).build().unwrap();
+    let own = hi.submit(|| std::fs::read_to_string("/proc/thread-self/comm").unwrap()).unwrap();
+    assert!(own.wait().unwrap().trim_end().ends_with('H'), "highpri worker names end in H");
+    let own = ub.submit(|| std::fs::read_to_string("/proc/thread-self/comm").unwrap()).unwrap();
+    assert!(own.wait().unwrap().starts_with("wq/u"));
+    let names = thread_names();
+    assert!(names.iter().any(|n| n.starts_with("wq/0:") && !n.ends_with('H')), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("wq/0:") && n.ends_with('H')), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("wq/u")), "{names:?}");
+}
+
+#[test]
+fn idle_workers_beyond_the_reserve_are_reaped() {
+    let rt = Runtime::builder().cpus([0]).idle_timeout(Duration::from_millis(100)).build().unwrap();
+    let wq = rt.workqueue("burst").build().unwrap();
+    // Eight items that each wait until all eight run: the pool must grow to eight workers.
+    let started = Arc::new(AtomicUsize::new(0));
+    let items: Vec<_> = (0..8)
+        .map(|_| {
+            let started = started.clone();
+            wq.submit(move || {
+                started.fetch_add(1, SeqCst);
+                wq_core::blocking(|| wait_until("all eight items run at once", || started.load(SeqCst) == 8));
+            })
+            .unwrap()
+        })
+        .collect();
+    let bound = |rt: &Runtime| rt.stats().pools.into_iter().find(|p| p.cpu == Some(0) && !p.highpri).unwrap();
+    for c in items {
+        c.wait().unwrap();
+    }
+    wait_until("idle workers are reaped down to the reserve", || {
+        let p = bound(&rt);
+        p.workers == 1 && p.idle == 1
+    });
+    // The reserve still serves work at once.
+    assert_eq!(wq.submit(|| 1).unwrap().wait().unwrap(), 1);
+}
+
+#[test]
+fn failing_thread_creation_delays_work_but_never_loses_it() {
+    let fail = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (f, a) = (fail.clone(), attempts.clone());
+    let rt = Runtime::builder()
+        .cpus([0])
+        .spawn_hook(move || {
+            if f.load(SeqCst) {
+                a.fetch_add(1, SeqCst);
+                return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+            }
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let wq = rt.workqueue("starved").build().unwrap();
+    fail.store(true, SeqCst);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let items: Vec<_> = (0..20)
+        .map(|_| {
+            let r = ran.clone();
+            wq.submit(move || {
+                wq_core::blocking(|| thread::sleep(Duration::from_millis(20)));
+                r.fetch_add(1, SeqCst);
+            })
+            .unwrap()
+        })
+        .collect();
+    wait_until("creation was retried", || attempts.load(SeqCst) >= 3);
+    fail.store(false, SeqCst);
+    for c in items {
+        c.wait().unwrap();
+    }
+    assert_eq!(ran.load(SeqCst), 20);
+    wq.flush().unwrap();
+    assert_eq!(wq.stats().total, 20);
+}
+
+#[test]
+fn bad_runtime_settings_are_refused_with_a_reason() {
+    assert!(matches!(Runtime::builder().cpus([]).build(), Err(Error::NoCpus)));
+    match Runtime::builder().cpus([0, 4000]).build() {
+        Err(Error::InvalidCpu { cpu: 4000, .. }) => {}
+        other => panic!("offline CPU accepted: {other:?}"),
+    }
+    assert!(matches!(Runtime::builder().idle_timeout(Duration::ZERO).build(), Err(Error::InvalidConfig(_))));
+    assert!(matches!(Runtime::builder().cpu_hog_threshold(Duration::ZERO).build(), Err(Error::InvalidConfig(_))));
+    let err = Runtime::builder().cpus([0]).max_workers(1).build().unwrap_err();
+    assert!(err.to_string().contains("max_workers 1"), "{err}");
+}
+
+#[test]
+fn dropping_a_runtime_still_runs_queued_work() {
+    let ran = Arc::new(AtomicUsize::new(0));
+    {
+        let rt = Runtime::builder().cpus([0]).build().unwrap();
+        let wq = rt.workqueue("short-lived").build().unwrap();
+        for _ in 0..100 {
+            let r = ran.clone();
+            wq.execute(move || {
+                r.fetch_add(1, SeqCst);
+            })
+            .unwrap();
+        }
+    }
+    wait_until("queued work ran after the runtime was dropped", || ran.load(SeqCst) == 100);
+}
+
+#[test]
+fn dump_shows_pools_and_queue_mapping() {
+    let rt = Runtime::builder().build().unwrap();
+    let _a = rt.workqueue("dump_bound").build().unwrap();
+    let _b = rt.workqueue("dump_unbound").flags(Flags::UNBOUND).build().unwrap();
+    let dump = rt.dump();
+    assert!(dump.contains("Worker Pools"), "{dump}");
+    assert!(dump.contains("dump_bound") && dump.contains("dump_unbound"), "{dump}");
+    assert!(dump.contains("nice=-20"), "{dump}");
+    assert_eq!(rt.stats().pools.len(), 2 * rt.cpus().len() + 2);
+}

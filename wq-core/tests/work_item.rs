@@ -1,0 +1,186 @@
+//! The work item state machine through the public API.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::wait_until;
+use wq_core::{Error, Runtime, Work, Workqueue};
+
+fn counter_work() -> (Work, Arc<AtomicUsize>) {
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    (Work::new(move || { n2.fetch_add(1, SeqCst); }), n)
+}
+
+#[test]
+fn queueing_a_pending_item_returns_false_and_it_runs_once() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let wq = rt.workqueue("pending").ordered().build().unwrap();
+    // Hold the ordered queue so the item stays pending.
+    let (tx, rx) = mpsc::channel::<()>();
+    let gate = wq.submit(move || rx.recv().unwrap()).unwrap();
+    let (work, runs) = counter_work();
+    assert!(wq.queue(&work));
+    assert!(work.is_pending());
+    assert!(!wq.queue(&work), "second queue of a pending item");
+    assert!(!wq.queue(&work));
+    tx.send(()).unwrap();
+    gate.wait().unwrap();
+    work.flush().unwrap();
+    assert_eq!(runs.load(SeqCst), 1);
+    assert!(!work.is_pending());
+    // Idle again: queueing works and runs it again.
+    assert!(wq.queue(&work));
+    work.flush().unwrap();
+    assert_eq!(runs.load(SeqCst), 2);
+}
+
+/// An item queued from several threads on several CPUs while it runs never
+/// runs concurrently with itself, and every accepted queueing runs exactly once.
+#[test]
+fn an_item_never_runs_concurrently_with_itself() {
+    let rt = Runtime::builder().build().unwrap();
+    let wqs = [rt.workqueue("a").build().unwrap(), rt.workqueue("b").build().unwrap()];
+    let inside = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (i, o, r) = (inside.clone(), overlaps.clone(), runs.clone());
+    let work = Work::new(move || {
+        if i.fetch_add(1, SeqCst) != 0 {
+            o.fetch_add(1, SeqCst);
+        }
+        r.fetch_add(1, SeqCst);
+        for _ in 0..200 {
+            std::hint::spin_loop();
+        }
+        i.fetch_sub(1, SeqCst);
+    });
+    let cpus = rt.cpus().to_vec();
+    let accepted: usize = thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let (work, wqs, cpus) = (&work, &wqs, &cpus);
+                s.spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    let (mut ok, mut k) = (0, 0);
+                    while ok < 1_500 {
+                        assert!(Instant::now() < deadline, "producer {t} stalled at {ok} accepted queueings");
+                        let wq = &wqs[(t + k) % 2];
+                        let cpu = cpus[(t + k / 7) % cpus.len()];
+                        if wq.queue_on(cpu, work).unwrap() {
+                            ok += 1;
+                        } else {
+                            thread::yield_now();
+                        }
+                        k += 1;
+                    }
+                    ok
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    for wq in &wqs {
+        wq.flush().unwrap();
+    }
+    work.flush().unwrap();
+    assert_eq!(overlaps.load(SeqCst), 0, "the item ran concurrently with itself");
+    assert_eq!(runs.load(SeqCst), accepted, "every accepted queueing runs exactly once");
+}
+
+#[test]
+fn an_item_may_requeue_itself() {
+    let wq = Workqueue::builder("self-requeue").build().unwrap();
+    let me: Arc<OnceLock<Work>> = Arc::new(OnceLock::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (me2, runs2, wq2) = (me.clone(), runs.clone(), wq.clone());
+    let work = Work::new(move || {
+        if runs2.fetch_add(1, SeqCst) + 1 < 10 {
+            assert!(wq2.queue(me2.get().unwrap()), "requeue from inside must succeed");
+        }
+    });
+    me.set(work.clone()).unwrap();
+    assert!(wq.queue(&work));
+    wait_until("ten runs", || runs.load(SeqCst) == 10);
+    wq.flush().unwrap();
+    assert_eq!(runs.load(SeqCst), 10);
+}
+
+#[test]
+fn cancel_takes_back_a_pending_item() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let wq = rt.workqueue("cancel").ordered().build().unwrap();
+    let (tx, rx) = mpsc::channel::<()>();
+    let gate = wq.submit(move || rx.recv().unwrap()).unwrap();
+    let (work, runs) = counter_work();
+    assert!(wq.queue(&work));
+    assert!(work.cancel());
+    assert!(!work.cancel(), "nothing left to cancel");
+    assert!(!work.is_pending());
+    tx.send(()).unwrap();
+    gate.wait().unwrap();
+    wq.flush().unwrap();
+    assert_eq!(runs.load(SeqCst), 0);
+    assert!(wq.queue(&work), "a cancelled item can be queued again");
+    wq.flush().unwrap();
+    assert_eq!(runs.load(SeqCst), 1);
+}
+
+#[test]
+fn cancel_sync_waits_for_the_running_instance_and_blocks_requeueing() {
+    let wq = Workqueue::builder("cancel-sync").build().unwrap();
+    let me: Arc<OnceLock<Work>> = Arc::new(OnceLock::new());
+    let started = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let requeued = Arc::new(AtomicBool::new(true));
+    let (me2, s2, f2, q2, wq2) = (me.clone(), started.clone(), finished.clone(), requeued.clone(), wq.clone());
+    let work = Work::new(move || {
+        s2.fetch_add(1, SeqCst);
+        wq_core::blocking(|| thread::sleep(Duration::from_millis(100)));
+        // During cancel_sync the item is disabled: this requeue must fail.
+        q2.store(wq2.queue(me2.get().unwrap()), SeqCst);
+        f2.fetch_add(1, SeqCst);
+    });
+    me.set(work.clone()).unwrap();
+    assert!(wq.queue(&work));
+    wait_until("the item started", || started.load(SeqCst) == 1);
+    assert!(!work.cancel_sync().unwrap(), "it was running, not pending");
+    assert_eq!(finished.load(SeqCst), 1, "cancel_sync returned before the item finished");
+    assert!(!requeued.load(SeqCst), "a requeue during cancel_sync succeeded");
+    assert!(!work.is_pending() && !work.is_running());
+    thread::sleep(Duration::from_millis(50));
+    wq.flush().unwrap();
+    assert_eq!(started.load(SeqCst), 1, "the item ran again after cancel_sync");
+    // Enabled again afterwards.
+    assert!(wq.queue(&work));
+    wait_until("second run", || finished.load(SeqCst) == 2);
+    work.cancel_sync().unwrap();
+}
+
+#[test]
+fn flush_and_cancel_sync_from_inside_the_item_are_refused() {
+    let wq = Workqueue::builder("self-wait").build().unwrap();
+    let me: Arc<OnceLock<Work>> = Arc::new(OnceLock::new());
+    let (tx, rx) = mpsc::channel();
+    let me2 = me.clone();
+    let work = Work::new(move || {
+        let w = me2.get().unwrap();
+        tx.send((w.flush().map(|_| ()), w.cancel_sync().map(|_| ()))).unwrap();
+    });
+    me.set(work.clone()).unwrap();
+    wq.queue(&work);
+    let (flush, cancel) = rx.recv_timeout(Duration::from_secs(20)).expect("the item deadlocked");
+    assert!(matches!(flush, Err(Error::WouldDeadlock(_))), "{flush:?}");
+    assert!(matches!(cancel, Err(Error::WouldDeadlock(_))), "{cancel:?}");
+}
+
+#[test]
+fn flush_of_an_idle_item_returns_at_once() {
+    let (work, _) = counter_work();
+    assert!(!work.flush().unwrap());
+    assert!(!work.cancel_sync().unwrap());
+}

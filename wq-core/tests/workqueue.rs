@@ -1,0 +1,312 @@
+//! Workqueue policy and group operations.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::{block_on, wait_until};
+use wq_core::{Error, Flags, Runtime, Work, Workqueue, MAX_ACTIVE_LIMIT};
+
+#[test]
+fn builder_validates_its_input() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    assert!(matches!(rt.workqueue("").build(), Err(Error::EmptyName)));
+    assert!(matches!(rt.workqueue(&"x".repeat(65)).build(), Err(Error::NameTooLong { len: 65 })));
+    assert!(matches!(rt.workqueue("a\0b").build(), Err(Error::NameHasNul)));
+    let too_many = rt.workqueue("q").max_active(MAX_ACTIVE_LIMIT + 1).build();
+    assert!(matches!(too_many, Err(Error::MaxActiveTooLarge { requested: 2049 })), "{too_many:?}");
+    assert!(matches!(rt.workqueue("q").max_active(4).ordered().build(), Err(Error::ConflictingFlags(_))));
+    let q = rt.workqueue("q").max_active(0).build().unwrap();
+    assert_eq!(q.max_active(), 1024);
+    let q = rt.workqueue("q").max_active(MAX_ACTIVE_LIMIT).build().unwrap();
+    assert_eq!(q.max_active(), 2048);
+    let o = rt.workqueue("o").ordered().build().unwrap();
+    assert!(o.is_ordered() && o.flags().contains(Flags::UNBOUND) && o.max_active() == 1);
+    let err = rt.workqueue("").build().unwrap_err().to_string();
+    assert!(err.contains("name is empty"), "{err}");
+}
+
+#[test]
+fn ordered_queue_runs_strictly_fifo_one_at_a_time() {
+    let wq = Workqueue::builder("ordered").ordered().build().unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    for i in 0..300 {
+        let (order, inside, overlaps) = (order.clone(), inside.clone(), overlaps.clone());
+        let _ = wq
+            .submit(move || {
+                if inside.fetch_add(1, SeqCst) != 0 {
+                    overlaps.fetch_add(1, SeqCst);
+                }
+                if i % 50 == 0 {
+                    // A sleeping item must not let the next one start.
+                    wq_core::blocking(|| thread::sleep(Duration::from_millis(20)));
+                }
+                order.lock().unwrap().push(i);
+                inside.fetch_sub(1, SeqCst);
+            })
+            .unwrap();
+    }
+    wq.flush().unwrap();
+    assert_eq!(overlaps.load(SeqCst), 0);
+    assert_eq!(*order.lock().unwrap(), (0..300).collect::<Vec<_>>());
+}
+
+/// Items of a bound `max_active = 2` queue that all sleep: concurrency
+/// management would start more, `max_active` must not let it.
+#[test]
+fn max_active_is_honoured_per_cpu_on_bound_queues() {
+    let rt = Runtime::builder().build().unwrap();
+    let cpus = rt.cpus().to_vec();
+    let wq = rt.workqueue("limited").max_active(2).build().unwrap();
+    let now: Arc<Vec<AtomicUsize>> = Arc::new((0..=*cpus.iter().max().unwrap()).map(|_| AtomicUsize::new(0)).collect());
+    let peak: Arc<Vec<AtomicUsize>> = Arc::new((0..now.len()).map(|_| AtomicUsize::new(0)).collect());
+    for &cpu in &cpus {
+        for _ in 0..12 {
+            let (now, peak) = (now.clone(), peak.clone());
+            let w = Work::new(move || {
+                let n = now[cpu].fetch_add(1, SeqCst) + 1;
+                peak[cpu].fetch_max(n, SeqCst);
+                wq_core::blocking(|| thread::sleep(Duration::from_millis(20)));
+                now[cpu].fetch_sub(1, SeqCst);
+            });
+            assert!(wq.queue_on(cpu, &w).unwrap());
+        }
+    }
+    wq.flush().unwrap();
+    for &cpu in &cpus {
+        assert_eq!(peak[cpu].load(SeqCst), 2, "CPU {cpu}: peak in flight must be exactly max_active");
+    }
+    assert_eq!(wq.stats().total, 12 * cpus.len() as u64);
+}
+
+#[test]
+fn unbound_max_active_limits_the_whole_queue() {
+    let rt = Runtime::builder().build().unwrap();
+    let wq = rt.workqueue("u").flags(Flags::UNBOUND).max_active(3).build().unwrap();
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    for _ in 0..20 {
+        let (now, peak) = (now.clone(), peak.clone());
+        let _ = wq.submit(move || {
+            peak.fetch_max(now.fetch_add(1, SeqCst) + 1, SeqCst);
+            wq_core::blocking(|| thread::sleep(Duration::from_millis(10)));
+            now.fetch_sub(1, SeqCst);
+        });
+    }
+    wq.flush().unwrap();
+    assert_eq!(peak.load(SeqCst), 3);
+}
+
+#[test]
+fn flush_waits_for_items_queued_before_it_only() {
+    let wq = Workqueue::builder("flush").build().unwrap();
+    let before_done = Arc::new(AtomicUsize::new(0));
+    for _ in 0..4 {
+        let d = before_done.clone();
+        let _ = wq.submit(move || {
+            wq_core::blocking(|| thread::sleep(Duration::from_millis(40)));
+            d.fetch_add(1, SeqCst);
+        });
+    }
+    let (flushed_tx, flushed_rx) = mpsc::channel();
+    let wq2 = wq.clone();
+    let flusher = thread::spawn(move || {
+        wq2.flush().unwrap();
+        flushed_tx.send(()).unwrap();
+    });
+    // Queued after flush started: it waits until flush returned, so a flush
+    // that waited for it would never return.
+    wait_until("the flusher is waiting", || before_done.load(SeqCst) < 4);
+    thread::sleep(Duration::from_millis(5));
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let after = wq.submit(move || wq_core::blocking(|| release_rx.recv().unwrap())).unwrap();
+    flushed_rx.recv_timeout(Duration::from_secs(20)).expect("flush waited for an item queued after it");
+    assert_eq!(before_done.load(SeqCst), 4, "flush returned before the earlier items finished");
+    assert!(!after.is_finished());
+    release_tx.send(()).unwrap();
+    after.wait().unwrap();
+    flusher.join().unwrap();
+}
+
+#[test]
+fn drain_lets_the_queues_own_items_chain_and_refuses_others() {
+    let wq = Workqueue::builder("drain").build().unwrap();
+    let links = Arc::new(AtomicUsize::new(0));
+    fn chain(wq: Workqueue, links: Arc<AtomicUsize>) {
+        let wq2 = wq.clone();
+        let _ = wq.submit(move || {
+            wq_core::blocking(|| thread::sleep(Duration::from_millis(10)));
+            if links.fetch_add(1, SeqCst) + 1 < 25 {
+                chain(wq2, links);
+            }
+        });
+    }
+    chain(wq.clone(), links.clone());
+    let wq2 = wq.clone();
+    let drainer = thread::spawn(move || wq2.drain());
+    let mut refused = false;
+    while !drainer.is_finished() {
+        match wq.execute(|| {}) {
+            Err(Error::Draining { queue }) => {
+                assert_eq!(queue, "drain");
+                refused = true;
+                break;
+            }
+            Ok(()) | Err(_) => thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    drainer.join().unwrap().unwrap();
+    assert_eq!(links.load(SeqCst), 25, "drain returned before the chain ended");
+    assert!(refused, "outside queueing during drain was not refused");
+    wq.execute(|| {}).expect("the queue takes work again after drain");
+    wq.flush().unwrap();
+}
+
+#[test]
+fn destroy_runs_what_is_queued_then_refuses_work() {
+    let wq = Workqueue::builder("destroy").build().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    for _ in 0..50 {
+        let r = ran.clone();
+        wq.execute(move || {
+            r.fetch_add(1, SeqCst);
+        })
+        .unwrap();
+    }
+    wq.destroy().unwrap();
+    assert_eq!(ran.load(SeqCst), 50, "destroy dropped queued work");
+    assert!(wq.is_destroyed());
+    let work = Work::new(|| {});
+    assert!(matches!(wq.try_queue(&work), Err(Error::Destroyed { .. })));
+    assert!(!wq.queue(&work), "queue on a destroyed queue must report false");
+    assert!(!work.is_pending(), "a refused item must not stay pending");
+    assert!(matches!(wq.submit(|| 1), Err(Error::Destroyed { .. })));
+    assert!(wq.stats().refused >= 2);
+}
+
+#[test]
+fn group_operations_from_the_queues_own_item_are_refused() {
+    let wq = Workqueue::builder("self").build().unwrap();
+    let wq2 = wq.clone();
+    let r = wq.submit(move || (wq2.flush(), wq2.drain(), wq2.destroy())).unwrap();
+    let (f, d, x) = r.wait().unwrap();
+    assert!(matches!(f, Err(Error::WouldDeadlock(_))));
+    assert!(matches!(d, Err(Error::WouldDeadlock(_))));
+    assert!(matches!(x, Err(Error::WouldDeadlock(_))));
+}
+
+#[test]
+fn a_panicking_item_does_not_kill_its_worker() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let wq = rt.workqueue("panics").build().unwrap();
+    let workers_before = rt.stats().workers;
+    let c = wq.submit(|| -> u32 { panic!("boom {}", 7) }).unwrap();
+    let err = c.wait().unwrap_err();
+    assert_eq!(err.message(), "boom 7");
+    let w = Work::new(|| panic!("work panics too"));
+    wq.queue(&w);
+    w.flush().unwrap();
+    wq.execute(|| panic!("and closures")).unwrap();
+    assert_eq!(wq.submit(|| 5).unwrap().wait().unwrap(), 5);
+    wq.flush().unwrap();
+    assert_eq!(wq.stats().panics, 3);
+    assert_eq!(wq.stats().total, 4);
+    assert!(rt.stats().workers >= workers_before, "a worker died");
+    let payload = wq.submit(|| std::panic::panic_any(42u8)).unwrap().wait().unwrap_err().into_panic();
+    assert_eq!(payload.downcast_ref::<u8>(), Some(&42));
+}
+
+#[test]
+fn completion_is_a_future_and_can_be_cancelled_before_it_starts() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let wq = rt.workqueue("fut").ordered().build().unwrap();
+    assert_eq!(block_on(wq.submit(|| 40 + 2).unwrap()).unwrap(), 42);
+    let (tx, rx) = mpsc::channel::<()>();
+    let gate = wq.submit(move || rx.recv().unwrap()).unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let c = wq.submit(move || r.fetch_add(1, SeqCst)).unwrap();
+    assert!(c.cancel().is_ok(), "not started yet: cancel must win");
+    tx.send(()).unwrap();
+    gate.wait().unwrap();
+    wq.flush().unwrap();
+    assert_eq!(ran.load(SeqCst), 0, "a cancelled closure ran");
+    let started = wq.submit(|| 1).unwrap();
+    assert!(started.wait_timeout(Duration::from_secs(20)));
+    assert!(started.cancel().is_err(), "a finished closure cannot be cancelled");
+}
+
+#[test]
+fn stats_count_cpu_time_and_in_flight() {
+    let wq = Workqueue::builder("stats").flags(Flags::CPU_INTENSIVE).build().unwrap();
+    for _ in 0..4 {
+        let _ = wq.submit(|| common::burn(Duration::from_millis(5)));
+    }
+    wq.flush().unwrap();
+    let s = wq.stats();
+    assert_eq!((s.total, s.in_flight), (4, 0));
+    assert!(s.cpu_time >= Duration::from_millis(20), "{s:?}");
+}
+
+#[test]
+fn highpri_workers_run_at_the_priority_the_os_granted() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let wq = rt.workqueue("hi").flags(Flags::HIGHPRI).build().unwrap();
+    let nice = wq.submit(thread_nice).unwrap().wait().unwrap();
+    let pool = rt.stats().pools.into_iter().find(|p| p.highpri && p.cpu == Some(0)).unwrap();
+    assert_eq!(nice, pool.nice_granted.unwrap_or(0), "{pool:?}");
+    let normal = rt.workqueue("lo").build().unwrap();
+    assert_eq!(normal.submit(thread_nice).unwrap().wait().unwrap(), 0);
+}
+
+/// Field 19 of /proc/thread-self/stat.
+fn thread_nice() -> i32 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn bound_work_runs_on_the_cpu_it_was_queued_on() {
+    let rt = Runtime::builder().build().unwrap();
+    let wq = rt.workqueue("pinned").build().unwrap();
+    for &cpu in rt.cpus() {
+        let seen = Arc::new(AtomicUsize::new(usize::MAX));
+        let s = seen.clone();
+        let w = Work::new(move || s.store(unsafe_free_getcpu(), SeqCst));
+        wq.queue_on(cpu, &w).unwrap();
+        w.flush().unwrap();
+        assert_eq!(seen.load(SeqCst), cpu);
+    }
+    assert!(matches!(wq.queue_on(100_000, &Work::new(|| {})), Err(Error::InvalidCpu { cpu: 100_000, .. })));
+}
+
+fn unsafe_free_getcpu() -> usize {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(36).unwrap().parse().unwrap()
+}
+
+#[test]
+fn system_queues_exist_with_the_kernel_names() {
+    let names = [
+        (wq_core::system_wq(), "events"),
+        (wq_core::system_highpri_wq(), "events_highpri"),
+        (wq_core::system_long_wq(), "events_long"),
+        (wq_core::system_unbound_wq(), "events_unbound"),
+        (wq_core::system_freezable_wq(), "events_freezable"),
+        (wq_core::system_power_efficient_wq(), "events_power_efficient"),
+    ];
+    for (wq, name) in names {
+        assert_eq!(wq.name(), name);
+        assert_eq!(wq.submit(|| 3).unwrap().wait().unwrap(), 3);
+    }
+    assert!(wq_core::system_highpri_wq().flags().contains(Flags::HIGHPRI));
+    assert!(wq_core::system_unbound_wq().flags().contains(Flags::UNBOUND));
+    assert!(Runtime::global().dump().contains("events_unbound"));
+}

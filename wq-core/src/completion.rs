@@ -160,10 +160,7 @@ impl<T> Future for Completion<T> {
             slot.waker = None;
             return Poll::Ready(result);
         }
-        assert!(
-            self.shared.state.load(SeqCst) != CANCELLED,
-            "Completion polled after it was cancelled"
-        );
+        assert!(self.shared.state.load(SeqCst) != CANCELLED, "Completion polled after it was cancelled");
         match &mut slot.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             w => *w = Some(cx.waker().clone()),
@@ -204,10 +201,7 @@ impl Panicked {
     /// The panic payload, as `std::panic::catch_unwind` gives it.
     pub fn into_panic(self) -> Box<dyn Any + Send> {
         let message = self.message;
-        self.payload
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner())
-            .unwrap_or_else(|| Box::new(message))
+        self.payload.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(|| Box::new(message))
     }
 
     /// Continues the panic on the calling thread.

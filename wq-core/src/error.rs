@@ -70,11 +70,9 @@ impl fmt::Display for Error {
                 write!(f, "workqueue name is {len} bytes long; the limit is {}", crate::MAX_NAME_LEN)
             }
             Error::NameHasNul => f.write_str("workqueue name contains a NUL byte"),
-            Error::MaxActiveTooLarge { requested } => write!(
-                f,
-                "max_active {requested} is above the limit of {}",
-                crate::MAX_ACTIVE_LIMIT
-            ),
+            Error::MaxActiveTooLarge { requested } => {
+                write!(f, "max_active {requested} is above the limit of {}", crate::MAX_ACTIVE_LIMIT)
+            }
             Error::ConflictingFlags(what) => write!(f, "conflicting workqueue options: {what}"),
             Error::InvalidCpu { cpu, allowed } => {
                 write!(f, "CPU {cpu} is not managed by this runtime (its CPUs: {allowed:?})")
@@ -82,10 +80,9 @@ impl fmt::Display for Error {
             Error::NoCpus => f.write_str("the runtime was given an empty CPU set"),
             Error::InvalidConfig(what) => write!(f, "invalid runtime option: {what}"),
             Error::Destroyed { queue } => write!(f, "workqueue {queue:?} has been destroyed"),
-            Error::Draining { queue } => write!(
-                f,
-                "workqueue {queue:?} is draining: only its own work items may queue more"
-            ),
+            Error::Draining { queue } => {
+                write!(f, "workqueue {queue:?} is draining: only its own work items may queue more")
+            }
             Error::WouldDeadlock(what) => write!(f, "refused, it would deadlock: {what}"),
             Error::DelayTooLong => f.write_str("delay is too long to be represented as a deadline"),
             Error::DelayedWorkArmed { queue, items } => write!(

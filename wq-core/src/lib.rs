@@ -49,7 +49,9 @@
 
 mod completion;
 mod delayed;
+mod detect;
 mod error;
+mod monitor;
 mod pool;
 mod runtime;
 mod stats;
@@ -63,6 +65,7 @@ mod workqueue;
 
 pub use completion::{Completion, Panicked};
 pub use delayed::DelayedWork;
+pub use detect::Detector;
 pub use error::Error;
 pub use runtime::{Runtime, RuntimeBuilder, SpawnHook};
 pub use stats::{PoolStats, RuntimeStats, WorkqueueStats};
@@ -71,5 +74,5 @@ pub use system::{
 };
 pub use topology::{Scope, Topology, TopologyError};
 pub use work::Work;
-pub use worker::{blocking, is_worker_thread};
+pub use worker::{blocking, ignore_sleeps, is_worker_thread};
 pub use workqueue::{Flags, Workqueue, WorkqueueBuilder, DEFAULT_MAX_ACTIVE, MAX_ACTIVE_LIMIT, MAX_NAME_LEN};

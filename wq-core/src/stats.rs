@@ -91,6 +91,8 @@ pub(crate) fn dump(rt: &Runtime) -> String {
     let mut out = String::new();
     let topo = rt.topology();
     let _ = writeln!(out, "CPUs: {}", format_cpu_list(topo.cpus()));
+    let (detector, why) = rt.detector();
+    let _ = writeln!(out, "Sleep detector: {detector} ({why})");
     let _ = writeln!(out, "\nWorker Pools");
     for pool in rt.shared.pools() {
         let s = PoolStats::of(pool);

@@ -41,7 +41,10 @@ pub(crate) fn set_current_affinity(cpus: &[usize]) -> io::Result<()> {
     let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
     for &cpu in cpus {
         if cpu >= max {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("CPU {cpu} is beyond the CPU set size {max}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("CPU {cpu} is beyond the CPU set size {max}"),
+            ));
         }
         // SAFETY: `cpu` is below the set's capacity (checked above), so the write stays inside `set`.
         unsafe { libc::CPU_SET(cpu, &mut set) };
@@ -67,25 +70,12 @@ pub(crate) fn set_current_nice(nice: i32) -> io::Result<()> {
     }
 }
 
-/// The nice value of the calling thread.
-pub(crate) fn current_nice() -> io::Result<i32> {
-    let tid = gettid() as libc::id_t;
-    // `getpriority` can legitimately return -1, so errno must be cleared first.
-    clear_errno();
-    // SAFETY: `getpriority` only reads its integer arguments.
-    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
-    if nice == -1 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error().unwrap_or(0) != 0 {
-            return Err(err);
-        }
-    }
-    Ok(nice)
-}
-
-fn clear_errno() {
-    // SAFETY: `__errno_location` returns the calling thread's errno slot, valid for writes.
-    unsafe { *libc::__errno_location() = 0 };
+/// Sets the calling thread's timer slack (how late the kernel may fire its
+/// timers to batch wake-ups); failures are ignored, as the default only
+/// makes short sleeps longer.
+pub(crate) fn set_current_timer_slack(nanos: u64) {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer and touches no memory of ours.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, nanos as libc::c_ulong, 0, 0, 0) };
 }
 
 /// CPU time consumed by the calling thread (`CLOCK_THREAD_CPUTIME_ID`, a vDSO read).

@@ -7,10 +7,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+use crate::detect::{Detector, Probe};
 use crate::pool::{complete_entry, Done, Entry, Job, Outcome, Pool, PoolInner, PwqLink};
 use crate::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use crate::sys;
@@ -27,6 +28,9 @@ pub(crate) const BLOCKING: u32 = 1 << 2;
 pub(crate) const SLEEPING: u32 = 1 << 3;
 /// A worker with any of these flags does not count in `nr_running`.
 pub(crate) const NOT_RUNNING: u32 = IDLE | CPU_INTENSIVE | BLOCKING | SLEEPING;
+/// Inside `wq_core::ignore_sleeps`: the monitor does not mark it `SLEEPING`.
+/// Not a `NOT_RUNNING` bit.
+pub(crate) const IGNORE_SLEEPS: u32 = 1 << 4;
 
 /// What other threads may know of a worker.
 pub(crate) struct WorkerShared {
@@ -41,6 +45,18 @@ pub(crate) struct WorkerShared {
     pub(crate) tid: AtomicI32,
     /// Items started by this worker; the monitor uses it to tell items apart.
     pub(crate) items_started: AtomicU64,
+    /// The sleep probe, made on the worker's thread, polled by the monitor.
+    pub(crate) probe: Mutex<Option<Probe>>,
+    /// The worker thread's CPU-time clock, readable from the monitor.
+    cpu_clock: OnceLock<libc::clockid_t>,
+    /// CPU time (ns) at the start of the current item or its last wake:
+    /// the hog threshold counts from here.
+    cpu_base_ns: AtomicU64,
+    /// The monitor marked the current item as a CPU hog.
+    pub(crate) hog_marked: AtomicBool,
+    /// Wake-ups the monitor caused for the current item, not yet counted
+    /// in its queue's stats (the worker adds them at item end).
+    pub(crate) cm_wakeups: AtomicU64,
 }
 
 impl WorkerShared {
@@ -52,11 +68,42 @@ impl WorkerShared {
             thread: OnceLock::new(),
             tid: AtomicI32::new(0),
             items_started: AtomicU64::new(0),
+            probe: Mutex::new(None),
+            cpu_clock: OnceLock::new(),
+            cpu_base_ns: AtomicU64::new(0),
+            hog_marked: AtomicBool::new(false),
+            cm_wakeups: AtomicU64::new(0),
         }
+    }
+
+    /// CPU time of the worker thread; callable from any thread.
+    fn cpu_time(&self) -> Duration {
+        self.cpu_clock.get().map_or(Duration::ZERO, |&id| sys::clock(id))
+    }
+
+    /// Restarts the hog threshold count from now (the worker woke).
+    pub(crate) fn rebase_cpu_time(&self) {
+        self.cpu_base_ns.store(self.cpu_time().as_nanos() as u64, Relaxed);
+    }
+
+    /// CPU time since the current item started or last woke.
+    pub(crate) fn cpu_time_since_base(&self) -> Duration {
+        let base = Duration::from_nanos(self.cpu_base_ns.load(Relaxed));
+        self.cpu_time().saturating_sub(base)
     }
 
     pub(crate) fn flags(&self) -> u32 {
         self.flags.load(SeqCst)
+    }
+
+    /// Sets or clears bits outside `NOT_RUNNING` (no `nr_running` change).
+    fn mark(&self, f: u32, on: bool) -> u32 {
+        debug_assert_eq!(f & NOT_RUNNING, 0);
+        if on {
+            self.flags.fetch_or(f, SeqCst)
+        } else {
+            self.flags.fetch_and(!f, SeqCst)
+        }
     }
 
     /// Sets `f`; returns true if the worker just stopped counting as
@@ -139,6 +186,39 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` telling the sleep detector that the calling worker's sleeps
+/// inside it are not worth another worker: it keeps counting as running.
+///
+/// For waits that another worker could not shorten because it would wait
+/// on the same thing — a Python worker taking the GIL is the case it was
+/// made for. On a thread that is not a worker it simply runs `f`.
+pub fn ignore_sleeps<R>(f: impl FnOnce() -> R) -> R {
+    let _guard = IgnoreSleepsGuard::enter();
+    f()
+}
+
+struct IgnoreSleepsGuard(Option<(Arc<Pool>, Arc<WorkerShared>)>);
+
+impl IgnoreSleepsGuard {
+    fn enter() -> IgnoreSleepsGuard {
+        let Some((pool, me)) = WORKER.with(|w| w.borrow().clone()) else { return IgnoreSleepsGuard(None) };
+        if me.mark(IGNORE_SLEEPS, true) & IGNORE_SLEEPS != 0 {
+            return IgnoreSleepsGuard(None);
+        }
+        // A sleep seen just before counts no more.
+        me.clr_flags(&pool, SLEEPING);
+        IgnoreSleepsGuard(Some((pool, me)))
+    }
+}
+
+impl Drop for IgnoreSleepsGuard {
+    fn drop(&mut self) {
+        if let Some((_, me)) = self.0.take() {
+            me.mark(IGNORE_SLEEPS, false);
+        }
+    }
+}
+
 struct BlockingGuard(Option<(Arc<Pool>, Arc<WorkerShared>)>);
 
 impl BlockingGuard {
@@ -165,6 +245,7 @@ impl Drop for BlockingGuard {
     fn drop(&mut self) {
         BLOCKING_DEPTH.with(|d| d.set(d.get() - 1));
         if let Some((pool, me)) = self.0.take() {
+            me.cpu_base_ns.store(sys::thread_cpu_time().as_nanos() as u64, Relaxed);
             me.clr_flags(&pool, BLOCKING);
         }
     }
@@ -174,6 +255,18 @@ impl Drop for BlockingGuard {
 fn attach(pool: &Arc<Pool>, me: &Arc<WorkerShared>) {
     let _ = me.thread.set(thread::current());
     me.tid.store(sys::gettid(), SeqCst);
+    if let Some(id) = sys::current_thread_cpu_clock() {
+        let _ = me.cpu_clock.set(id);
+    }
+    let kind = pool.rt.detector.kind;
+    if kind != Detector::ExplicitOnly {
+        let probe = Probe::attach_current(kind).or_else(|err| {
+            // Out of perf resources (fds, locked memory): this worker falls back.
+            tracing::debug!(target: "wq", worker = %me.name, %err, "sleep probe failed, trying procfs");
+            Probe::attach_current(Detector::Procfs)
+        });
+        *me.probe.lock().unwrap_or_else(|e| e.into_inner()) = probe.ok();
+    }
     if let Err(err) = sys::set_current_affinity(&pool.attrs.cpus) {
         tracing::warn!(target: "wq", worker = %me.name, %err, "could not set worker CPU affinity");
     }
@@ -223,9 +316,10 @@ pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
         if inner.idle.is_empty() {
             pool.request_worker(&mut inner);
         }
-        me.clr_flags(&pool, IDLE);
+        me.clr_flags(&pool, IDLE | SLEEPING);
         loop {
             let Some(entry) = inner.worklist.pop_front() else { break };
+            pool.sync_pending(&inner);
             drop(inner);
             process_one(&pool, &me, entry, &mut done);
             inner = pool.lock();
@@ -405,10 +499,19 @@ fn execute(
     me.items_started.fetch_add(1, SeqCst);
     tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_start");
     let start = sys::thread_cpu_time();
+    me.cpu_base_ns.store(start.as_nanos() as u64, Relaxed);
     let outcome = f();
-    let cpu_time = sys::thread_cpu_time().saturating_sub(start);
+    let end = sys::thread_cpu_time();
     tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_end");
-    me.clr_flags(pool, CPU_INTENSIVE);
+    me.clr_flags(pool, CPU_INTENSIVE | SLEEPING);
     let current = CURRENT.with(|c| c.borrow_mut().take()).expect("current item vanished");
-    (current.link, outcome, cpu_time)
+    let counters = &current.link.wq.counters;
+    let since_base = end.saturating_sub(Duration::from_nanos(me.cpu_base_ns.load(Relaxed)));
+    if me.hog_marked.swap(false, Relaxed) || since_base >= pool.rt.config.cpu_hog_threshold {
+        counters.cpu_hogs.fetch_add(1, Relaxed);
+    }
+    if me.cm_wakeups.load(Relaxed) != 0 {
+        counters.cm_wakeups.fetch_add(me.cm_wakeups.swap(0, Relaxed), Relaxed);
+    }
+    (current.link, outcome, end.saturating_sub(start))
 }

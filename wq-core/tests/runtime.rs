@@ -143,3 +143,29 @@ fn dump_shows_pools_and_queue_mapping() {
     assert!(dump.contains("nice=-20"), "{dump}");
     assert_eq!(rt.stats().pools.len(), 2 * rt.cpus().len() + 2);
 }
+
+/// Regression: four items that each block until all four run need four
+/// workers created one after another; a creation request made while the
+/// manager was finishing the previous one used to be dropped, stalling
+/// the pool with work pending and nobody running.
+#[test]
+fn interlocked_blocking_items_always_get_their_workers() {
+    for _ in 0..60 {
+        let rt = Runtime::builder().cpus([0]).build().unwrap();
+        let wq = rt.workqueue("interlocked").build().unwrap();
+        let started = Arc::new(AtomicUsize::new(0));
+        let all: Vec<_> = (0..4)
+            .map(|_| {
+                let s = started.clone();
+                wq.submit(move || {
+                    s.fetch_add(1, SeqCst);
+                    wq_core::blocking(|| wait_until("all four items run at once", || s.load(SeqCst) == 4));
+                })
+                .unwrap()
+            })
+            .collect();
+        for c in all {
+            c.wait().unwrap();
+        }
+    }
+}

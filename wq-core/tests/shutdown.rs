@@ -21,9 +21,11 @@ fn dropping_the_last_handle_stops_every_thread_of_the_runtime() {
     let dw = wq_core::DelayedWork::new(|| {});
     assert!(wq.queue_delayed(&dw, Duration::from_millis(30)));
     for _ in 0..10 {
-        let _ = wq.submit(|| wq_core::blocking(|| std::thread::sleep(Duration::from_millis(10))));
+        let _ = wq.execute(|| wq_core::blocking(|| std::thread::sleep(Duration::from_millis(10))));
     }
-    assert!(wq_threads() >= 2 * rt.cpus().len() + 2);
+    // Threads name themselves once they run.
+    let started = 2 * rt.cpus().len() + 2;
+    common::wait_until("the runtime's threads are up", || wq_threads() >= started);
     drop((rt, wq));
     // Armed delayed work keeps the runtime alive until it fired.
     common::wait_until("every wq thread exited", || wq_threads() == 0);

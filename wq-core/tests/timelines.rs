@@ -3,14 +3,14 @@
 
 mod common;
 
-use common::{one_cpu_runtime, seed_timeline, SleepKind};
+use common::{one_cpu_runtime, seed_timeline, undistorted_max_active_3, SleepKind};
 use wq_core::Flags;
 
 #[test]
 fn max_active_3_starts_the_next_item_whenever_the_running_one_sleeps() {
     let rt = one_cpu_runtime();
     let q0 = rt.workqueue("q0").max_active(3).build().unwrap();
-    let ev = seed_timeline(&q0, &q0, SleepKind::Hooked);
+    let ev = undistorted_max_active_3(|| seed_timeline(&q0, &q0, SleepKind::Hooked));
     let log = ev.render();
     assert!(ev.at("w1", "start") >= ev.at("w0", "sleep"), "{log}");
     assert!(ev.at("w1", "start") < ev.at("w0", "wake"), "w1 must start while w0 sleeps:\n{log}");

@@ -13,7 +13,12 @@ use wq_core::{Error, Runtime, Work, Workqueue};
 fn counter_work() -> (Work, Arc<AtomicUsize>) {
     let n = Arc::new(AtomicUsize::new(0));
     let n2 = n.clone();
-    (Work::new(move || { n2.fetch_add(1, SeqCst); }), n)
+    (
+        Work::new(move || {
+            n2.fetch_add(1, SeqCst);
+        }),
+        n,
+    )
 }
 
 #[test]

@@ -37,19 +37,18 @@ fn ordered_queue_runs_strictly_fifo_one_at_a_time() {
     let overlaps = Arc::new(AtomicUsize::new(0));
     for i in 0..300 {
         let (order, inside, overlaps) = (order.clone(), inside.clone(), overlaps.clone());
-        let _ = wq
-            .submit(move || {
-                if inside.fetch_add(1, SeqCst) != 0 {
-                    overlaps.fetch_add(1, SeqCst);
-                }
-                if i % 50 == 0 {
-                    // A sleeping item must not let the next one start.
-                    wq_core::blocking(|| thread::sleep(Duration::from_millis(20)));
-                }
-                order.lock().unwrap().push(i);
-                inside.fetch_sub(1, SeqCst);
-            })
-            .unwrap();
+        wq.execute(move || {
+            if inside.fetch_add(1, SeqCst) != 0 {
+                overlaps.fetch_add(1, SeqCst);
+            }
+            if i % 50 == 0 {
+                // A sleeping item must not let the next one start.
+                wq_core::blocking(|| thread::sleep(Duration::from_millis(20)));
+            }
+            order.lock().unwrap().push(i);
+            inside.fetch_sub(1, SeqCst);
+        })
+        .unwrap();
     }
     wq.flush().unwrap();
     assert_eq!(overlaps.load(SeqCst), 0);
@@ -92,7 +91,7 @@ fn unbound_max_active_limits_the_whole_queue() {
     let peak = Arc::new(AtomicUsize::new(0));
     for _ in 0..20 {
         let (now, peak) = (now.clone(), peak.clone());
-        let _ = wq.submit(move || {
+        let _ = wq.execute(move || {
             peak.fetch_max(now.fetch_add(1, SeqCst) + 1, SeqCst);
             wq_core::blocking(|| thread::sleep(Duration::from_millis(10)));
             now.fetch_sub(1, SeqCst);
@@ -108,7 +107,7 @@ fn flush_waits_for_items_queued_before_it_only() {
     let before_done = Arc::new(AtomicUsize::new(0));
     for _ in 0..4 {
         let d = before_done.clone();
-        let _ = wq.submit(move || {
+        let _ = wq.execute(move || {
             wq_core::blocking(|| thread::sleep(Duration::from_millis(40)));
             d.fetch_add(1, SeqCst);
         });
@@ -139,7 +138,7 @@ fn drain_lets_the_queues_own_items_chain_and_refuses_others() {
     let links = Arc::new(AtomicUsize::new(0));
     fn chain(wq: Workqueue, links: Arc<AtomicUsize>) {
         let wq2 = wq.clone();
-        let _ = wq.submit(move || {
+        let _ = wq.execute(move || {
             wq_core::blocking(|| thread::sleep(Duration::from_millis(10)));
             if links.fetch_add(1, SeqCst) + 1 < 25 {
                 chain(wq2, links);
@@ -245,7 +244,7 @@ fn completion_is_a_future_and_can_be_cancelled_before_it_starts() {
 fn stats_count_cpu_time_and_in_flight() {
     let wq = Workqueue::builder("stats").flags(Flags::CPU_INTENSIVE).build().unwrap();
     for _ in 0..4 {
-        let _ = wq.submit(|| common::burn(Duration::from_millis(5)));
+        let _ = wq.execute(|| common::burn(Duration::from_millis(5)));
     }
     wq.flush().unwrap();
     let s = wq.stats();

@@ -15,7 +15,7 @@ use std::time::Duration;
 pub(crate) use pwq::{PwqLink, PwqState};
 
 use crate::runtime::RtCore;
-use crate::sync::atomic::{AtomicIsize, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use crate::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use crate::work::WorkShared;
 use crate::worker::WorkerShared;
 
@@ -78,6 +78,9 @@ pub(crate) struct Pool {
     /// `clr_flags`; invariant: equals the number of this pool's workers
     /// whose flags contain none of `worker::NOT_RUNNING`, and never negative.
     pub(crate) nr_running: AtomicIsize,
+    /// Mirror of the worklist's length, stored under the lock, for the
+    /// monitor to read without it.
+    pub(crate) nr_pending: AtomicUsize,
     pub(crate) rt: Arc<RtCore>,
     /// The nice value the OS granted, or `i32::MIN` if it refused.
     pub(crate) nice_granted: AtomicU64,
@@ -117,6 +120,7 @@ impl Pool {
             attrs,
             target,
             nr_running: AtomicIsize::new(0),
+            nr_pending: AtomicUsize::new(0),
             rt,
             nice_granted: AtomicU64::new(u64::MAX),
             inner: Mutex::new(PoolInner {
@@ -164,6 +168,15 @@ impl Pool {
         !inner.worklist.is_empty() && (inner.dying || self.nr_running() <= self.target as isize)
     }
 
+    /// Publishes the worklist length; pokes the monitor when work becomes
+    /// pending (the store comes first: see the parking protocol in monitor.rs).
+    pub(crate) fn sync_pending(&self, inner: &PoolInner) {
+        let len = inner.worklist.len();
+        if self.nr_pending.swap(len, SeqCst) == 0 && len > 0 {
+            self.rt.monitor.poke();
+        }
+    }
+
     /// Wakes an idle worker if work needs one; asks the manager for a new
     /// worker if none is idle. Returns the worker to unpark once the lock is
     /// released (waking under the lock would make it block on the lock).
@@ -209,6 +222,7 @@ impl Pool {
             pwq.nr_active += 1;
             tracing::trace!(target: "wq", pool = self.id, "queue_work");
             inner.worklist.push_back(entry);
+            self.sync_pending(inner);
             self.kick(inner)
         } else {
             tracing::trace!(target: "wq", pool = self.id, "queue_work (inactive)");
@@ -235,6 +249,7 @@ impl Pool {
                 pwq.nr_active += 1;
                 tracing::trace!(target: "wq", pool = self.id, "activate_work");
                 inner.worklist.push_back(next);
+                self.sync_pending(inner);
             }
         }
         retired

@@ -70,11 +70,8 @@ impl PwqState {
     pub(crate) fn dec_in_flight(&mut self, color: u64) -> bool {
         debug_assert!(self.nr_in_flight > 0, "in-flight underflow");
         self.nr_in_flight -= 1;
-        let idx = self
-            .colors
-            .iter()
-            .position(|(c, _)| *c == color)
-            .expect("completed entry's flush colour is not in flight");
+        let idx =
+            self.colors.iter().position(|(c, _)| *c == color).expect("completed entry's flush colour is not in flight");
         self.colors[idx].1 -= 1;
         if self.colors[idx].1 == 0 {
             self.colors.remove(idx);

@@ -51,11 +51,7 @@ impl Manager {
 
     pub(crate) fn start(core: &Arc<RtCore>) -> Result<(), Error> {
         let core2 = core.clone();
-        std::thread::Builder::new()
-            .name("wq/manager".into())
-            .spawn(move || run(&core2))
-            .map(drop)
-            .map_err(Error::Spawn)
+        std::thread::Builder::new().name("wq/manager".into()).spawn(move || run(&core2)).map(drop).map_err(Error::Spawn)
     }
 }
 
@@ -76,7 +72,13 @@ fn run(core: &RtCore) {
                     break;
                 }
                 q = match retry_at {
-                    Some(t) => manager.cv.wait_timeout(q, t.saturating_duration_since(Instant::now())).unwrap_or_else(|e| e.into_inner()).0,
+                    Some(t) => {
+                        manager
+                            .cv
+                            .wait_timeout(q, t.saturating_duration_since(Instant::now()))
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
                     None => manager.cv.wait(q).unwrap_or_else(|e| e.into_inner()),
                 };
             }
@@ -105,8 +107,7 @@ fn run(core: &RtCore) {
     }
 }
 
-/// Creates a worker if the pool still wants one; clears its request flag
-/// once it does not (a failed creation leaves the flag set for the retry).
+/// Creates a worker if the pool still wants one.
 fn maybe_create_worker(pool: &Arc<Pool>) -> Result<(), Error> {
     {
         let mut inner = pool.lock();
@@ -115,9 +116,7 @@ fn maybe_create_worker(pool: &Arc<Pool>) -> Result<(), Error> {
             return Ok(());
         }
     }
-    spawn_worker(pool)?;
-    pool.lock().want_worker = false;
-    Ok(())
+    spawn_worker(pool)
 }
 
 /// Creates one worker thread for `pool`; it starts idle (or takes pending
@@ -142,6 +141,10 @@ pub(crate) fn spawn_worker(pool: &Arc<Pool>) -> Result<(), Error> {
             (None, _) => format!("wq/u{}:{id}", pool.id),
         };
         let me = Arc::new(WorkerShared::new(name));
+        // The request is answered now, under the same lock that counts the
+        // new worker: any kick from here on asks again. (Clearing it after
+        // the spawn returned lost the requests the new worker made.)
+        inner.want_worker = false;
         inner.nr_starting += 1;
         inner.workers.push(me.clone());
         me

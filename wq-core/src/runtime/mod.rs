@@ -11,6 +11,8 @@ use std::time::Duration;
 pub(crate) use manager::{spawn_worker, Manager};
 
 use crate::delayed::Timer;
+use crate::detect::{self, Detector, Resolved};
+use crate::monitor::Monitor;
 use crate::pool::{Pool, PoolAttrs, PwqLink};
 use crate::stats::{PoolStats, RuntimeStats};
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -28,6 +30,7 @@ pub(crate) struct Config {
     pub(crate) cpu_hog_threshold: Duration,
     pub(crate) max_workers: usize,
     pub(crate) spawn_hook: Option<SpawnHook>,
+    pub(crate) detector: Detector,
 }
 
 /// What pools, the manager and workers share; holds no pool, so it never
@@ -35,6 +38,9 @@ pub(crate) struct Config {
 pub(crate) struct RtCore {
     pub(crate) config: Config,
     pub(crate) manager: Arc<Manager>,
+    pub(crate) monitor: Arc<Monitor>,
+    /// The sleep detector in use, and why.
+    pub(crate) detector: Resolved,
     /// Live worker threads of all pools. Invariant: `<= config.max_workers`.
     pub(crate) nr_workers: AtomicUsize,
     pub(crate) shutdown: AtomicBool,
@@ -71,6 +77,7 @@ impl Drop for RuntimeShared {
             pool.shut_down();
         }
         self.core.manager.shut_down();
+        self.core.monitor.shut_down();
         self.timer.shutdown();
     }
 }
@@ -163,6 +170,12 @@ impl Runtime {
         crate::stats::dump(self)
     }
 
+    /// The sleep detector in use (never `Auto`) and why it was chosen.
+    pub fn detector(&self) -> (Detector, &str) {
+        let d = &self.shared.core.detector;
+        (d.kind, &d.reason)
+    }
+
     pub(crate) fn timer(&self) -> &Timer {
         &self.shared.timer
     }
@@ -239,6 +252,7 @@ impl Default for RuntimeBuilder {
                 cpu_hog_threshold: Duration::from_millis(10),
                 max_workers: 4096,
                 spawn_hook: None,
+                detector: Detector::Auto,
             },
         }
     }
@@ -269,6 +283,15 @@ impl RuntimeBuilder {
     /// The most worker threads the runtime may have at once (default 4096).
     pub fn max_workers(mut self, max: usize) -> Self {
         self.config.max_workers = max;
+        self
+    }
+
+    /// How the runtime learns that a worker sleeps without being told
+    /// through [`blocking`](crate::blocking): [`Detector::Auto`] (default:
+    /// perf context-switch records, else `/proc` polling, else explicit
+    /// hooks only), or one of them forced.
+    pub fn detector(mut self, detector: Detector) -> Self {
+        self.config.detector = detector;
         self
     }
 
@@ -310,8 +333,16 @@ impl RuntimeBuilder {
                 config.max_workers
             )));
         }
-        let manager = Manager::new();
-        let core = Arc::new(RtCore { config, manager, nr_workers: AtomicUsize::new(0), shutdown: AtomicBool::new(false) });
+        let detector = detect::resolve(config.detector)
+            .map_err(|err| Error::InvalidConfig(format!("the {} detector cannot work here: {err}", config.detector)))?;
+        let core = Arc::new(RtCore {
+            config,
+            manager: Manager::new(),
+            monitor: Monitor::new(),
+            detector,
+            nr_workers: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+        });
         let cpus = topology.cpus().to_vec();
         let mut next_id = 0;
         let mut pool = |cpu: Option<usize>, highpri: bool| {
@@ -344,6 +375,7 @@ impl RuntimeBuilder {
         });
         // From here on a failure drops `shared`, which stops what started.
         Manager::start(&core)?;
+        core.monitor.start(shared.pools().cloned().collect(), core.config.cpu_hog_threshold)?;
         for pool in shared.pools() {
             spawn_worker(pool)?;
         }

@@ -1,0 +1,368 @@
+//! Tasks: a future turned into work items, and the handle that awaits it.
+//!
+//! A task is an `async-task` allocation whose schedule function queues the
+//! task's `Runnable` on a workqueue with `Workqueue::execute`. Every poll is
+//! therefore one work item, and the queue's policy (HIGHPRI pools,
+//! `max_active`, ordering) applies to polls exactly as to any other item.
+//!
+//! The future is wrapped in [`Guarded`], which catches panics, honours
+//! [`JoinHandle::abort`] and turns both into an [`Outcome`], so nothing ever
+//! unwinds out of `Runnable::run` into the worker.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use async_task::{FallibleTask, Runnable};
+use futures::task::AtomicWaker;
+use pin_project_lite::pin_project;
+use wq_core::{Error, Workqueue};
+
+/// What a task's wrapper future produces.
+enum Outcome<T> {
+    /// The future completed with this value.
+    Done(T),
+    /// The future panicked; the payload of the panic.
+    Panicked(Box<dyn Any + Send + 'static>),
+    /// [`JoinHandle::abort`] was called before the future completed.
+    Aborted,
+}
+
+/// State shared by a task's wrapper future, its [`JoinHandle`] and any
+/// [`AbortHandle`].
+#[derive(Default)]
+struct Shared {
+    aborted: AtomicBool,
+    /// Set once the wrapper future is gone: completed, aborted or dropped
+    /// unpolled because its queue refused it.
+    finished: AtomicBool,
+    /// The task's own waker, so `abort` can get a pending task polled once
+    /// more and let it observe the abort.
+    waker: AtomicWaker,
+}
+
+impl Shared {
+    fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// Marks the task finished when the wrapper future is dropped, whatever the
+/// reason, and releases the task's own waker so the allocation is not kept
+/// alive by a reference to itself.
+struct FinishOnDrop(Arc<Shared>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finished.store(true, Ordering::Release);
+        drop(self.0.waker.take());
+    }
+}
+
+pin_project! {
+    /// The future a task really runs: the user's future plus abort and panic
+    /// handling.
+    struct Guarded<F> {
+        #[pin]
+        fut: Option<F>,
+        done: FinishOnDrop,
+    }
+}
+
+impl<F: Future> Future for Guarded<F> {
+    type Output = Outcome<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let shared = &this.done.0;
+        // Register before reading the flag: an abort that lands after the
+        // read then finds the waker and gets the task polled again.
+        shared.waker.register(cx.waker());
+        if shared.aborted.load(Ordering::Acquire) {
+            // tokio drops an aborted task's future at its next poll; so do
+            // we. A panicking destructor must not unwind into the worker.
+            let _ = catch_unwind(AssertUnwindSafe(|| this.fut.set(None)));
+            return Poll::Ready(Outcome::Aborted);
+        }
+        let Some(fut) = this.fut.as_mut().as_pin_mut() else {
+            // async-task never polls a completed future; an empty slot can
+            // only mean the future was already dropped by an abort.
+            return Poll::Ready(Outcome::Aborted);
+        };
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Outcome::Done(value)),
+            Err(payload) => {
+                let _ = catch_unwind(AssertUnwindSafe(|| this.fut.set(None)));
+                Poll::Ready(Outcome::Panicked(payload))
+            }
+        }
+    }
+}
+
+/// Queues one poll of a task on `wq`.
+///
+/// When the queue refuses (it was destroyed, or is draining and the wake-up
+/// came from outside it), `execute` drops the closure and with it the
+/// `Runnable`; async-task then cancels the task, so its [`JoinHandle`]
+/// resolves to a cancelled [`JoinError`] instead of hanging.
+fn queue_poll(wq: &Workqueue, runnable: Runnable) -> Result<(), Error> {
+    wq.execute(move || {
+        runnable.run();
+    })
+}
+
+/// Builds a task for `fut` whose polls run on `wq`; the caller queues the
+/// first poll.
+fn build<F>(wq: &Workqueue, fut: F) -> (Runnable, JoinHandle<F::Output>)
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let shared = Arc::new(Shared::default());
+    let guarded = Guarded { fut: Some(fut), done: FinishOnDrop(Arc::clone(&shared)) };
+    let sched_wq = wq.clone();
+    let schedule = move |runnable: Runnable| {
+        // A refusal cancels the task (see `queue_poll`) and the JoinHandle
+        // reports it, so the error needs no other handling here.
+        let _ = queue_poll(&sched_wq, runnable);
+    };
+    let (runnable, task) = async_task::spawn(guarded, schedule);
+    let handle = JoinHandle { task: Some(task.fallible()), shared };
+    (runnable, handle)
+}
+
+/// Spawns `fut` on `wq`; `Err` if the queue refused the first poll (the task
+/// is then already cancelled and dropped).
+pub(crate) fn try_spawn<F>(wq: &Workqueue, fut: F) -> Result<JoinHandle<F::Output>, Error>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (runnable, handle) = build(wq, fut);
+    queue_poll(wq, runnable)?;
+    Ok(handle)
+}
+
+/// Spawns `fut` on `wq`. A refused first poll yields a handle that resolves
+/// to a cancelled [`JoinError`].
+pub(crate) fn spawn<F>(wq: &Workqueue, fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (runnable, handle) = build(wq, fut);
+    let _ = queue_poll(wq, runnable);
+    handle
+}
+
+/// An owned permission to await a task spawned on a workqueue.
+///
+/// It mirrors `tokio::task::JoinHandle`: awaiting it gives
+/// `Ok(output)`, or a [`JoinError`] if the task panicked or was cancelled.
+/// **Dropping it detaches the task**, which keeps running to completion
+/// (unlike a bare `async_task::Task`, which cancels on drop).
+///
+/// A task is cancelled by [`abort`](Self::abort), or when its queue refuses
+/// to run one of its polls: after `Workqueue::destroy`, or while the queue
+/// drains if the wake-up came from outside the queue. The future is then
+/// dropped without being polled again and the handle reports
+/// [`JoinError::is_cancelled`].
+pub struct JoinHandle<T> {
+    /// `None` once the output was taken.
+    task: Option<FallibleTask<Outcome<T>>>,
+    shared: Arc<Shared>,
+}
+
+impl<T> JoinHandle<T> {
+    /// Asks the task to stop.
+    ///
+    /// If the task has not finished, its future is dropped at its next
+    /// scheduled poll (immediately queued if it was waiting) and awaiting
+    /// the handle gives [`JoinError::is_cancelled`]. A poll that is running
+    /// right now finishes first; if that poll completes the future, the
+    /// output wins, as in tokio. Aborting a finished task does nothing.
+    pub fn abort(&self) {
+        self.shared.abort();
+    }
+
+    /// Whether the task has finished: completed, panicked or cancelled.
+    /// Awaiting the handle then does not wait.
+    pub fn is_finished(&self) -> bool {
+        match &self.task {
+            Some(task) => task.is_finished(),
+            None => true,
+        }
+    }
+
+    /// A handle that can abort the task without owning its output.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle { shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let task = self.task.as_mut().expect("JoinHandle polled after it returned its result");
+        let outcome = match Pin::new(task).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(outcome) => outcome,
+        };
+        self.task = None;
+        Poll::Ready(match outcome {
+            Some(Outcome::Done(value)) => Ok(value),
+            Some(Outcome::Panicked(payload)) => Err(JoinError::panic(payload)),
+            Some(Outcome::Aborted) | None => Err(JoinError::cancelled()),
+        })
+    }
+}
+
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.detach();
+        }
+    }
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle").field("finished", &self.is_finished()).finish()
+    }
+}
+
+/// Aborts a task without owning its output; cheap to clone.
+/// Mirrors `tokio::task::AbortHandle`.
+#[derive(Clone)]
+pub struct AbortHandle {
+    shared: Arc<Shared>,
+}
+
+impl AbortHandle {
+    /// Same as [`JoinHandle::abort`].
+    pub fn abort(&self) {
+        self.shared.abort();
+    }
+
+    /// Whether the task's future is gone (completed, panicked or cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.shared.finished.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for AbortHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AbortHandle").field("finished", &self.is_finished()).finish()
+    }
+}
+
+enum Repr {
+    Cancelled,
+    /// The mutex only makes the payload `Sync`, so that `JoinError` fits in
+    /// a `Box<dyn Error + Send + Sync>`; it is never contended.
+    Panic(Mutex<Box<dyn Any + Send + 'static>>),
+}
+
+/// Why a task produced no output: it panicked or was cancelled.
+/// Mirrors `tokio::task::JoinError`.
+pub struct JoinError {
+    repr: Repr,
+}
+
+impl JoinError {
+    pub(crate) fn cancelled() -> Self {
+        JoinError { repr: Repr::Cancelled }
+    }
+
+    pub(crate) fn panic(payload: Box<dyn Any + Send + 'static>) -> Self {
+        JoinError { repr: Repr::Panic(Mutex::new(payload)) }
+    }
+
+    /// The task was aborted, or its queue refused to run it.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.repr, Repr::Cancelled)
+    }
+
+    /// The task panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.repr, Repr::Panic(_))
+    }
+
+    /// The panic payload, to resume with `std::panic::resume_unwind`.
+    ///
+    /// # Panics
+    ///
+    /// If the error is not a panic (check [`is_panic`](Self::is_panic) or use
+    /// [`try_into_panic`](Self::try_into_panic)), as in tokio.
+    #[track_caller]
+    pub fn into_panic(self) -> Box<dyn Any + Send + 'static> {
+        self.try_into_panic().expect("`JoinError` reason is not a panic.")
+    }
+
+    /// The panic payload, or the error back if the task was cancelled.
+    pub fn try_into_panic(self) -> Result<Box<dyn Any + Send + 'static>, JoinError> {
+        match self.repr {
+            Repr::Panic(payload) => Ok(payload.into_inner().unwrap_or_else(|e| e.into_inner())),
+            Repr::Cancelled => Err(self),
+        }
+    }
+
+    /// The panic message when the payload is a string (what `panic!` makes).
+    pub fn panic_message(&self) -> Option<String> {
+        match &self.repr {
+            Repr::Cancelled => None,
+            Repr::Panic(payload) => {
+                let payload = payload.lock().unwrap_or_else(|e| e.into_inner());
+                payload_message(&**payload).map(str::to_owned)
+            }
+        }
+    }
+}
+
+fn payload_message(payload: &(dyn Any + Send)) -> Option<&str> {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        Some(s)
+    } else {
+        payload.downcast_ref::<String>().map(String::as_str)
+    }
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Cancelled => f.write_str("task was cancelled"),
+            Repr::Panic(_) => match self.panic_message() {
+                Some(msg) => write!(f, "task panicked with message {msg:?}"),
+                None => f.write_str("task panicked"),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Cancelled => f.write_str("JoinError::Cancelled"),
+            Repr::Panic(_) => match self.panic_message() {
+                Some(msg) => write!(f, "JoinError::Panic({msg:?})"),
+                None => f.write_str("JoinError::Panic(..)"),
+            },
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+impl From<JoinError> for std::io::Error {
+    fn from(err: JoinError) -> Self {
+        std::io::Error::other(err.to_string())
+    }
+}

@@ -1,0 +1,111 @@
+//! What happens to blocking work when the tokio runtime or the queue goes.
+
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use wq_core::Workqueue;
+use wq_futures::block_on;
+use wq_tokio_compat::{shutdown_timeout, spawn_blocking_on, spawn_on};
+
+#[test]
+fn dropping_the_tokio_runtime_leaves_queued_and_running_work_alone() {
+    let wq = Workqueue::builder("t_tc_rt_drop").ordered().build().unwrap();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (running, queued) = rt.block_on(async {
+        let running = spawn_blocking_on(&wq, move || {
+            started_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            "running one"
+        });
+        let queued = spawn_blocking_on(&wq, || "queued one");
+        (running, queued)
+    });
+    started_rx.recv().unwrap();
+    drop(rt);
+    release_tx.send(()).unwrap();
+    assert_eq!(block_on(running).unwrap(), "running one");
+    assert_eq!(block_on(queued).unwrap(), "queued one");
+}
+
+#[test]
+fn dropping_every_queue_handle_does_not_drop_the_work() {
+    let (tx, rx) = mpsc::channel();
+    {
+        let wq = Workqueue::builder("t_tc_wq_drop").ordered().build().unwrap();
+        for i in 0..10 {
+            let tx = tx.clone();
+            drop(spawn_blocking_on(&wq, move || {
+                std::thread::sleep(Duration::from_millis(2));
+                tx.send(i).unwrap();
+            }));
+        }
+    }
+    let got: Vec<i32> = (0..10).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn shutdown_timeout_runs_queued_work_then_refuses_new_work() {
+    let wq = Workqueue::builder("t_tc_shutdown").ordered().build().unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let handles: Vec<_> = (0..3)
+        .map(|i| {
+            let events = Arc::clone(&events);
+            spawn_blocking_on(&wq, move || {
+                std::thread::sleep(Duration::from_millis(20));
+                events.lock().unwrap().push(i);
+                i
+            })
+        })
+        .collect();
+    shutdown_timeout(&wq, Duration::from_secs(30))
+        .expect("queue can be shut down")
+        .expect("three 20 ms closures finish within 30 s");
+    assert_eq!(*events.lock().unwrap(), [0, 1, 2], "queued work did not all run");
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(block_on(h).unwrap(), i);
+    }
+    let late = block_on(spawn_blocking_on(&wq, || 9)).unwrap_err();
+    assert!(late.is_cancelled());
+}
+
+#[test]
+fn shutdown_timeout_gives_up_waiting_but_the_work_finishes() {
+    let wq = Workqueue::builder("t_tc_shutdown_to").build().unwrap();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (started_tx, started_rx) = mpsc::channel();
+    let slow = spawn_blocking_on(&wq, move || {
+        started_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        "slow"
+    });
+    started_rx.recv().unwrap();
+    let timed_out = shutdown_timeout(&wq, Duration::from_millis(50))
+        .expect("queue can be shut down")
+        .expect_err("the closure is still blocked");
+    assert!(timed_out.to_string().contains("t_tc_shutdown_to"));
+    release_tx.send(()).unwrap();
+    assert_eq!(block_on(slow).unwrap(), "slow");
+}
+
+#[test]
+fn spawn_on_tasks_fail_visibly_when_their_runtime_goes() {
+    let wq = Workqueue::builder("t_tc_spawn_on_drop").build().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (started_tx, started_rx) = mpsc::channel();
+    // Entering the runtime is all `spawn_on` needs to find it.
+    let handle = {
+        let _guard = rt.enter();
+        spawn_on(&wq, async move {
+            started_tx.send(()).unwrap();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        })
+        .unwrap()
+    };
+    started_rx.recv().unwrap();
+    drop(rt);
+    let err = block_on(handle).expect_err("the timer cannot fire without its runtime");
+    assert!(err.is_panic(), "{err:?}");
+}

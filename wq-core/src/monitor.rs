@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::detect::ThreadState;
 use crate::pool::Pool;
-use crate::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use crate::worker::{WorkerShared, CPU_INTENSIVE, IDLE, IGNORE_SLEEPS, SLEEPING};
 use crate::{sys, Error};
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::detect::{Detector, Probe};
 use crate::pool::{complete_entry, Done, Entry, Job, Outcome, Pool, PoolInner, PwqLink};
-use crate::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use crate::sys;
 use crate::work::{Claim, Parked, WorkShared};
 use crate::Flags;

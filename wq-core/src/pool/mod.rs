@@ -15,7 +15,7 @@ use std::time::Duration;
 pub(crate) use pwq::{PwqLink, PwqState};
 
 use crate::runtime::RtCore;
-use crate::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use crate::work::WorkShared;
 use crate::worker::WorkerShared;
 

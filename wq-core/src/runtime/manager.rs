@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::RtCore;
 use crate::pool::Pool;
-use crate::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::Ordering::SeqCst;
 use crate::worker::{self, WorkerShared};
 use crate::Error;
 

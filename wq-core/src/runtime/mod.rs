@@ -15,7 +15,7 @@ use crate::detect::{self, Detector, Resolved};
 use crate::monitor::Monitor;
 use crate::pool::{Pool, PoolAttrs, PwqLink};
 use crate::stats::{PoolStats, RuntimeStats};
-use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use crate::topology::{Topology, TopologyError};
 use crate::workqueue::{WqCore, WqShared};
 use crate::{sys, Error, Flags, Workqueue, WorkqueueBuilder};

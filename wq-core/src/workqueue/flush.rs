@@ -9,7 +9,7 @@
 //! check until it sleeps, so the wake-up cannot fall between the two.
 
 use super::Workqueue;
-use crate::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::Ordering::SeqCst;
 
 impl Workqueue {
     /// Waits until every entry queued before the call completed.

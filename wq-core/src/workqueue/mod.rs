@@ -20,7 +20,7 @@ use crate::delayed::DelayedWork;
 use crate::pool::{Entry, Job, Outcome, PwqLink};
 use crate::runtime::Runtime;
 use crate::stats::WorkqueueStats;
-use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use crate::work::{NotQueued, Work, WorkShared};
 use crate::{worker, Error};
 
@@ -36,10 +36,13 @@ bitflags::bitflags! {
         const CPU_INTENSIVE = 1 << 1;
         /// Work goes to unbound pools whose workers are not pinned to a CPU.
         const UNBOUND = 1 << 2;
-        /// The queue takes part in freezing (`Runtime::freeze`, issue 8).
+        /// Marks the queue as one that freezing stops (the kernel's
+        /// `WQ_FREEZABLE`). Accepted and shown in dumps; freezing itself is
+        /// not implemented yet, so the flag changes no behaviour today.
         const FREEZABLE = 1 << 3;
-        /// The queue may be needed to make forward progress under resource
-        /// pressure (the kernel's memory reclaim); marks it for a rescuer.
+        /// Marks the queue as needed for forward progress under resource
+        /// pressure (the kernel's `WQ_MEM_RECLAIM`). Accepted and shown in
+        /// dumps; the rescuer it promises is not implemented yet.
         const MEM_RECLAIM = 1 << 4;
         /// The kernel's `WQ_POWER_EFFICIENT`: unbound when the system
         /// prefers power efficiency, bound otherwise (bound here).

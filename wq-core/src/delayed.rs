@@ -14,9 +14,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use crate::work::{gen_of, NotQueued, WorkShared, PENDING, RUNNING};
 use crate::{Error, Workqueue};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
 /// A work item that is queued after a delay (the kernel's `delayed_work`).
 ///

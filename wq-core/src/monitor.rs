@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use crate::detect::ThreadState;
 use crate::pool::Pool;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
-use crate::worker::{WorkerShared, CPU_INTENSIVE, IDLE, IGNORE_SLEEPS, SLEEPING};
+use crate::worker::{WorkerShared, BLOCKING, CPU_INTENSIVE, IDLE, IGNORE_SLEEPS, SLEEPING};
 use crate::{sys, Error};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 
 /// How often busy workers are polled while work is pending.
 const TICK: Duration = Duration::from_micros(50);
@@ -129,14 +129,16 @@ fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration) {
             }
         }
         ThreadState::Running if flags & SLEEPING != 0 => {
-            // The kernel's wq_worker_running(); CPU time from here on counts
-            // toward the hog threshold.
-            w.rebase_cpu_time();
+            // The kernel's wq_worker_running().
             w.clr_flags(pool, SLEEPING);
         }
         _ => {}
     }
-    if flags & (CPU_INTENSIVE | SLEEPING) == 0 && w.cpu_time_since_base() >= hog_threshold {
+    // Hogging means running past the threshold without sleeping: a sleep
+    // seen by either hook restarts the count.
+    let slept = flags & (SLEEPING | BLOCKING) != 0 || matches!(state, ThreadState::Sleeping { .. });
+    let (item, used) = w.cpu_time_since_base(slept);
+    if flags & CPU_INTENSIVE == 0 && used >= hog_threshold && w.items_started.load(SeqCst) == item {
         w.hog_marked.store(true, Relaxed);
         if w.set_flags(pool, CPU_INTENSIVE) {
             pool.worker_stopped_running();

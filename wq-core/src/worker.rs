@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use crate::detect::{Detector, Probe};
 use crate::pool::{complete_entry, Done, Entry, Job, Outcome, Pool, PoolInner, PwqLink};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use crate::sys;
 use crate::work::{Claim, Parked, WorkShared};
 use crate::Flags;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 
 /// Idle: parked on the idle list or deciding whether to run.
 pub(crate) const IDLE: u32 = 1 << 0;
@@ -49,8 +49,10 @@ pub(crate) struct WorkerShared {
     pub(crate) probe: Mutex<Option<Probe>>,
     /// The worker thread's CPU-time clock, readable from the monitor.
     cpu_clock: OnceLock<libc::clockid_t>,
-    /// CPU time (ns) at the start of the current item or its last wake:
-    /// the hog threshold counts from here.
+    /// Monitor-only: the `items_started` value it last saw, and the
+    /// worker's CPU time (ns) when it saw that item start or wake up; the
+    /// hog threshold counts from there.
+    mon_item: AtomicU64,
     cpu_base_ns: AtomicU64,
     /// The monitor marked the current item as a CPU hog.
     pub(crate) hog_marked: AtomicBool,
@@ -70,6 +72,7 @@ impl WorkerShared {
             items_started: AtomicU64::new(0),
             probe: Mutex::new(None),
             cpu_clock: OnceLock::new(),
+            mon_item: AtomicU64::new(0),
             cpu_base_ns: AtomicU64::new(0),
             hog_marked: AtomicBool::new(false),
             cm_wakeups: AtomicU64::new(0),
@@ -81,15 +84,17 @@ impl WorkerShared {
         self.cpu_clock.get().map_or(Duration::ZERO, |&id| sys::clock(id))
     }
 
-    /// Restarts the hog threshold count from now (the worker woke).
-    pub(crate) fn rebase_cpu_time(&self) {
-        self.cpu_base_ns.store(self.cpu_time().as_nanos() as u64, Relaxed);
-    }
-
-    /// CPU time since the current item started or last woke.
-    pub(crate) fn cpu_time_since_base(&self) -> Duration {
-        let base = Duration::from_nanos(self.cpu_base_ns.load(Relaxed));
-        self.cpu_time().saturating_sub(base)
+    /// Monitor side of hog detection: CPU time the current item used since
+    /// it started or last slept, as far as the monitor has seen. `slept`
+    /// restarts the count (the kernel counts "without sleeping").
+    pub(crate) fn cpu_time_since_base(&self, slept: bool) -> (u64, Duration) {
+        let item = self.items_started.load(SeqCst);
+        let now = self.cpu_time();
+        if slept || self.mon_item.swap(item, Relaxed) != item {
+            self.cpu_base_ns.store(now.as_nanos() as u64, Relaxed);
+            return (item, Duration::ZERO);
+        }
+        (item, now.saturating_sub(Duration::from_nanos(self.cpu_base_ns.load(Relaxed))))
     }
 
     pub(crate) fn flags(&self) -> u32 {
@@ -245,7 +250,6 @@ impl Drop for BlockingGuard {
     fn drop(&mut self) {
         BLOCKING_DEPTH.with(|d| d.set(d.get() - 1));
         if let Some((pool, me)) = self.0.take() {
-            me.cpu_base_ns.store(sys::thread_cpu_time().as_nanos() as u64, Relaxed);
             me.clr_flags(&pool, BLOCKING);
         }
     }
@@ -295,6 +299,7 @@ fn ask_for_nice(nice: i32) -> Option<i32> {
 pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
     attach(&pool, &me);
     let mut done: Vec<Done> = Vec::new();
+    let mut meter = CpuMeter::default();
     let mut inner = pool.lock();
     inner.nr_starting -= 1;
     loop {
@@ -317,11 +322,12 @@ pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
             pool.request_worker(&mut inner);
         }
         me.clr_flags(&pool, IDLE | SLEEPING);
+        meter.checkpoint();
         loop {
             let Some(entry) = inner.worklist.pop_front() else { break };
             pool.sync_pending(&inner);
             drop(inner);
-            process_one(&pool, &me, entry, &mut done);
+            process_one(&pool, &me, &mut meter, entry, &mut done);
             inner = pool.lock();
             inner = complete_local(&pool, inner, &mut done);
             if !pool.keep_working(&inner) {
@@ -371,8 +377,13 @@ fn idle_wait<'a>(
     inner.idle.push(me.clone());
     let timeout = pool.rt.config.idle_timeout;
     let mut deadline = Instant::now() + timeout;
+    drop(inner);
+    // Work often arrives right after a worker went idle. Waiting for it a
+    // little before parking saves both sides a futex call (an unpark of a
+    // thread that is not parked is just a store) and lets a producer on this
+    // CPU queue a batch before the worker takes the CPU back.
+    spin_until_woken(me);
     loop {
-        drop(inner);
         thread::park_timeout(deadline.saturating_duration_since(Instant::now()));
         inner = pool.lock();
         if me.woken.swap(false, SeqCst) {
@@ -390,25 +401,50 @@ fn idle_wait<'a>(
             }
             deadline = Instant::now() + timeout;
         }
+        drop(inner);
+    }
+}
+
+/// Busy-waits a bounded time for a kick: spin hints first, then yields
+/// (which also hand the CPU to a producer pinned to the same CPU).
+fn spin_until_woken(me: &WorkerShared) {
+    const SPINS: u32 = 64;
+    const YIELDS: u32 = 32;
+    for i in 0..SPINS + YIELDS {
+        if me.woken.load(SeqCst) {
+            return;
+        }
+        if i < SPINS {
+            std::hint::spin_loop();
+        } else {
+            thread::yield_now();
+        }
     }
 }
 
 /// Runs one dequeued entry. Accounting for entries of this pool is pushed
 /// to `done`; entries of other pools (hand-offs) are completed right here.
-fn process_one(pool: &Arc<Pool>, me: &WorkerShared, entry: Entry, done: &mut Vec<Done>) {
+fn process_one(pool: &Arc<Pool>, me: &WorkerShared, meter: &mut CpuMeter, entry: Entry, done: &mut Vec<Done>) {
     let Entry { pwq: link, color, job } = entry;
     match job {
         Job::Once(f) => {
-            let (link, outcome, cpu_time) = execute(pool, me, link, None, f);
+            let (link, outcome, cpu_time) = execute(pool, me, meter, link, None, f);
             finish_entry(pool, Done { link, color, outcome, cpu_time }, done);
         }
-        Job::Work { work, gen } => run_work(pool, me, work, Parked { link, color, gen }, done),
+        Job::Work { work, gen } => run_work(pool, me, meter, work, Parked { link, color, gen }, done),
     }
 }
 
 /// Claims and runs a work item instance, then any instance handed to this
 /// worker while it ran (see `work/README.md`).
-fn run_work(pool: &Arc<Pool>, me: &WorkerShared, work: Arc<WorkShared>, mut inst: Parked, done: &mut Vec<Done>) {
+fn run_work(
+    pool: &Arc<Pool>,
+    me: &WorkerShared,
+    meter: &mut CpuMeter,
+    work: Arc<WorkShared>,
+    mut inst: Parked,
+    done: &mut Vec<Done>,
+) {
     loop {
         match work.state.claim(inst.gen) {
             Claim::Run => break,
@@ -424,7 +460,7 @@ fn run_work(pool: &Arc<Pool>, me: &WorkerShared, work: Arc<WorkShared>, mut inst
     }
     loop {
         let Parked { link, color, gen } = inst;
-        let (link, outcome, cpu_time) = execute(pool, me, link, Some(work.id), || {
+        let (link, outcome, cpu_time) = execute(pool, me, meter, link, Some(work.id), || {
             Outcome::of(catch_unwind(AssertUnwindSafe(|| work.call())).is_err())
         });
         work.retire(gen);
@@ -484,6 +520,7 @@ fn finish_entry(pool: &Arc<Pool>, d: Done, done: &mut Vec<Done>) {
 fn execute(
     pool: &Arc<Pool>,
     me: &WorkerShared,
+    meter: &mut CpuMeter,
     link: Arc<PwqLink>,
     work_id: Option<u64>,
     f: impl FnOnce() -> Outcome,
@@ -496,22 +533,72 @@ fn execute(
     if intensive && me.set_flags(pool, CPU_INTENSIVE) {
         pool.worker_stopped_running();
     }
-    me.items_started.fetch_add(1, SeqCst);
+    // Only this thread writes it; the monitor reads it.
+    me.items_started.store(me.items_started.load(Relaxed) + 1, SeqCst);
     tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_start");
-    let start = sys::thread_cpu_time();
-    me.cpu_base_ns.store(start.as_nanos() as u64, Relaxed);
+    let start = meter.item_start();
     let outcome = f();
-    let end = sys::thread_cpu_time();
+    let cpu_time = meter.charge(start);
     tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_end");
-    me.clr_flags(pool, CPU_INTENSIVE | SLEEPING);
+    if me.flags() & (CPU_INTENSIVE | SLEEPING) != 0 {
+        me.clr_flags(pool, CPU_INTENSIVE | SLEEPING);
+    }
     let current = CURRENT.with(|c| c.borrow_mut().take()).expect("current item vanished");
     let counters = &current.link.wq.counters;
-    let since_base = end.saturating_sub(Duration::from_nanos(me.cpu_base_ns.load(Relaxed)));
-    if me.hog_marked.swap(false, Relaxed) || since_base >= pool.rt.config.cpu_hog_threshold {
+    if me.hog_marked.load(Relaxed) && me.hog_marked.swap(false, Relaxed) {
         counters.cpu_hogs.fetch_add(1, Relaxed);
     }
     if me.cm_wakeups.load(Relaxed) != 0 {
         counters.cm_wakeups.fetch_add(me.cm_wakeups.swap(0, Relaxed), Relaxed);
     }
-    (current.link, outcome, end.saturating_sub(start))
+    (current.link, outcome, cpu_time)
+}
+
+/// Charges CPU time to items without a system call per item.
+///
+/// Reading a thread's CPU clock is a real system call (~300 ns here; the
+/// vDSO does not serve thread clocks), too dear to make twice per tiny
+/// item. Items shorter than `SHORT` in wall time are charged their wall
+/// time (they had no room to sleep much); a longer item reads the clock
+/// once and is charged what the thread used since the last reading, less
+/// what short items were charged meanwhile.
+///
+/// Back-to-back items share one clock read: an item's end is the next
+/// one's start (the bookkeeping between them is charged to the next item).
+#[derive(Default)]
+struct CpuMeter {
+    checkpoint: Duration,
+    charged: Duration,
+    last_end: Option<Instant>,
+}
+
+impl CpuMeter {
+    const SHORT: Duration = Duration::from_micros(50);
+
+    /// A busy period starts: take a fresh reading.
+    fn checkpoint(&mut self) {
+        self.checkpoint = sys::thread_cpu_time();
+        self.charged = Duration::ZERO;
+        self.last_end = None;
+    }
+
+    fn item_start(&mut self) -> Instant {
+        self.last_end.take().unwrap_or_else(Instant::now)
+    }
+
+    /// The CPU time of an item that started at `start` and just ended.
+    fn charge(&mut self, start: Instant) -> Duration {
+        let end = Instant::now();
+        self.last_end = Some(end);
+        let wall = end - start;
+        if wall < Self::SHORT {
+            self.charged += wall;
+            return wall;
+        }
+        let now = sys::thread_cpu_time();
+        let used = now.saturating_sub(self.checkpoint).saturating_sub(self.charged).min(wall);
+        self.checkpoint = now;
+        self.charged = Duration::ZERO;
+        used
+    }
 }

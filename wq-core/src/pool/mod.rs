@@ -15,9 +15,9 @@ use std::time::Duration;
 pub(crate) use pwq::{PwqLink, PwqState};
 
 use crate::runtime::RtCore;
-use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use crate::work::WorkShared;
 use crate::worker::WorkerShared;
+use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 /// One queued instance of something to run.
 pub(crate) struct Entry {
@@ -78,8 +78,8 @@ pub(crate) struct Pool {
     /// `clr_flags`; invariant: equals the number of this pool's workers
     /// whose flags contain none of `worker::NOT_RUNNING`, and never negative.
     pub(crate) nr_running: AtomicIsize,
-    /// Mirror of the worklist's length, stored under the lock, for the
-    /// monitor to read without it.
+    /// Whether the worklist is non-empty (1) or empty (0), stored under the
+    /// lock when that changes, for the monitor to read without the lock.
     pub(crate) nr_pending: AtomicUsize,
     pub(crate) rt: Arc<RtCore>,
     /// The nice value the OS granted, or `i32::MIN` if it refused.
@@ -171,9 +171,12 @@ impl Pool {
     /// Publishes the worklist length; pokes the monitor when work becomes
     /// pending (the store comes first: see the parking protocol in monitor.rs).
     pub(crate) fn sync_pending(&self, inner: &PoolInner) {
-        let len = inner.worklist.len();
-        if self.nr_pending.swap(len, SeqCst) == 0 && len > 0 {
-            self.rt.monitor.poke();
+        // Written only on empty <-> non-empty changes: the line stays
+        // quiet while a busy pool keeps work queued.
+        match inner.worklist.len() {
+            0 => self.nr_pending.store(0, SeqCst),
+            1 if self.nr_pending.swap(1, SeqCst) == 0 => self.rt.monitor.poke(),
+            _ => {}
         }
     }
 

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use super::RtCore;
 use crate::pool::Pool;
-use std::sync::atomic::Ordering::SeqCst;
 use crate::worker::{self, WorkerShared};
 use crate::Error;
+use std::sync::atomic::Ordering::SeqCst;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
 const BACKOFF_MAX: Duration = Duration::from_millis(100);

@@ -15,10 +15,10 @@ use crate::detect::{self, Detector, Resolved};
 use crate::monitor::Monitor;
 use crate::pool::{Pool, PoolAttrs, PwqLink};
 use crate::stats::{PoolStats, RuntimeStats};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use crate::topology::{Topology, TopologyError};
 use crate::workqueue::{WqCore, WqShared};
 use crate::{sys, Error, Flags, Workqueue, WorkqueueBuilder};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 
 /// Called before each worker thread is created; an error fails that creation.
 pub type SpawnHook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;

@@ -11,9 +11,9 @@ use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::pool::{Done, Outcome, PwqLink};
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use crate::worker;
 use crate::Error;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 pub(crate) use state::{gen_of, Claim, NotQueued, State, PENDING, RUNNING, WAITERS};
 

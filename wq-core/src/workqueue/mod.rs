@@ -20,9 +20,9 @@ use crate::delayed::DelayedWork;
 use crate::pool::{Entry, Job, Outcome, PwqLink};
 use crate::runtime::Runtime;
 use crate::stats::WorkqueueStats;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use crate::work::{NotQueued, Work, WorkShared};
 use crate::{worker, Error};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 bitflags::bitflags! {
     /// Workqueue flags, with the kernel's meaning (`WQ_*` in `workqueue.rst`).

@@ -53,6 +53,7 @@ mod detect;
 mod error;
 mod monitor;
 mod pool;
+mod rescuer;
 mod runtime;
 mod stats;
 mod sync;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::detect::ThreadState;
 use crate::pool::Pool;
+use crate::runtime::RtCore;
 use crate::worker::{WorkerShared, BLOCKING, CPU_INTENSIVE, IDLE, IGNORE_SLEEPS, SLEEPING};
 use crate::{sys, Error};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
@@ -59,32 +60,43 @@ impl Monitor {
         }
     }
 
-    pub(crate) fn start(self: &Arc<Self>, pools: Vec<Arc<Pool>>, hog_threshold: Duration) -> Result<(), Error> {
+    pub(crate) fn start(self: &Arc<Self>, pools: Vec<Arc<Pool>>, core: Arc<RtCore>) -> Result<(), Error> {
         let me = self.clone();
         thread::Builder::new()
             .name("wq/monitor".into())
-            .spawn(move || me.run(&pools, hog_threshold))
+            .spawn(move || me.run(&pools, &core))
             .map(drop)
             .map_err(Error::Spawn)
     }
 
-    fn run(&self, pools: &[Arc<Pool>], hog_threshold: Duration) {
+    fn run(&self, pools: &[Arc<Pool>], core: &RtCore) {
         let _ = self.thread.set(thread::current());
         // A 50 µs sleep lasts 50 µs only with a fine timer slack.
         sys::set_current_timer_slack(1);
+        let hog_threshold = core.config.cpu_hog_threshold;
         let mut busy: Vec<Arc<WorkerShared>> = Vec::new();
+        let mut watch: Vec<Watch> = pools.iter().map(|_| Watch::new()).collect();
         let mut last_pending = Instant::now();
         while !self.shutdown.load(SeqCst) {
             let mut any_pending = false;
-            for pool in pools {
+            for (pool, watch) in pools.iter().zip(&mut watch) {
                 if pool.nr_pending.load(SeqCst) == 0 {
+                    watch.progress(None);
                     continue;
                 }
                 any_pending = true;
                 busy.clear();
-                busy.extend(pool.lock().workers.iter().filter(|w| w.flags() & IDLE == 0).cloned());
+                let completed = {
+                    let inner = pool.lock();
+                    busy.extend(inner.workers.iter().filter(|w| w.flags() & IDLE == 0).cloned());
+                    inner.completed
+                };
                 for w in &busy {
                     check_worker(pool, w, hog_threshold);
+                }
+                if watch.progress(Some(completed)) >= core.config.watchdog_threshold && !watch.reported {
+                    watch.reported = true;
+                    report_stall(pool, &busy, watch.since.elapsed(), core);
                 }
             }
             let now = Instant::now();
@@ -110,6 +122,51 @@ impl Monitor {
         }
         true
     }
+}
+
+/// The watchdog's view of one pool.
+struct Watch {
+    completed: u64,
+    since: Instant,
+    reported: bool,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch { completed: 0, since: Instant::now(), reported: false }
+    }
+
+    /// Records the pool's completion count (`None`: nothing pending, which
+    /// is not a stall); returns how long it has not moved.
+    fn progress(&mut self, completed: Option<u64>) -> Duration {
+        if completed != Some(self.completed) {
+            self.completed = completed.unwrap_or(self.completed);
+            self.since = Instant::now();
+            self.reported = false;
+        }
+        self.since.elapsed()
+    }
+}
+
+/// The kernel's workqueue watchdog report ("BUG: workqueue lockup"): the
+/// pool, how long it has been stuck, and what each busy worker runs.
+fn report_stall(pool: &Pool, busy: &[Arc<WorkerShared>], stalled: Duration, core: &RtCore) {
+    pool.stalls.fetch_add(1, Relaxed);
+    let names = core.wq_names.lock().unwrap_or_else(|e| e.into_inner());
+    let workers: Vec<String> = busy
+        .iter()
+        .map(|w| {
+            let wq = names.get(&w.current_wq.load(Relaxed)).map_or("-", String::as_str);
+            format!("{} (tid {}) runs an item of {wq:?}, flags {:#x}", w.name, w.tid.load(Relaxed), w.flags())
+        })
+        .collect();
+    tracing::warn!(
+        target: "wq",
+        pool = %pool.label(),
+        ?stalled,
+        workers = ?workers,
+        "workqueue lockup: pool has pending work and made no progress"
+    );
 }
 
 /// One busy worker of a pool with pending work: did it sleep, wake, or

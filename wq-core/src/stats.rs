@@ -53,6 +53,8 @@ pub struct PoolStats {
     pub running: usize,
     /// Items on the worklist, not yet started.
     pub pending: usize,
+    /// Times the watchdog found the pool stalled.
+    pub stalls: u64,
 }
 
 impl PoolStats {
@@ -74,6 +76,7 @@ impl PoolStats {
             idle: snap.idle,
             running: snap.running,
             pending: snap.pending,
+            stalls: pool.stalls.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

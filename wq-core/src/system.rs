@@ -49,7 +49,7 @@ system_queue!(
     system_unbound_wq, "events_unbound", Flags::UNBOUND, 512
 );
 system_queue!(
-    /// `events_freezable`: bound, flagged `FREEZABLE` (no freezing yet).
+    /// `events_freezable`: bound, stopped by `Runtime::freeze`.
     system_freezable_wq, "events_freezable", Flags::FREEZABLE, 0
 );
 system_queue!(

@@ -45,6 +45,8 @@ pub(crate) struct WorkerShared {
     pub(crate) tid: AtomicI32,
     /// Items started by this worker; the monitor uses it to tell items apart.
     pub(crate) items_started: AtomicU64,
+    /// Id of the queue whose item runs now (0: none), for watchdog reports.
+    pub(crate) current_wq: AtomicU64,
     /// The sleep probe, made on the worker's thread, polled by the monitor.
     pub(crate) probe: Mutex<Option<Probe>>,
     /// The worker thread's CPU-time clock, readable from the monitor.
@@ -70,6 +72,7 @@ impl WorkerShared {
             thread: OnceLock::new(),
             tid: AtomicI32::new(0),
             items_started: AtomicU64::new(0),
+            current_wq: AtomicU64::new(0),
             probe: Mutex::new(None),
             cpu_clock: OnceLock::new(),
             mon_item: AtomicU64::new(0),
@@ -365,6 +368,22 @@ fn complete_local<'a>(
     pool.lock()
 }
 
+/// A rescuer runs `entries` of `pool` on its own thread. `me` keeps `IDLE`
+/// set, so nothing it does moves the pool's `nr_running`.
+pub(crate) fn rescue(pool: &Arc<Pool>, me: &Arc<WorkerShared>, entries: Vec<Entry>) {
+    WORKER.with(|w| *w.borrow_mut() = Some((pool.clone(), me.clone())));
+    let mut meter = CpuMeter::default();
+    meter.checkpoint();
+    let mut done = Vec::new();
+    for entry in entries {
+        process_one(pool, me, &mut meter, entry, &mut done);
+        for d in done.drain(..) {
+            complete_entry(d);
+        }
+    }
+    WORKER.with(|w| w.borrow_mut().take());
+}
+
 /// Parks `me` on the idle list until woken, or reaps it after the idle
 /// timeout if another idle worker stays in reserve. Returns `None` if the
 /// worker was reaped and must exit.
@@ -533,8 +552,9 @@ fn execute(
     if intensive && me.set_flags(pool, CPU_INTENSIVE) {
         pool.worker_stopped_running();
     }
-    // Only this thread writes it; the monitor reads it.
+    // Only this thread writes these; the monitor reads them.
     me.items_started.store(me.items_started.load(Relaxed) + 1, SeqCst);
+    me.current_wq.store(wq_id, Relaxed);
     tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_start");
     let start = meter.item_start();
     let outcome = f();
@@ -543,6 +563,7 @@ fn execute(
     if me.flags() & (CPU_INTENSIVE | SLEEPING) != 0 {
         me.clr_flags(pool, CPU_INTENSIVE | SLEEPING);
     }
+    me.current_wq.store(0, Relaxed);
     let current = CURRENT.with(|c| c.borrow_mut().take()).expect("current item vanished");
     let counters = &current.link.wq.counters;
     if me.hog_marked.load(Relaxed) && me.hog_marked.swap(false, Relaxed) {

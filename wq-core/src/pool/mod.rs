@@ -14,10 +14,11 @@ use std::time::Duration;
 
 pub(crate) use pwq::{PwqLink, PwqState};
 
+use crate::rescuer::Rescuer;
 use crate::runtime::RtCore;
 use crate::work::WorkShared;
 use crate::worker::WorkerShared;
-use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 /// One queued instance of something to run.
 pub(crate) struct Entry {
@@ -84,6 +85,10 @@ pub(crate) struct Pool {
     pub(crate) rt: Arc<RtCore>,
     /// The nice value the OS granted, or `i32::MIN` if it refused.
     pub(crate) nice_granted: AtomicU64,
+    /// The manager's last attempt to create a worker for this pool failed.
+    pub(crate) creation_failing: AtomicBool,
+    /// Times the watchdog found this pool stalled.
+    pub(crate) stalls: AtomicU64,
     inner: Mutex<PoolInner>,
     /// Pwq slots whose last link dropped. A link may drop while the pool
     /// lock is held, so it only records the slot here (a leaf lock);
@@ -108,6 +113,9 @@ pub(crate) struct PoolInner {
     pub(crate) want_worker: bool,
     /// The runtime is shutting down: workers exit once the worklist is empty.
     pub(crate) dying: bool,
+    /// Items completed (run or discarded) in this pool: the watchdog's
+    /// measure of progress.
+    pub(crate) completed: u64,
     pwqs: Vec<Option<PwqState>>,
     free_pwqs: Vec<usize>,
 }
@@ -123,6 +131,8 @@ impl Pool {
             nr_pending: AtomicUsize::new(0),
             rt,
             nice_granted: AtomicU64::new(u64::MAX),
+            creation_failing: AtomicBool::new(false),
+            stalls: AtomicU64::new(0),
             inner: Mutex::new(PoolInner {
                 worklist: VecDeque::new(),
                 idle: Vec::new(),
@@ -132,6 +142,7 @@ impl Pool {
                 nr_starting: 0,
                 want_worker: false,
                 dying: false,
+                completed: 0,
                 pwqs: Vec::new(),
                 free_pwqs: Vec::new(),
             }),
@@ -221,7 +232,7 @@ impl Pool {
         let slot = entry.pwq.slot;
         let pwq = inner.pwq_mut(slot);
         pwq.add_in_flight(entry.color);
-        if pwq.nr_active < pwq.max_active {
+        if pwq.has_room() {
             pwq.nr_active += 1;
             tracing::trace!(target: "wq", pool = self.id, "queue_work");
             inner.worklist.push_back(entry);
@@ -247,19 +258,33 @@ impl Pool {
             pwq.panics += u64::from(done.outcome == Outcome::Panicked);
         }
         let retired = pwq.dec_in_flight(done.color);
-        if pwq.nr_active < pwq.max_active {
-            if let Some(next) = pwq.inactive.pop_front() {
-                pwq.nr_active += 1;
-                tracing::trace!(target: "wq", pool = self.id, "activate_work");
-                inner.worklist.push_back(next);
-                self.sync_pending(inner);
-            }
-        }
+        inner.completed += 1;
+        self.activate(inner, done.link.slot);
         retired
     }
 
+    /// Moves inactive entries of pwq `slot` to the worklist while it has room.
+    pub(crate) fn activate(&self, inner: &mut PoolInner, slot: usize) -> bool {
+        let mut any = false;
+        loop {
+            let pwq = inner.pwq_mut(slot);
+            if !pwq.has_room() {
+                break;
+            }
+            let Some(next) = pwq.inactive.pop_front() else { break };
+            pwq.nr_active += 1;
+            tracing::trace!(target: "wq", pool = self.id, "activate_work");
+            inner.worklist.push_back(next);
+            any = true;
+        }
+        if any {
+            self.sync_pending(inner);
+        }
+        any
+    }
+
     /// Creates a pwq slot for a new workqueue.
-    pub(crate) fn alloc_pwq(&self, max_active: usize) -> usize {
+    pub(crate) fn alloc_pwq(&self, max_active: usize, frozen: bool, rescuer: Option<Arc<Rescuer>>) -> usize {
         let mut inner = self.lock();
         let released = std::mem::take(&mut *self.released.lock().unwrap_or_else(|e| e.into_inner()));
         for slot in released {
@@ -269,11 +294,11 @@ impl Pool {
         }
         match inner.free_pwqs.pop() {
             Some(slot) => {
-                inner.pwqs[slot] = Some(PwqState::new(max_active));
+                inner.pwqs[slot] = Some(PwqState::new(max_active, frozen, rescuer));
                 slot
             }
             None => {
-                inner.pwqs.push(Some(PwqState::new(max_active)));
+                inner.pwqs.push(Some(PwqState::new(max_active, frozen, rescuer)));
                 inner.pwqs.len() - 1
             }
         }
@@ -298,6 +323,47 @@ impl Pool {
             }
             None => false,
         }
+    }
+
+    /// Worker creation keeps failing while work waits: ask the rescuer of
+    /// every `MEM_RECLAIM` queue with active work here for help.
+    pub(crate) fn send_mayday(self: &Arc<Self>) {
+        let inner = self.lock();
+        if !self.need_more_worker(&inner) {
+            return;
+        }
+        let rescuers: Vec<Arc<Rescuer>> =
+            inner.pwqs.iter().flatten().filter(|p| p.nr_active > 0).filter_map(|p| p.rescuer.clone()).collect();
+        drop(inner);
+        for r in rescuers {
+            r.mayday(self.clone());
+        }
+    }
+
+    /// Takes the worklist entries of pwq `slot` (for its rescuer).
+    pub(crate) fn take_entries_of(&self, slot: usize) -> Vec<Entry> {
+        let mut inner = self.lock();
+        let (mine, rest): (VecDeque<Entry>, VecDeque<Entry>) =
+            std::mem::take(&mut inner.worklist).into_iter().partition(|e| e.pwq.slot == slot);
+        inner.worklist = rest;
+        self.sync_pending(&inner);
+        mine.into()
+    }
+
+    /// Sets `frozen` on pwq `slot`; on thaw, activates what waited.
+    pub(crate) fn set_frozen(self: &Arc<Self>, slot: usize, frozen: bool) {
+        let mut inner = self.lock();
+        inner.pwq_mut(slot).frozen = frozen;
+        let woken = if !frozen && self.activate(&mut inner, slot) { self.kick(&mut inner) } else { None };
+        drop(inner);
+        if let Some(w) = woken {
+            w.unpark();
+        }
+    }
+
+    /// Active (activated, not finished) entries of pwq `slot`.
+    pub(crate) fn pwq_active(&self, slot: usize) -> usize {
+        self.lock().pwq(slot).nr_active
     }
 
     /// Starts the runtime's shutdown for this pool: idle workers exit, busy

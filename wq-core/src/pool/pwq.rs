@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Entry, Pool};
+use crate::rescuer::Rescuer;
 use crate::workqueue::WqCore;
 
 /// A handle to one pool workqueue. Entries hold it until they complete, so
@@ -31,6 +32,11 @@ impl Drop for PwqLink {
 pub(crate) struct PwqState {
     /// Entries allowed on the pool's worklist or running at once.
     pub(crate) max_active: usize,
+    /// Frozen (a `FREEZABLE` queue during `Runtime::freeze`): nothing is
+    /// activated, so nothing new starts.
+    pub(crate) frozen: bool,
+    /// The queue's rescuer, if it is `MEM_RECLAIM`.
+    pub(crate) rescuer: Option<Arc<Rescuer>>,
     /// Invariant: `nr_active <= max_active`, and it counts exactly the
     /// entries of this pwq that are on the worklist, running, or parked in a
     /// work item's hand-off slot.
@@ -48,8 +54,13 @@ pub(crate) struct PwqState {
 }
 
 impl PwqState {
-    pub(crate) fn new(max_active: usize) -> PwqState {
-        PwqState { max_active, ..PwqState::default() }
+    pub(crate) fn new(max_active: usize, frozen: bool, rescuer: Option<Arc<Rescuer>>) -> PwqState {
+        PwqState { max_active, frozen, rescuer, ..PwqState::default() }
+    }
+
+    /// Whether one more entry may be activated.
+    pub(crate) fn has_room(&self) -> bool {
+        !self.frozen && self.nr_active < self.max_active
     }
 
     /// Counts a new entry of `color`. Colours arrive in order because they
@@ -92,7 +103,7 @@ mod tests {
 
     #[test]
     fn colours_retire_oldest_first() {
-        let mut p = PwqState::new(4);
+        let mut p = PwqState::new(4, false, None);
         p.add_in_flight(1);
         p.add_in_flight(1);
         p.add_in_flight(2);

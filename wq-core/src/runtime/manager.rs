@@ -4,19 +4,24 @@
 //! worker can take it. Creating threads off the queueing path keeps
 //! `queue` cheap; the idle reserve keeps wakes from waiting for creation.
 //! A failed creation (EAGAIN, the worker cap, an injected fault) is retried
-//! with exponential backoff; the pool's work stays queued meanwhile.
+//! with exponential backoff; the pool's work stays queued meanwhile, and
+//! after the mayday timeout the rescuers of its `MEM_RECLAIM` queues are
+//! called (see `rescuer.rs`).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::RtCore;
 use crate::pool::Pool;
+use crate::rescuer::{MAYDAY_INITIAL_TIMEOUT, MAYDAY_INTERVAL};
 use crate::worker::{self, WorkerShared};
 use crate::Error;
 use std::sync::atomic::Ordering::SeqCst;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
-const BACKOFF_MAX: Duration = Duration::from_millis(100);
+/// Retries run at least this often, so maydays keep their 100 ms cadence.
+const BACKOFF_MAX: Duration = Duration::from_millis(50);
 
 pub(crate) struct Manager {
     queue: Mutex<Requests>,
@@ -58,6 +63,9 @@ impl Manager {
 fn run(core: &RtCore) {
     let manager = &core.manager;
     let mut retry: Vec<Arc<Pool>> = Vec::new();
+    // Pools whose creation keeps failing: when it started, when the last
+    // mayday went out.
+    let mut failing: HashMap<usize, (Instant, Option<Instant>)> = HashMap::new();
     let mut backoff = BACKOFF_MIN;
     let mut retry_at: Option<Instant> = None;
     loop {
@@ -93,9 +101,21 @@ fn run(core: &RtCore) {
                 continue;
             }
             match maybe_create_worker(&pool) {
-                Ok(()) => backoff = BACKOFF_MIN,
+                Ok(()) => {
+                    backoff = BACKOFF_MIN;
+                    failing.remove(&pool.id);
+                    pool.creation_failing.store(false, SeqCst);
+                }
                 Err(err) => {
                     tracing::warn!(target: "wq", pool = %pool.label(), %err, retry_in = ?backoff, "worker creation failed");
+                    pool.creation_failing.store(true, SeqCst);
+                    let (since, last_mayday) = failing.entry(pool.id).or_insert((Instant::now(), None));
+                    let now = Instant::now();
+                    if now - *since >= MAYDAY_INITIAL_TIMEOUT && last_mayday.is_none_or(|t| now - t >= MAYDAY_INTERVAL)
+                    {
+                        *last_mayday = Some(now);
+                        pool.send_mayday();
+                    }
                     retry.push(pool);
                 }
             }

@@ -3,6 +3,7 @@
 
 mod manager;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -14,6 +15,7 @@ use crate::delayed::Timer;
 use crate::detect::{self, Detector, Resolved};
 use crate::monitor::Monitor;
 use crate::pool::{Pool, PoolAttrs, PwqLink};
+use crate::rescuer::Rescuer;
 use crate::stats::{PoolStats, RuntimeStats};
 use crate::topology::{Topology, TopologyError};
 use crate::workqueue::{WqCore, WqShared};
@@ -31,6 +33,7 @@ pub(crate) struct Config {
     pub(crate) max_workers: usize,
     pub(crate) spawn_hook: Option<SpawnHook>,
     pub(crate) detector: Detector,
+    pub(crate) watchdog_threshold: Duration,
 }
 
 /// What pools, the manager and workers share; holds no pool, so it never
@@ -41,6 +44,8 @@ pub(crate) struct RtCore {
     pub(crate) monitor: Arc<Monitor>,
     /// The sleep detector in use, and why.
     pub(crate) detector: Resolved,
+    /// Queue names by id, for watchdog reports.
+    pub(crate) wq_names: Mutex<HashMap<u64, String>>,
     /// Live worker threads of all pools. Invariant: `<= config.max_workers`.
     pub(crate) nr_workers: AtomicUsize,
     pub(crate) shutdown: AtomicBool,
@@ -68,6 +73,9 @@ pub(crate) struct RuntimeShared {
     timer: Arc<Timer>,
     pub(crate) workqueues: Mutex<Vec<Weak<WqShared>>>,
     next_wq_id: AtomicU64,
+    /// Whether freezable queues are frozen; held while (un)freezing and
+    /// while creating a queue.
+    freeze: Mutex<bool>,
 }
 
 impl Drop for RuntimeShared {
@@ -207,25 +215,91 @@ impl Runtime {
         list.iter().filter_map(Weak::upgrade).map(|shared| Workqueue { shared }).collect()
     }
 
-    pub(crate) fn create_workqueue(&self, name: String, flags: Flags, max_active: u32, ordered: bool) -> Workqueue {
+    pub(crate) fn create_workqueue(
+        &self,
+        name: String,
+        flags: Flags,
+        max_active: u32,
+        ordered: bool,
+    ) -> Result<Workqueue, Error> {
         let id = self.shared.next_wq_id.fetch_add(1, SeqCst);
+        self.shared.core.wq_names.lock().unwrap_or_else(|e| e.into_inner()).insert(id, name.clone());
         let core = Arc::new(WqCore::new(id, name, flags, ordered, max_active));
+        let rescuer = if flags.contains(Flags::MEM_RECLAIM) { Some(Rescuer::start(core.clone())?) } else { None };
         let hi = usize::from(flags.contains(Flags::HIGHPRI));
         let pools: Vec<Arc<Pool>> = if flags.contains(Flags::UNBOUND) {
             vec![self.shared.unbound[hi].clone()]
         } else {
             self.shared.bound.iter().map(|p| p[hi].clone()).collect()
         };
-        let pwqs = pools
+        // Freezing and creation must not interleave: a freezable queue made
+        // during a freeze starts frozen.
+        let freeze = self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner());
+        let frozen = *freeze && flags.contains(Flags::FREEZABLE);
+        let pwqs: Vec<Arc<PwqLink>> = pools
             .into_iter()
             .map(|pool| {
-                let slot = pool.alloc_pwq(max_active as usize);
+                let slot = pool.alloc_pwq(max_active as usize, frozen, rescuer.clone());
                 Arc::new(PwqLink { pool, slot, wq: core.clone() })
             })
             .collect();
-        let shared = Arc::new(WqShared { core, rt: self.clone(), pwqs, armed: Default::default() });
+        if let Some(r) = &rescuer {
+            r.set_slots(pwqs.iter().map(|l| (l.pool.id, l.slot)).collect());
+        }
+        let shared = Arc::new(WqShared { core, rt: self.clone(), pwqs, armed: Default::default(), rescuer });
         self.shared.workqueues.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&shared));
-        Workqueue { shared }
+        drop(freeze);
+        Ok(Workqueue { shared })
+    }
+
+    /// Freezes the runtime's `FREEZABLE` queues (the kernel's
+    /// `freeze_workqueues_begin` + `freeze_workqueues_busy`): their queued
+    /// items stop starting, and this returns once the items already
+    /// started have finished. Queueing still works; nothing is dropped.
+    ///
+    /// # Errors
+    /// [`Error::WouldDeadlock`] when called from an item of a freezable queue.
+    pub fn freeze(&self) -> Result<(), Error> {
+        if let Some(id) = crate::worker::current_wq_id() {
+            let own = self.workqueues().into_iter().find(|wq| wq.shared.core.id == id);
+            if own.is_some_and(|wq| wq.flags().contains(Flags::FREEZABLE)) {
+                return Err(Error::WouldDeadlock("Runtime::freeze called from an item of a freezable queue".into()));
+            }
+        }
+        let mut frozen = self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner());
+        *frozen = true;
+        let links = self.freezable_links();
+        for l in &links {
+            l.pool.set_frozen(l.slot, true);
+        }
+        drop(frozen);
+        // Items activated before the freeze still run; wait for them.
+        while links.iter().any(|l| l.pool.pwq_active(l.slot) > 0) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Thaws what [`freeze`](Runtime::freeze) froze: queued items start again.
+    pub fn thaw(&self) {
+        let mut frozen = self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner());
+        *frozen = false;
+        for l in self.freezable_links() {
+            l.pool.set_frozen(l.slot, false);
+        }
+    }
+
+    /// Whether the runtime is frozen.
+    pub fn is_frozen(&self) -> bool {
+        *self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn freezable_links(&self) -> Vec<Arc<PwqLink>> {
+        self.workqueues()
+            .into_iter()
+            .filter(|wq| wq.flags().contains(Flags::FREEZABLE))
+            .flat_map(|wq| wq.shared.pwqs.clone())
+            .collect()
     }
 }
 
@@ -253,6 +327,7 @@ impl Default for RuntimeBuilder {
                 max_workers: 4096,
                 spawn_hook: None,
                 detector: Detector::Auto,
+                watchdog_threshold: Duration::from_secs(30),
             },
         }
     }
@@ -295,6 +370,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How long a pool may have pending work without finishing any item
+    /// before the watchdog reports it (default 30 s, as the kernel's
+    /// `workqueue.watchdog_thresh`). Reports go to `tracing` at warn level
+    /// and count in [`PoolStats::stalls`](crate::PoolStats::stalls).
+    pub fn watchdog_threshold(mut self, threshold: Duration) -> Self {
+        self.config.watchdog_threshold = threshold;
+        self
+    }
+
     /// Fault injection: `hook` runs before each worker thread is created,
     /// and an error it returns fails that creation as the OS would (the
     /// pool retries with backoff; queued work waits, never lost).
@@ -323,6 +407,9 @@ impl RuntimeBuilder {
         if config.idle_timeout.is_zero() {
             return Err(Error::InvalidConfig("idle_timeout must be above zero".into()));
         }
+        if config.watchdog_threshold.is_zero() {
+            return Err(Error::InvalidConfig("watchdog_threshold must be above zero".into()));
+        }
         if config.cpu_hog_threshold.is_zero() {
             return Err(Error::InvalidConfig("cpu_hog_threshold must be above zero".into()));
         }
@@ -340,6 +427,7 @@ impl RuntimeBuilder {
             manager: Manager::new(),
             monitor: Monitor::new(),
             detector,
+            wq_names: Mutex::new(HashMap::new()),
             nr_workers: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
         });
@@ -372,10 +460,11 @@ impl RuntimeBuilder {
             timer,
             workqueues: Mutex::new(Vec::new()),
             next_wq_id: AtomicU64::new(1),
+            freeze: Mutex::new(false),
         });
         // From here on a failure drops `shared`, which stops what started.
         Manager::start(&core)?;
-        core.monitor.start(shared.pools().cloned().collect(), core.config.cpu_hog_threshold)?;
+        core.monitor.start(shared.pools().cloned().collect(), core.clone())?;
         for pool in shared.pools() {
             spawn_worker(pool)?;
         }

@@ -47,8 +47,9 @@ impl WorkqueueBuilder {
     /// # Errors
     /// [`Error::EmptyName`], [`Error::NameTooLong`], [`Error::NameHasNul`],
     /// [`Error::MaxActiveTooLarge`], [`Error::ConflictingFlags`] (ordered
-    /// with `max_active` above 1, or with `CPU_INTENSIVE`), and errors
-    /// creating the global runtime.
+    /// with `max_active` above 1, or with `CPU_INTENSIVE`), and
+    /// [`Error::Spawn`] if the global runtime or a `MEM_RECLAIM` queue's
+    /// rescuer thread cannot start.
     pub fn build(self) -> Result<Workqueue, Error> {
         if self.name.is_empty() {
             return Err(Error::EmptyName);
@@ -78,6 +79,6 @@ impl WorkqueueBuilder {
             Some(rt) => rt,
             None => Runtime::try_global()?.clone(),
         };
-        Ok(rt.create_workqueue(self.name, flags, max_active, self.ordered))
+        rt.create_workqueue(self.name, flags, max_active, self.ordered)
     }
 }

@@ -18,6 +18,7 @@ pub use builder::WorkqueueBuilder;
 use crate::completion::{Completion, CompletionShared};
 use crate::delayed::DelayedWork;
 use crate::pool::{Entry, Job, Outcome, PwqLink};
+use crate::rescuer::Rescuer;
 use crate::runtime::Runtime;
 use crate::stats::WorkqueueStats;
 use crate::work::{NotQueued, Work, WorkShared};
@@ -36,13 +37,12 @@ bitflags::bitflags! {
         const CPU_INTENSIVE = 1 << 1;
         /// Work goes to unbound pools whose workers are not pinned to a CPU.
         const UNBOUND = 1 << 2;
-        /// Marks the queue as one that freezing stops (the kernel's
-        /// `WQ_FREEZABLE`). Accepted and shown in dumps; freezing itself is
-        /// not implemented yet, so the flag changes no behaviour today.
+        /// [`Runtime::freeze`](crate::Runtime::freeze) stops the queue's
+        /// items from starting until [`Runtime::thaw`](crate::Runtime::thaw).
         const FREEZABLE = 1 << 3;
-        /// Marks the queue as needed for forward progress under resource
-        /// pressure (the kernel's `WQ_MEM_RECLAIM`). Accepted and shown in
-        /// dumps; the rescuer it promises is not implemented yet.
+        /// The queue may be needed for forward progress under resource
+        /// pressure (the kernel's memory reclaim): it reserves a rescuer
+        /// thread that runs its items when its pools cannot get workers.
         const MEM_RECLAIM = 1 << 4;
         /// The kernel's `WQ_POWER_EFFICIENT`: unbound when the system
         /// prefers power efficiency, bound otherwise (bound here).
@@ -134,6 +134,17 @@ pub(crate) struct WqShared {
     pub(crate) pwqs: Vec<Arc<PwqLink>>,
     /// Ids of delayed work items whose timer is armed to queue here.
     pub(crate) armed: Mutex<BTreeSet<u64>>,
+    /// The rescuer of a `MEM_RECLAIM` queue.
+    pub(crate) rescuer: Option<Arc<Rescuer>>,
+}
+
+impl Drop for WqShared {
+    fn drop(&mut self) {
+        if let Some(r) = &self.rescuer {
+            r.stop();
+        }
+        self.rt.shared.core.wq_names.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.core.id);
+    }
 }
 
 /// A named workqueue: the domain that carries policy (priority, CPU

@@ -1,0 +1,117 @@
+//! Rescuers: the forward-progress guarantee of `MEM_RECLAIM` queues.
+//!
+//! A pool makes progress only if it can get a worker. When worker creation
+//! fails (EAGAIN, ENOMEM, the runtime's worker cap) while work waits, the
+//! kernel's pool timer sends a *mayday* to every `WQ_MEM_RECLAIM` queue
+//! with work there, and that queue's rescuer thread — reserved when the
+//! queue was created — runs the queue's items itself. Same here: the
+//! manager notices failing creation, waits the mayday timeout (10 ms, then
+//! every 100 ms while it keeps failing), and calls [`Pool::send_mayday`].
+//! The rescuer takes its queue's entries off that pool's worklist and runs
+//! them outside concurrency management, until none is left or the pool can
+//! create workers again.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+
+use crate::pool::Pool;
+use crate::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use crate::worker::{self, WorkerShared};
+use crate::workqueue::WqCore;
+use crate::Error;
+
+/// How long a pool may fail to create a worker before the first mayday.
+pub(crate) const MAYDAY_INITIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(10);
+/// How often maydays repeat while creation keeps failing.
+pub(crate) const MAYDAY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+pub(crate) struct Rescuer {
+    wq: Arc<WqCore>,
+    /// `(pool id, pwq slot)` of each pwq of the queue, set once at creation.
+    slots: OnceLock<Vec<(usize, usize)>>,
+    maydays: Mutex<Vec<Arc<Pool>>>,
+    cv: Condvar,
+    shutdown: AtomicBool,
+}
+
+impl Rescuer {
+    /// Reserves the rescuer thread of queue `wq` (named `wq/r:<queue>`).
+    pub(crate) fn start(wq: Arc<WqCore>) -> Result<Arc<Rescuer>, Error> {
+        let rescuer = Arc::new(Rescuer {
+            wq,
+            slots: OnceLock::new(),
+            maydays: Mutex::new(Vec::new()),
+            cv: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+        });
+        let mut name = format!("wq/r:{}", rescuer.wq.name);
+        name.truncate(name.char_indices().nth(15).map_or(name.len(), |(i, _)| i));
+        let r = rescuer.clone();
+        std::thread::Builder::new().name(name).spawn(move || r.run()).map_err(Error::Spawn)?;
+        Ok(rescuer)
+    }
+
+    pub(crate) fn set_slots(&self, slots: Vec<(usize, usize)>) {
+        let _ = self.slots.set(slots);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Pool>>> {
+        self.maydays.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A pool with this queue's work cannot get a worker.
+    pub(crate) fn mayday(&self, pool: Arc<Pool>) {
+        self.wq.counters.mayday.fetch_add(1, Relaxed);
+        let mut list = self.lock();
+        if !list.iter().any(|p| Arc::ptr_eq(p, &pool)) {
+            list.push(pool);
+        }
+        drop(list);
+        self.cv.notify_one();
+    }
+
+    /// The queue is gone: the thread exits.
+    pub(crate) fn stop(&self) {
+        self.shutdown.store(true, SeqCst);
+        let _list = self.lock();
+        self.cv.notify_one();
+    }
+
+    fn run(&self) {
+        // Never counted in any pool's nr_running: IDLE stays set for good.
+        let me = Arc::new(WorkerShared::new(std::thread::current().name().unwrap_or("wq/r").to_owned()));
+        loop {
+            let pools = {
+                let mut list = self.lock();
+                while list.is_empty() && !self.shutdown.load(SeqCst) {
+                    list = self.cv.wait(list).unwrap_or_else(|e| e.into_inner());
+                }
+                if self.shutdown.load(SeqCst) {
+                    return;
+                }
+                std::mem::take(&mut *list)
+            };
+            for pool in pools {
+                self.rescue(&pool, &me);
+            }
+        }
+    }
+
+    /// Runs this queue's entries of `pool` while the pool cannot create workers.
+    fn rescue(&self, pool: &Arc<Pool>, me: &Arc<WorkerShared>) {
+        let Some(&(_, slot)) = self.slots.get().and_then(|s| s.iter().find(|(id, _)| *id == pool.id)) else {
+            return;
+        };
+        loop {
+            let mine = pool.take_entries_of(slot);
+            if mine.is_empty() {
+                return;
+            }
+            self.wq.counters.rescued.fetch_add(mine.len() as u64, Relaxed);
+            tracing::info!(target: "wq", queue = %self.wq.name, pool = %pool.label(), items = mine.len(), "rescuer runs work items");
+            worker::rescue(pool, me, mine);
+            if !pool.creation_failing.load(SeqCst) {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Forward progress and operations: rescuers, freezing, the watchdog.
+
+mod common;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use common::wait_until;
+use wq_core::{Detector, Flags, Runtime};
+
+/// With worker creation failing and the pool's only worker blocked, a
+/// MEM_RECLAIM queue's items run through its rescuer; a plain queue's
+/// items wait, and run once creation works again. Nothing is lost.
+#[test]
+fn rescuer_runs_mem_reclaim_work_when_workers_cannot_be_created() {
+    let fail = Arc::new(AtomicBool::new(false));
+    let f = fail.clone();
+    let rt = Runtime::builder()
+        .cpus([0])
+        .spawn_hook(move || if f.load(SeqCst) { Err(io::Error::from_raw_os_error(libc::EAGAIN)) } else { Ok(()) })
+        .build()
+        .unwrap();
+    let reclaim = rt.workqueue("reclaim").flags(Flags::MEM_RECLAIM).build().unwrap();
+    let plain = rt.workqueue("plain").build().unwrap();
+    let blocker_q = rt.workqueue("blocker").build().unwrap();
+    fail.store(true, SeqCst);
+    // Occupy every existing worker of CPU 0's normal pool.
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+    let workers = rt.stats().pools.iter().find(|p| p.cpu == Some(0) && !p.highpri).unwrap().workers;
+    let blocked = Arc::new(AtomicUsize::new(0));
+    let mut blockers = Vec::new();
+    for _ in 0..workers {
+        let (rx, b) = (release_rx.clone(), blocked.clone());
+        blockers.push(
+            blocker_q
+                .submit(move || {
+                    b.fetch_add(1, SeqCst);
+                    wq_core::blocking(|| rx.lock().unwrap().recv().unwrap());
+                })
+                .unwrap(),
+        );
+    }
+    wait_until("every worker is blocked", || blocked.load(SeqCst) == workers);
+    let rescued_runs = Arc::new(AtomicUsize::new(0));
+    let plain_runs = Arc::new(AtomicUsize::new(0));
+    for _ in 0..1000 {
+        let r = rescued_runs.clone();
+        reclaim
+            .execute(move || {
+                r.fetch_add(1, SeqCst);
+            })
+            .unwrap();
+    }
+    for _ in 0..50 {
+        let p = plain_runs.clone();
+        plain
+            .execute(move || {
+                p.fetch_add(1, SeqCst);
+            })
+            .unwrap();
+    }
+    wait_until("the rescuer ran all 1000 items", || rescued_runs.load(SeqCst) == 1000);
+    assert_eq!(plain_runs.load(SeqCst), 0, "without MEM_RECLAIM nothing can run yet");
+    let s = reclaim.stats();
+    assert!(s.mayday >= 1, "{s:?}");
+    assert_eq!(s.rescued, 1000, "{s:?}");
+    // Creation works again and the blockers finish: the plain items run.
+    fail.store(false, SeqCst);
+    for _ in 0..workers {
+        release_tx.send(()).unwrap();
+    }
+    for b in blockers {
+        b.wait().unwrap();
+    }
+    plain.flush().unwrap();
+    reclaim.flush().unwrap();
+    assert_eq!(plain_runs.load(SeqCst), 50);
+    assert_eq!(reclaim.stats().total, 1000);
+    assert!(thread_names().iter().any(|n| n.starts_with("wq/r:reclaim")), "{:?}", thread_names());
+}
+
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim_end().to_owned())
+        .collect()
+}
+
+#[test]
+fn freeze_stops_freezable_queues_and_thaw_resumes_without_losing_work() {
+    let rt = Runtime::builder().build().unwrap();
+    let frozen_q = rt.workqueue("freezable").flags(Flags::FREEZABLE).build().unwrap();
+    let other = rt.workqueue("not-freezable").build().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let in_flight_done = Arc::new(AtomicBool::new(false));
+    let d = in_flight_done.clone();
+    let started = Arc::new(AtomicBool::new(false));
+    let s = started.clone();
+    frozen_q
+        .execute(move || {
+            s.store(true, SeqCst);
+            wq_core::blocking(|| thread::sleep(Duration::from_millis(50)));
+            d.store(true, SeqCst);
+        })
+        .unwrap();
+    wait_until("the in-flight item started", || started.load(SeqCst));
+    rt.freeze().unwrap();
+    assert!(rt.is_frozen());
+    assert!(in_flight_done.load(SeqCst), "freeze returned before the in-flight item finished");
+    // Concurrent queueing while frozen: accepted, not run.
+    thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..250 {
+                    let r = ran.clone();
+                    frozen_q
+                        .execute(move || {
+                            r.fetch_add(1, SeqCst);
+                        })
+                        .unwrap();
+                }
+            });
+        }
+    });
+    // A freezable queue created during the freeze starts frozen too.
+    let late = rt.workqueue("late").flags(Flags::FREEZABLE).build().unwrap();
+    let r = ran.clone();
+    late.execute(move || {
+        r.fetch_add(1, SeqCst);
+    })
+    .unwrap();
+    assert_eq!(other.submit(|| 7).unwrap().wait().unwrap(), 7, "other queues keep running");
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(ran.load(SeqCst), 0, "a frozen queue started an item");
+    assert_eq!(frozen_q.stats().in_flight, 1000);
+    rt.thaw();
+    frozen_q.flush().unwrap();
+    late.flush().unwrap();
+    assert_eq!(ran.load(SeqCst), 1001);
+}
+
+#[test]
+fn freeze_from_a_freezable_item_is_refused() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let q = rt.workqueue("self-freeze").flags(Flags::FREEZABLE).build().unwrap();
+    let rt2 = rt.clone();
+    let r = q.submit(move || rt2.freeze()).unwrap().wait().unwrap();
+    assert!(matches!(r, Err(wq_core::Error::WouldDeadlock(_))), "{r:?}");
+    assert!(!rt.is_frozen());
+}
+
+/// An item that sleeps without telling anyone (no detector) holds its
+/// pool: the watchdog reports the stall and counts it.
+#[test]
+fn watchdog_reports_a_pool_that_makes_no_progress() {
+    let rt = Runtime::builder()
+        .cpus([0])
+        .detector(Detector::ExplicitOnly)
+        .watchdog_threshold(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let q = rt.workqueue("stuck").build().unwrap();
+    let holder = q.submit(|| thread::sleep(Duration::from_millis(600))).unwrap();
+    let waiting = q.submit(|| ()).unwrap();
+    let stalls = || rt.stats().pools.iter().map(|p| p.stalls).sum::<u64>();
+    wait_until("the watchdog reported the stall", || stalls() >= 1);
+    holder.wait().unwrap();
+    waiting.wait().unwrap();
+    assert_eq!(stalls(), 1, "one stall, reported once");
+}

@@ -60,6 +60,7 @@ mod sync;
 mod sys;
 mod system;
 mod topology;
+mod trace;
 mod work;
 mod worker;
 mod workqueue;
@@ -74,6 +75,7 @@ pub use system::{
     system_freezable_wq, system_highpri_wq, system_long_wq, system_power_efficient_wq, system_unbound_wq, system_wq,
 };
 pub use topology::{Scope, Topology, TopologyError};
+pub use trace::{Trace, TraceEvent, TraceKind};
 pub use work::Work;
 pub use worker::{blocking, ignore_sleeps, is_worker_thread};
 pub use workqueue::{Flags, Workqueue, WorkqueueBuilder, DEFAULT_MAX_ACTIVE, MAX_ACTIVE_LIMIT, MAX_NAME_LEN};

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crate::detect::ThreadState;
 use crate::pool::Pool;
 use crate::runtime::RtCore;
+use crate::trace::TraceKind;
 use crate::worker::{WorkerShared, BLOCKING, CPU_INTENSIVE, IDLE, IGNORE_SLEEPS, SLEEPING};
 use crate::{sys, Error};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
@@ -181,13 +182,17 @@ fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration) {
         ThreadState::Sleeping { since } if flags & (SLEEPING | IGNORE_SLEEPS) == 0 => {
             // The kernel's wq_worker_sleeping(): stop counting it, kick the pool.
             let long_enough = since.elapsed() >= SLEEP_HYSTERESIS;
-            if long_enough && w.set_flags(pool, SLEEPING) && pool.worker_stopped_running() {
-                w.cm_wakeups.fetch_add(1, Relaxed);
+            if long_enough && w.set_flags(pool, SLEEPING) {
+                w.trace(pool, TraceKind::Sleep);
+                if pool.worker_stopped_running() {
+                    w.cm_wakeups.fetch_add(1, Relaxed);
+                }
             }
         }
         ThreadState::Running if flags & SLEEPING != 0 => {
             // The kernel's wq_worker_running().
             w.clr_flags(pool, SLEEPING);
+            w.trace(pool, TraceKind::Wake);
         }
         _ => {}
     }

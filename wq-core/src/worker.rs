@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::detect::{Detector, Probe};
 use crate::pool::{complete_entry, Done, Entry, Job, Outcome, Pool, PoolInner, PwqLink};
 use crate::sys;
+use crate::trace::TraceKind;
 use crate::work::{Claim, Parked, WorkShared};
 use crate::Flags;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -136,6 +137,16 @@ impl WorkerShared {
         false
     }
 
+    /// Records `kind` on this worker's track if the runtime is recording.
+    pub(crate) fn trace(&self, pool: &Pool, kind: TraceKind) {
+        let trace = &pool.rt.trace;
+        if trace.on() {
+            let queue =
+                pool.rt.wq_names.lock().unwrap_or_else(|e| e.into_inner()).get(&self.current_wq.load(Relaxed)).cloned();
+            trace.record(kind, self.tid.load(Relaxed), Some(&self.name), queue.as_deref());
+        }
+    }
+
     pub(crate) fn mark_woken(&self) {
         self.woken.store(true, SeqCst);
     }
@@ -238,6 +249,7 @@ impl BlockingGuard {
         let Some((pool, me)) = WORKER.with(|w| w.borrow().clone()) else {
             return BlockingGuard(None);
         };
+        me.trace(&pool, TraceKind::Sleep);
         if me.set_flags(&pool, BLOCKING) && pool.worker_stopped_running() {
             CURRENT.with(|c| {
                 if let Some(c) = c.borrow().as_ref() {
@@ -254,6 +266,7 @@ impl Drop for BlockingGuard {
         BLOCKING_DEPTH.with(|d| d.set(d.get() - 1));
         if let Some((pool, me)) = self.0.take() {
             me.clr_flags(&pool, BLOCKING);
+            me.trace(&pool, TraceKind::Wake);
         }
     }
 }
@@ -556,10 +569,12 @@ fn execute(
     me.items_started.store(me.items_started.load(Relaxed) + 1, SeqCst);
     me.current_wq.store(wq_id, Relaxed);
     tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_start");
+    me.trace(pool, TraceKind::Start);
     let start = meter.item_start();
     let outcome = f();
     let cpu_time = meter.charge(start);
     tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_end");
+    me.trace(pool, TraceKind::End);
     if me.flags() & (CPU_INTENSIVE | SLEEPING) != 0 {
         me.clr_flags(pool, CPU_INTENSIVE | SLEEPING);
     }

@@ -7,7 +7,9 @@
 //! sleep detector notices. Units are the document's doubled: burn 10 ms (of
 //! thread CPU time), sleep 20 ms.
 //!
-//! Run it with `cargo run --release -p examples --bin tour`.
+//! Run it with `cargo run --release -p examples --bin tour`. It also
+//! writes the cmwq scenarios' timeline as a Chrome trace (one track per
+//! worker) to the temp directory.
 
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -90,6 +92,7 @@ fn main() -> Result<(), wq_core::Error> {
     let rt = one_cpu_runtime(Detector::Auto);
     let (detector, why) = rt.detector();
     println!("\nSleep detector: {detector} ({why})");
+    rt.start_trace();
 
     let q0 = rt.workqueue("q0").max_active(3).build()?;
     scenario("cmwq with max_active >= 3", &q0, &q0);
@@ -113,5 +116,16 @@ fn main() -> Result<(), wq_core::Error> {
         );
     }
     println!("\n{}", rt.dump());
+    let trace = rt.stop_trace();
+    let path = std::env::temp_dir().join("cmwq-tour-trace.json");
+    match trace.write_chrome_json(&path) {
+        Ok(()) => println!(
+            "Timeline of the cmwq scenarios ({} events), one track per worker: {}",
+            trace.events.len(),
+            path.display()
+        ),
+        Err(err) => eprintln!("could not write the trace to {}: {err}", path.display()),
+    }
+    println!("Open it in https://ui.perfetto.dev or chrome://tracing.");
     Ok(())
 }

@@ -16,6 +16,7 @@ pub(crate) use pwq::{PwqLink, PwqState};
 
 use crate::rescuer::Rescuer;
 use crate::runtime::RtCore;
+use crate::trace::TraceKind;
 use crate::work::WorkShared;
 use crate::worker::WorkerShared;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
@@ -274,6 +275,9 @@ impl Pool {
             let Some(next) = pwq.inactive.pop_front() else { break };
             pwq.nr_active += 1;
             tracing::trace!(target: "wq", pool = self.id, "activate_work");
+            if self.rt.trace.on() {
+                self.rt.trace.record(TraceKind::Activate, crate::sys::gettid(), None, Some(&next.pwq.wq.name));
+            }
             inner.worklist.push_back(next);
             any = true;
         }

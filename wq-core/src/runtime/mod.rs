@@ -18,6 +18,7 @@ use crate::pool::{Pool, PoolAttrs, PwqLink};
 use crate::rescuer::Rescuer;
 use crate::stats::{PoolStats, RuntimeStats};
 use crate::topology::{Topology, TopologyError};
+use crate::trace::{Recorder, Trace};
 use crate::workqueue::{WqCore, WqShared};
 use crate::{sys, Error, Flags, Workqueue, WorkqueueBuilder};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -46,6 +47,8 @@ pub(crate) struct RtCore {
     pub(crate) detector: Resolved,
     /// Queue names by id, for watchdog reports.
     pub(crate) wq_names: Mutex<HashMap<u64, String>>,
+    /// The timeline recorder (off unless `Runtime::start_trace`).
+    pub(crate) trace: Recorder,
     /// Live worker threads of all pools. Invariant: `<= config.max_workers`.
     pub(crate) nr_workers: AtomicUsize,
     pub(crate) shutdown: AtomicBool,
@@ -182,6 +185,18 @@ impl Runtime {
     pub fn detector(&self) -> (Detector, &str) {
         let d = &self.shared.core.detector;
         (d.kind, &d.reason)
+    }
+
+    /// Starts recording a timeline of queue, activate, start, end, sleep
+    /// and wake events (restarting any recording in progress).
+    pub fn start_trace(&self) {
+        self.shared.core.trace.start();
+    }
+
+    /// Stops recording and returns the timeline; write it with
+    /// [`Trace::write_chrome_json`](crate::Trace::write_chrome_json).
+    pub fn stop_trace(&self) -> Trace {
+        self.shared.core.trace.stop()
     }
 
     pub(crate) fn timer(&self) -> &Timer {
@@ -428,6 +443,7 @@ impl RuntimeBuilder {
             monitor: Monitor::new(),
             detector,
             wq_names: Mutex::new(HashMap::new()),
+            trace: Recorder::default(),
             nr_workers: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
         });

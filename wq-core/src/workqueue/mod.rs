@@ -21,6 +21,7 @@ use crate::pool::{Entry, Job, Outcome, PwqLink};
 use crate::rescuer::Rescuer;
 use crate::runtime::Runtime;
 use crate::stats::WorkqueueStats;
+use crate::trace::TraceKind;
 use crate::work::{NotQueued, Work, WorkShared};
 use crate::{worker, Error};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
@@ -432,6 +433,10 @@ impl Workqueue {
         let color = self.shared.core.color.load(SeqCst);
         let woken = pool.insert(&mut inner, Entry { pwq: link.clone(), color, job });
         drop(inner);
+        let trace = &pool.rt.trace;
+        if trace.on() {
+            trace.record(TraceKind::Queue, crate::sys::gettid(), None, Some(self.name()));
+        }
         if let Some(w) = woken {
             w.unpark();
         }

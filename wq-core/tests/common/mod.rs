@@ -153,6 +153,9 @@ pub fn warmed_up(rt: Runtime) -> Runtime {
     for c in all {
         c.wait().unwrap();
     }
+    // wait() returns when the result is out; flush also waits for the
+    // workers' bookkeeping after it, so nothing of the warm-up trails on.
+    wq.flush().unwrap();
     rt
 }
 

@@ -1,0 +1,302 @@
+//! Live monitoring from outside the process: each runtime publishes its
+//! counters into a small shared-memory file that the `wq` tool reads.
+//!
+//! Where: `$XDG_RUNTIME_DIR/cmwq/<pid>.<runtime-id>`, or
+//! `<temp dir>/cmwq-<euid>/` when that is unset or unusable. The directory
+//! is `0700` and the file `0600`: the counters, queue names and dump text
+//! are the process's business. A thread (`wq/publish`) rewrites the file
+//! once at start and then every [`INTERVAL`]; the file is removed when the
+//! runtime is dropped. Nothing is installed to run at exit, so a crashed
+//! process leaves its file behind; readers recognise it (its pid is gone,
+//! or belongs to a process with another start time) and may delete it.
+//!
+//! The file is a 64-byte header followed by the payload, [`Snapshot::encode`]:
+//!
+//! | offset | field                                      |
+//! |-------:|--------------------------------------------|
+//! | 0      | magic `CMWQPUB\0`                          |
+//! | 8      | format version (u32, [`Snapshot::FORMAT_VERSION`]) |
+//! | 12     | header length (u32, 64)                    |
+//! | 16     | sequence counter (u64, the seqlock)        |
+//! | 24     | payload length (u64)                       |
+//! | 32     | pid (u32)                                  |
+//! | 40     | runtime id (u64)                           |
+//!
+//! All integers are little-endian; both sides access the mapping only
+//! through atomics. The seqlock: the writer makes the counter odd, writes
+//! payload and length, then makes it even; a reader copies the payload
+//! between two reads of the counter and retries unless both were the same
+//! even value, so it never decodes a torn snapshot. The file only grows
+//! (never shrinks), so a reader's mapping stays valid while it reads.
+//!
+//! The publisher holds only a `Weak` to the runtime, so publishing never
+//! keeps a runtime alive.
+
+mod format;
+mod shm;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use format::{QueueSnapshot, Snapshot};
+
+use crate::runtime::{Runtime, RuntimeShared};
+use shm::Writer;
+
+/// How often the publisher rewrites the snapshot.
+pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
+
+/// Runtime ids are per process: the n-th runtime that started publishing.
+static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A published snapshot file, as found by [`PublishedFile::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedFile {
+    /// Where the file is.
+    pub path: PathBuf,
+    /// The publishing process, from the file name.
+    pub pid: u32,
+    /// The runtime within that process, from the file name.
+    pub runtime_id: u64,
+}
+
+impl PublishedFile {
+    /// The directories runtimes publish in, the preferred one first:
+    /// `$XDG_RUNTIME_DIR/cmwq` (if that variable holds an absolute path),
+    /// then `<temp dir>/cmwq-<euid>`.
+    pub fn dirs() -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+            if xdg.is_absolute() {
+                dirs.push(xdg.join("cmwq"));
+            }
+        }
+        dirs.push(std::env::temp_dir().join(format!("cmwq-{}", euid())));
+        dirs
+    }
+
+    /// Every snapshot file in [`PublishedFile::dirs`], ordered by pid then
+    /// runtime id. Missing or unreadable directories count as empty; a
+    /// listed file may still belong to a process that has exited (see
+    /// [`Snapshot::is_from_live_process`]).
+    pub fn list() -> Vec<PublishedFile> {
+        let mut found = Vec::new();
+        for dir in PublishedFile::dirs() {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if let Some((pid, runtime_id)) = name.to_str().and_then(parse_file_name) {
+                    found.push(PublishedFile { path: entry.path(), pid, runtime_id });
+                }
+            }
+        }
+        found.sort_by(|a, b| (a.pid, a.runtime_id, &a.path).cmp(&(b.pid, b.runtime_id, &b.path)));
+        found.dedup_by(|a, b| a.path == b.path);
+        found
+    }
+
+    /// Reads the snapshot, retrying while the publisher is mid-update.
+    ///
+    /// # Errors
+    /// The file cannot be opened or mapped, is not a snapshot file, has an
+    /// unknown format version, or stays mid-update for half a second (a
+    /// publisher that died while writing).
+    pub fn read(&self) -> io::Result<Snapshot> {
+        Snapshot::read(&self.path)
+    }
+}
+
+/// `<pid>.<runtime-id>`, both decimal.
+fn parse_file_name(name: &str) -> Option<(u32, u64)> {
+    let (pid, id) = name.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(id) {
+        return None;
+    }
+    Some((pid.parse().ok()?, id.parse().ok()?))
+}
+
+impl Snapshot {
+    /// Takes a snapshot of `rt` now.
+    pub(crate) fn capture(rt: &Runtime, runtime_id: u64, start_time: u64, generation: u64) -> Snapshot {
+        let published_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let queues = rt
+            .workqueues()
+            .iter()
+            .map(|wq| QueueSnapshot { name: wq.name().to_owned(), flags: wq.flags(), stats: wq.stats() })
+            .collect();
+        Snapshot {
+            pid: std::process::id(),
+            runtime_id,
+            start_time,
+            generation,
+            published_unix_ms,
+            detector: rt.detector().0.to_string(),
+            dump: rt.dump(),
+            runtime: rt.stats(),
+            queues,
+        }
+    }
+
+    /// Reads the snapshot file at `path` (see [`PublishedFile::read`]).
+    ///
+    /// # Errors
+    /// As [`PublishedFile::read`].
+    pub fn read(path: &Path) -> io::Result<Snapshot> {
+        let payload = shm::read_payload(path)?;
+        Snapshot::decode(&payload).map_err(|err| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: corrupt snapshot: {err}", path.display()))
+        })
+    }
+
+    /// Whether the process that published this snapshot is still running:
+    /// its pid exists and has the same start time (so it was not reused).
+    pub fn is_from_live_process(&self) -> bool {
+        match process_start_time(self.pid) {
+            Ok(now) => self.start_time == 0 || now == self.start_time,
+            Err(_) => false,
+        }
+    }
+}
+
+/// Stops a runtime's publisher and removes its file when dropped.
+pub(crate) struct PublishHandle {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PublishHandle {
+    /// The published file.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PublishHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            // The publisher itself drops the runtime when its short-lived
+            // strong reference was the last one: it must not join itself; it
+            // sees `stop` right after and exits.
+            if thread.thread().id() != thread::current().id() {
+                thread.thread().unpark();
+                let _ = thread.join();
+            }
+        }
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Starts publishing `rt` in the first usable directory of
+/// [`PublishedFile::dirs`]; the first snapshot is written before this returns.
+pub(crate) fn start(rt: &Runtime) -> io::Result<PublishHandle> {
+    let mut failures = Vec::new();
+    for dir in PublishedFile::dirs() {
+        match ensure_dir(&dir).and_then(|()| start_in(rt, &dir)) {
+            Ok(handle) => return Ok(handle),
+            Err(err) => failures.push(format!("{}: {err}", dir.display())),
+        }
+    }
+    Err(io::Error::other(format!("cannot publish runtime counters ({})", failures.join("; "))))
+}
+
+/// Starts publishing `rt` in `dir`, which must exist.
+pub(crate) fn start_in(rt: &Runtime, dir: &Path) -> io::Result<PublishHandle> {
+    let runtime_id = NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed);
+    let start_time = own_start_time();
+    let first = Snapshot::capture(rt, runtime_id, start_time, 1);
+    let (writer, path) = Writer::create(dir, std::process::id(), runtime_id, &first.encode())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let weak = Arc::downgrade(&rt.shared);
+    let thread_stop = stop.clone();
+    let spawned = thread::Builder::new()
+        .name("wq/publish".into())
+        .spawn(move || run(&weak, writer, &thread_stop, runtime_id, start_time));
+    match spawned {
+        Ok(thread) => Ok(PublishHandle { path, stop, thread: Some(thread) }),
+        Err(err) => {
+            let _ = fs::remove_file(&path);
+            Err(err)
+        }
+    }
+}
+
+fn run(weak: &Weak<RuntimeShared>, mut writer: Writer, stop: &AtomicBool, runtime_id: u64, start_time: u64) {
+    let mut generation = 1;
+    loop {
+        thread::park_timeout(INTERVAL);
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(shared) = weak.upgrade() else { return };
+        generation += 1;
+        // The strong reference lives only for this statement.
+        let snapshot = Snapshot::capture(&Runtime { shared }, runtime_id, start_time, generation);
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Err(err) = writer.write(&snapshot.encode()) {
+            tracing::warn!(target: "wq", %err, "stopped publishing runtime counters");
+            return;
+        }
+    }
+}
+
+/// Creates `dir` (mode 0700) if needed, and refuses one that is not a
+/// directory of ours: in a shared temp dir another user could have made it
+/// to read our counters.
+fn ensure_dir(dir: &Path) -> io::Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(err),
+    }
+    let meta = fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!("{} is not a directory", dir.display())));
+    }
+    let me = euid();
+    if meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} belongs to uid {}, not to us (uid {me})", dir.display(), meta.uid()),
+        ));
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+fn euid() -> u32 {
+    // SAFETY: `geteuid` has no preconditions, cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// This process's start time, read once.
+fn own_start_time() -> u64 {
+    static START: OnceLock<u64> = OnceLock::new();
+    *START.get_or_init(|| process_start_time(std::process::id()).unwrap_or(0))
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks after boot.
+fn process_start_time(pid: u32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no start time in /proc/{pid}/stat")))
+}
+
+#[cfg(test)]
+mod tests;

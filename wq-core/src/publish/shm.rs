@@ -1,0 +1,248 @@
+//! The snapshot file: a seqlock header and the payload, in a shared mapping
+//! (the layout and protocol are described in `publish.rs`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::Snapshot;
+
+const MAGIC: [u8; 8] = *b"CMWQPUB\0";
+const HEADER_LEN: usize = 64;
+const OFF_VERSION: usize = 8;
+const OFF_HEADER_LEN: usize = 12;
+const OFF_SEQ: usize = 16;
+const OFF_LEN: usize = 24;
+const OFF_PID: usize = 32;
+const OFF_RUNTIME_ID: usize = 40;
+/// Refuses payloads a sane runtime never produces, so a corrupt length
+/// cannot make a reader allocate gigabytes.
+const MAX_PAYLOAD: usize = 64 << 20;
+/// How long a reader keeps retrying a snapshot that is always mid-update.
+const READ_PATIENCE: Duration = Duration::from_millis(500);
+
+/// A shared mapping of a snapshot file. Every access to the mapped bytes,
+/// in this process or another, goes through atomics, so a concurrent
+/// writer is a race only in the seqlock's sense, never a data race.
+struct Map {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: `Map` owns its mapping (unmapped only in `drop`), and all access to
+// the mapped bytes is through atomics, so it may move to and be shared with
+// other threads.
+unsafe impl Send for Map {}
+
+impl Map {
+    fn new(file: &File, len: usize, writable: bool) -> io::Result<Map> {
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        // SAFETY: a new shared mapping of an open file with no address hint, so
+        // the kernel picks a range that overlaps nothing of ours; MAP_FAILED is
+        // checked below and `len` is non-zero (callers map at least the header).
+        let addr = unsafe { libc::mmap(ptr::null_mut(), len, prot, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(addr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+        Ok(Map { ptr, len })
+    }
+
+    fn u64_at(&self, off: usize) -> &AtomicU64 {
+        assert!(off % 8 == 0 && off + 8 <= self.len, "u64 at {off} outside the {}-byte mapping", self.len);
+        // SAFETY: in bounds (asserted), 8-aligned (the mapping is page-aligned and
+        // `off` a multiple of 8), alive for as long as `&self`, and only ever
+        // accessed atomically.
+        unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU64>() }
+    }
+
+    fn u32_at(&self, off: usize) -> &AtomicU32 {
+        assert!(off % 4 == 0 && off + 4 <= self.len, "u32 at {off} outside the {}-byte mapping", self.len);
+        // SAFETY: as in `u64_at`, with 4-byte alignment.
+        unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU32>() }
+    }
+
+    fn bytes(&self, off: usize, len: usize) -> &[AtomicU8] {
+        assert!(off.checked_add(len).is_some_and(|end| end <= self.len), "bytes {off}+{len} outside the mapping");
+        // SAFETY: in bounds (asserted), `AtomicU8` has the size and alignment of
+        // `u8`, the mapping lives as long as `&self`, and all access is atomic.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off).cast::<AtomicU8>(), len) }
+    }
+}
+
+impl Drop for Map {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and `len` are exactly what `mmap` returned, and no
+        // reference into the mapping outlives the `&self` borrows that made it.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+fn check_header(map: &Map, path: &Path) -> io::Result<()> {
+    let magic: Vec<u8> = map.bytes(0, MAGIC.len()).iter().map(|b| b.load(Ordering::Relaxed)).collect();
+    if magic != MAGIC {
+        return Err(invalid(format!("{} is not a wq snapshot file (bad magic)", path.display())));
+    }
+    let version = u32::from_le(map.u32_at(OFF_VERSION).load(Ordering::Relaxed));
+    if version != Snapshot::FORMAT_VERSION {
+        return Err(invalid(format!(
+            "{} was written in snapshot format {version}; this reader knows format {} (a different wq-core version)",
+            path.display(),
+            Snapshot::FORMAT_VERSION
+        )));
+    }
+    let header_len = u32::from_le(map.u32_at(OFF_HEADER_LEN).load(Ordering::Relaxed));
+    if header_len as usize != HEADER_LEN {
+        return Err(invalid(format!("{}: unexpected header length {header_len}", path.display())));
+    }
+    Ok(())
+}
+
+/// The payload, if a consistent copy could be taken; `None` if the writer
+/// kept changing it or it outgrew this mapping (the caller maps again).
+fn read_consistent(map: &Map) -> Option<Vec<u8>> {
+    let seq = map.u64_at(OFF_SEQ);
+    for _ in 0..64 {
+        let before = seq.load(Ordering::Acquire);
+        if before & 1 == 1 {
+            std::hint::spin_loop();
+            continue;
+        }
+        let len = u64::from_le(map.u64_at(OFF_LEN).load(Ordering::Relaxed));
+        let len = usize::try_from(len).ok().filter(|&l| l <= MAX_PAYLOAD)?;
+        if HEADER_LEN + len > map.len {
+            return None;
+        }
+        let payload: Vec<u8> = map.bytes(HEADER_LEN, len).iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        // Orders the payload loads before the re-check (Boehm's seqlock reader).
+        fence(Ordering::Acquire);
+        if seq.load(Ordering::Relaxed) == before {
+            return Some(payload);
+        }
+    }
+    None
+}
+
+/// The writing side of one snapshot file.
+pub(super) struct Writer {
+    file: File,
+    map: Map,
+    seq: u64,
+}
+
+fn capacity_for(needed: usize) -> usize {
+    needed.next_power_of_two().max(4096)
+}
+
+impl Writer {
+    /// Creates `<dir>/<pid>.<runtime_id>` holding `first`. The file is built
+    /// under a hidden name and renamed into place, so a reader never finds
+    /// it without a complete snapshot.
+    pub(super) fn create(dir: &Path, pid: u32, runtime_id: u64, first: &[u8]) -> io::Result<(Writer, PathBuf)> {
+        let path = dir.join(format!("{pid}.{runtime_id}"));
+        let tmp = dir.join(format!(".{pid}.{runtime_id}.tmp"));
+        // A leftover of an earlier process that had our pid.
+        let _ = fs::remove_file(&tmp);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        let built = (|| {
+            // The umask may have taken bits off; readers need exactly 0600.
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+            let cap = capacity_for(HEADER_LEN + first.len());
+            file.set_len(cap as u64)?;
+            let map = Map::new(&file, cap, true)?;
+            for (dst, &b) in map.bytes(0, MAGIC.len()).iter().zip(&MAGIC) {
+                dst.store(b, Ordering::Relaxed);
+            }
+            map.u32_at(OFF_VERSION).store(Snapshot::FORMAT_VERSION.to_le(), Ordering::Relaxed);
+            map.u32_at(OFF_HEADER_LEN).store((HEADER_LEN as u32).to_le(), Ordering::Relaxed);
+            map.u32_at(OFF_PID).store(pid.to_le(), Ordering::Relaxed);
+            map.u64_at(OFF_RUNTIME_ID).store(runtime_id.to_le(), Ordering::Relaxed);
+            Ok::<Map, io::Error>(map)
+        })();
+        let map = match built {
+            Ok(map) => map,
+            Err(err) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(err);
+            }
+        };
+        let mut writer = Writer { file, map, seq: 0 };
+        if let Err(err) = writer.write(first).and_then(|()| fs::rename(&tmp, &path)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(err);
+        }
+        Ok((writer, path))
+    }
+
+    /// Replaces the payload under the seqlock.
+    pub(super) fn write(&mut self, payload: &[u8]) -> io::Result<()> {
+        let needed = HEADER_LEN + payload.len();
+        if needed > self.map.len {
+            // Grow, never shrink: readers may still map the old length.
+            let cap = capacity_for(needed);
+            self.file.set_len(cap as u64)?;
+            self.map = Map::new(&self.file, cap, true)?;
+        }
+        let seq = self.map.u64_at(OFF_SEQ);
+        seq.store((self.seq + 1).to_le(), Ordering::Relaxed);
+        // Orders the odd counter before the payload stores (Boehm's seqlock writer).
+        fence(Ordering::Release);
+        for (dst, &b) in self.map.bytes(HEADER_LEN, payload.len()).iter().zip(payload) {
+            dst.store(b, Ordering::Relaxed);
+        }
+        self.map.u64_at(OFF_LEN).store((payload.len() as u64).to_le(), Ordering::Relaxed);
+        self.seq += 2;
+        seq.store(self.seq.to_le(), Ordering::Release);
+        Ok(())
+    }
+}
+
+/// The payload of the snapshot file at `path`, copied under the seqlock.
+pub(super) fn read_payload(path: &Path) -> io::Result<Vec<u8>> {
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let deadline = Instant::now() + READ_PATIENCE;
+    let mut attempts = 0u32;
+    loop {
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(invalid(format!("{} is not a regular file", path.display())));
+        }
+        let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+        if size < HEADER_LEN {
+            return Err(invalid(format!("{} is too short to be a wq snapshot ({size} bytes)", path.display())));
+        }
+        let map = Map::new(&file, size, false)?;
+        check_header(&map, path)?;
+        if let Some(payload) = read_consistent(&map) {
+            return Ok(payload);
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{}: the snapshot stayed mid-update (did its process die while writing?)", path.display()),
+            ));
+        }
+        attempts += 1;
+        if attempts > 3 {
+            thread::sleep(Duration::from_millis(1));
+        } else {
+            thread::yield_now();
+        }
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}

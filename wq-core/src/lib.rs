@@ -78,4 +78,4 @@ pub use topology::{Scope, Topology, TopologyError};
 pub use trace::{Trace, TraceEvent, TraceKind};
 pub use work::Work;
 pub use worker::{blocking, ignore_sleeps, is_worker_thread};
-pub use workqueue::{Flags, Workqueue, WorkqueueBuilder, DEFAULT_MAX_ACTIVE, MAX_ACTIVE_LIMIT, MAX_NAME_LEN};
+pub use workqueue::{Attrs, Flags, Workqueue, WorkqueueBuilder, DEFAULT_MAX_ACTIVE, MAX_ACTIVE_LIMIT, MAX_NAME_LEN};

@@ -14,7 +14,7 @@
 //! the two always sees the other, so pending work never waits on a parked
 //! monitor.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
@@ -61,24 +61,30 @@ impl Monitor {
         }
     }
 
-    pub(crate) fn start(self: &Arc<Self>, pools: Vec<Arc<Pool>>, core: Arc<RtCore>) -> Result<(), Error> {
+    /// Starts the monitor thread over `all`, the runtime's pool list
+    /// (unbound pools join it as queues ask for them).
+    pub(crate) fn start(self: &Arc<Self>, all: Arc<Mutex<Vec<Arc<Pool>>>>, core: Arc<RtCore>) -> Result<(), Error> {
         let me = self.clone();
         thread::Builder::new()
             .name("wq/monitor".into())
-            .spawn(move || me.run(&pools, &core))
+            .spawn(move || me.run(&all, &core))
             .map(drop)
             .map_err(Error::Spawn)
     }
 
-    fn run(&self, pools: &[Arc<Pool>], core: &RtCore) {
+    fn run(&self, all: &Mutex<Vec<Arc<Pool>>>, core: &RtCore) {
         let _ = self.thread.set(thread::current());
         // A 50 µs sleep lasts 50 µs only with a fine timer slack.
         sys::set_current_timer_slack(1);
         let hog_threshold = core.config.cpu_hog_threshold;
         let mut busy: Vec<Arc<WorkerShared>> = Vec::new();
-        let mut watch: Vec<Watch> = pools.iter().map(|_| Watch::new()).collect();
+        let mut pools: Vec<Arc<Pool>> = Vec::new();
+        let mut watch: Vec<Watch> = Vec::new();
         let mut last_pending = Instant::now();
         while !self.shutdown.load(SeqCst) {
+            pools.clear();
+            pools.extend(all.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
+            watch.resize_with(pools.len(), Watch::new);
             let mut any_pending = false;
             for (pool, watch) in pools.iter().zip(&mut watch) {
                 if pool.nr_pending.load(SeqCst) == 0 {
@@ -103,7 +109,7 @@ impl Monitor {
             let now = Instant::now();
             if any_pending {
                 last_pending = now;
-            } else if now - last_pending >= LINGER && self.park(pools) {
+            } else if now - last_pending >= LINGER && self.park(&pools) {
                 last_pending = Instant::now();
                 continue;
             }

@@ -11,7 +11,7 @@
 //! them outside concurrency management, until none is left or the pool can
 //! create workers again.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::pool::Pool;
 use crate::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
@@ -26,8 +26,8 @@ pub(crate) const MAYDAY_INTERVAL: std::time::Duration = std::time::Duration::fro
 
 pub(crate) struct Rescuer {
     wq: Arc<WqCore>,
-    /// `(pool id, pwq slot)` of each pwq of the queue, set once at creation.
-    slots: OnceLock<Vec<(usize, usize)>>,
+    /// `(pool id, pwq slot)` of each pwq the queue ever had.
+    slots: Mutex<Vec<(usize, usize)>>,
     maydays: Mutex<Vec<Arc<Pool>>>,
     cv: Condvar,
     shutdown: AtomicBool,
@@ -38,7 +38,7 @@ impl Rescuer {
     pub(crate) fn start(wq: Arc<WqCore>) -> Result<Arc<Rescuer>, Error> {
         let rescuer = Arc::new(Rescuer {
             wq,
-            slots: OnceLock::new(),
+            slots: Mutex::new(Vec::new()),
             maydays: Mutex::new(Vec::new()),
             cv: Condvar::new(),
             shutdown: AtomicBool::new(false),
@@ -50,8 +50,8 @@ impl Rescuer {
         Ok(rescuer)
     }
 
-    pub(crate) fn set_slots(&self, slots: Vec<(usize, usize)>) {
-        let _ = self.slots.set(slots);
+    pub(crate) fn add_slots(&self, slots: impl IntoIterator<Item = (usize, usize)>) {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).extend(slots);
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Arc<Pool>>> {
@@ -98,11 +98,12 @@ impl Rescuer {
 
     /// Runs this queue's entries of `pool` while the pool cannot create workers.
     fn rescue(&self, pool: &Arc<Pool>, me: &Arc<WorkerShared>) {
-        let Some(&(_, slot)) = self.slots.get().and_then(|s| s.iter().find(|(id, _)| *id == pool.id)) else {
-            return;
+        let slots: Vec<usize> = {
+            let all = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            all.iter().filter(|(id, _)| *id == pool.id).map(|(_, slot)| *slot).collect()
         };
         loop {
-            let mine = pool.take_entries_of(slot);
+            let mine: Vec<_> = slots.iter().flat_map(|&slot| pool.take_entries_of(slot)).collect();
             if mine.is_empty() {
                 return;
             }

@@ -97,7 +97,7 @@ pub(crate) fn dump(rt: &Runtime) -> String {
     let (detector, why) = rt.detector();
     let _ = writeln!(out, "Sleep detector: {detector} ({why})");
     let _ = writeln!(out, "\nWorker Pools");
-    for pool in rt.shared.pools() {
+    for pool in &rt.shared.pools() {
         let s = PoolStats::of(pool);
         let place = match pool.attrs.cpu {
             Some(cpu) => format!("cpu={cpu:>3}"),
@@ -127,10 +127,9 @@ pub(crate) fn dump(rt: &Runtime) -> String {
     let _ = writeln!(out, " ]  flags, max_active");
     for wq in rt.workqueues() {
         let _ = write!(out, "{:<30}", wq.name());
-        let pwqs = &wq.shared.pwqs;
+        let set = wq.shared.set();
         for slot in 0..topo.cpus().len() {
-            let link = &pwqs[if pwqs.len() == 1 { 0 } else { slot }];
-            let _ = write!(out, " {:>3}", link.pool.id);
+            let _ = write!(out, " {:>3}", set.for_slot(slot).pool.id);
         }
         let flags = if wq.flags().is_empty() { "-".to_owned() } else { format!("{:?}", wq.flags()) };
         let flags = flags.trim_start_matches("Flags(").trim_end_matches(')').to_owned();

@@ -363,20 +363,26 @@ fn complete_local<'a>(
     mut inner: MutexGuard<'a, PoolInner>,
     done: &mut Vec<Done>,
 ) -> MutexGuard<'a, PoolInner> {
-    let mut retired = Vec::new();
+    let mut follow_up = Vec::new();
     for d in done.drain(..) {
-        if pool.complete(&mut inner, &d) {
-            retired.push(d.link.wq.clone());
+        let c = pool.complete(&mut inner, &d);
+        if c.retired || c.other_pods {
+            follow_up.push((d.link.wq.clone(), c));
         }
     }
-    if retired.is_empty() {
+    if follow_up.is_empty() {
         return inner;
     }
-    // Flushers hold their flush lock while taking pool locks, so they are
-    // notified with the pool unlocked.
+    // Flushers hold their flush lock while taking pool locks, and other
+    // pods' pools are locked one at a time: both happen with this pool unlocked.
     drop(inner);
-    for wq in retired {
-        wq.notify_flushers();
+    for (wq, c) in follow_up {
+        if c.retired {
+            wq.notify_flushers();
+        }
+        if c.other_pods {
+            wq.activate_pods();
+        }
     }
     pool.lock()
 }
@@ -565,6 +571,9 @@ fn execute(
     if intensive && me.set_flags(pool, CPU_INTENSIVE) {
         pool.worker_stopped_running();
     }
+    if let Some(pod) = &pool.attrs.pod {
+        repatriate(pod, &pool.attrs.cpus);
+    }
     // Only this thread writes these; the monitor reads them.
     me.items_started.store(me.items_started.load(Relaxed) + 1, SeqCst);
     me.current_wq.store(wq_id, Relaxed);
@@ -588,6 +597,17 @@ fn execute(
         counters.cm_wakeups.fetch_add(me.cm_wakeups.swap(0, Relaxed), Relaxed);
     }
     (current.link, outcome, cpu_time)
+}
+
+/// Non-strict affinity: a worker of a pod's pool may roam the queue's CPUs,
+/// but an item starts inside the pod (the kernel's repatriation at work item
+/// start). Pinning to the pod migrates the thread; widening again lets the
+/// scheduler move it out later if the pod is busy.
+fn repatriate(pod: &[usize], cpus: &[usize]) {
+    if sys::current_cpu().is_some_and(|cpu| !pod.contains(&cpu)) {
+        let _ = sys::set_current_affinity(pod);
+        let _ = sys::set_current_affinity(cpus);
+    }
 }
 
 /// Charges CPU time to items without a system call per item.

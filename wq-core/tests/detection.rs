@@ -102,6 +102,7 @@ fn explicit_only_does_not_see_plain_sleeps() {
 
 #[test]
 fn a_cpu_hog_stops_holding_its_cpu_once_past_the_threshold() {
+    let _cpu0 = common::cpu0();
     let rt = Runtime::builder().cpus([0]).cpu_hog_threshold(Duration::from_millis(10)).build().unwrap();
     let wq = rt.workqueue("hog").build().unwrap();
     let ev = Events::default();

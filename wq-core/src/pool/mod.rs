@@ -19,6 +19,7 @@ use crate::runtime::RtCore;
 use crate::trace::TraceKind;
 use crate::work::WorkShared;
 use crate::worker::WorkerShared;
+use crate::workqueue::Limit;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 /// One queued instance of something to run.
@@ -57,7 +58,7 @@ impl Outcome {
 }
 
 /// What kind of pool this is; fixed at creation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PoolAttrs {
     /// The CPU of a bound pool; `None` for unbound pools.
     pub(crate) cpu: Option<usize>,
@@ -66,6 +67,9 @@ pub(crate) struct PoolAttrs {
     pub(crate) nice: i32,
     /// CPUs the workers may run on.
     pub(crate) cpus: Vec<usize>,
+    /// A non-strict unbound pod narrower than `cpus`: workers found
+    /// outside it when an item starts are moved back into it.
+    pub(crate) pod: Option<Vec<usize>>,
 }
 
 /// A worker pool.
@@ -123,7 +127,12 @@ pub(crate) struct PoolInner {
 
 impl Pool {
     pub(crate) fn new(rt: Arc<RtCore>, id: usize, attrs: PoolAttrs) -> Arc<Pool> {
-        let target = if attrs.cpu.is_some() { 1 } else { attrs.cpus.len().max(1) };
+        // Bound pools keep one worker running; unbound ones one per CPU of their pod.
+        let target = match (&attrs.cpu, &attrs.pod) {
+            (Some(_), _) => 1,
+            (None, Some(pod)) => pod.len().max(1),
+            (None, None) => attrs.cpus.len().max(1),
+        };
         Arc::new(Pool {
             id,
             attrs,
@@ -233,26 +242,24 @@ impl Pool {
         let slot = entry.pwq.slot;
         let pwq = inner.pwq_mut(slot);
         pwq.add_in_flight(entry.color);
-        if pwq.has_room() {
-            pwq.nr_active += 1;
+        if pwq.try_claim() {
             tracing::trace!(target: "wq", pool = self.id, "queue_work");
             inner.worklist.push_back(entry);
             self.sync_pending(inner);
             self.kick(inner)
         } else {
             tracing::trace!(target: "wq", pool = self.id, "queue_work (inactive)");
-            pwq.inactive.push_back(entry);
+            pwq.park_inactive(entry);
             None
         }
     }
 
     /// Accounts one finished entry of pwq `slot`: frees its active slot,
-    /// activates the oldest inactive entry, counts stats. Returns true if a
-    /// flush colour retired.
-    pub(crate) fn complete(&self, inner: &mut PoolInner, done: &Done) -> bool {
+    /// activates the oldest inactive entry, counts stats. Says whether a
+    /// flush colour retired and whether other pods' pwqs need activating.
+    pub(crate) fn complete(&self, inner: &mut PoolInner, done: &Done) -> Completed {
         let pwq = inner.pwq_mut(done.link.slot);
-        debug_assert!(pwq.nr_active > 0, "nr_active underflow");
-        pwq.nr_active -= 1;
+        let other_pods = pwq.release();
         if done.outcome != Outcome::Skipped {
             pwq.total += 1;
             pwq.cpu_time += done.cpu_time;
@@ -261,19 +268,14 @@ impl Pool {
         let retired = pwq.dec_in_flight(done.color);
         inner.completed += 1;
         self.activate(inner, done.link.slot);
-        retired
+        Completed { retired, other_pods }
     }
 
     /// Moves inactive entries of pwq `slot` to the worklist while it has room.
     pub(crate) fn activate(&self, inner: &mut PoolInner, slot: usize) -> bool {
         let mut any = false;
         loop {
-            let pwq = inner.pwq_mut(slot);
-            if !pwq.has_room() {
-                break;
-            }
-            let Some(next) = pwq.inactive.pop_front() else { break };
-            pwq.nr_active += 1;
+            let Some(next) = inner.pwq_mut(slot).activate_one() else { break };
             tracing::trace!(target: "wq", pool = self.id, "activate_work");
             if self.rt.trace.on() {
                 self.rt.trace.record(TraceKind::Activate, crate::sys::gettid(), None, Some(&next.pwq.wq.name));
@@ -288,7 +290,13 @@ impl Pool {
     }
 
     /// Creates a pwq slot for a new workqueue.
-    pub(crate) fn alloc_pwq(&self, max_active: usize, frozen: bool, rescuer: Option<Arc<Rescuer>>) -> usize {
+    pub(crate) fn alloc_pwq(
+        &self,
+        max_active: usize,
+        frozen: bool,
+        rescuer: Option<Arc<Rescuer>>,
+        limit: Option<Arc<Limit>>,
+    ) -> usize {
         let mut inner = self.lock();
         let released = std::mem::take(&mut *self.released.lock().unwrap_or_else(|e| e.into_inner()));
         for slot in released {
@@ -298,11 +306,11 @@ impl Pool {
         }
         match inner.free_pwqs.pop() {
             Some(slot) => {
-                inner.pwqs[slot] = Some(PwqState::new(max_active, frozen, rescuer));
+                inner.pwqs[slot] = Some(PwqState::new(max_active, frozen, rescuer, limit.clone()));
                 slot
             }
             None => {
-                inner.pwqs.push(Some(PwqState::new(max_active, frozen, rescuer)));
+                inner.pwqs.push(Some(PwqState::new(max_active, frozen, rescuer, limit.clone())));
                 inner.pwqs.len() - 1
             }
         }
@@ -352,6 +360,16 @@ impl Pool {
         inner.worklist = rest;
         self.sync_pending(&inner);
         mine.into()
+    }
+
+    /// Activates what pwq `slot` can (a queue-wide slot freed elsewhere).
+    pub(crate) fn activate_and_kick(self: &Arc<Self>, slot: usize) {
+        let mut inner = self.lock();
+        let woken = if self.activate(&mut inner, slot) { self.kick(&mut inner) } else { None };
+        drop(inner);
+        if let Some(w) = woken {
+            w.unpark();
+        }
     }
 
     /// Sets `frozen` on pwq `slot`; on thaw, activates what waited.
@@ -442,6 +460,14 @@ pub(crate) struct Done {
     pub(crate) cpu_time: Duration,
 }
 
+/// What completing an entry left to do once the pool is unlocked.
+pub(crate) struct Completed {
+    /// A flush colour retired: wake the queue's flushers.
+    pub(crate) retired: bool,
+    /// A queue-wide slot freed while other pods' entries wait for one.
+    pub(crate) other_pods: bool,
+}
+
 /// Counts shown by `dump()` and `Runtime::stats()`.
 pub(crate) struct PoolSnapshot {
     pub(crate) workers: usize,
@@ -455,13 +481,16 @@ pub(crate) struct PoolSnapshot {
 pub(crate) fn complete_entry(done: Done) {
     let pool = &done.link.pool;
     let mut inner = pool.lock();
-    let retired = pool.complete(&mut inner, &done);
+    let completed = pool.complete(&mut inner, &done);
     let woken = pool.kick(&mut inner);
     drop(inner);
     if let Some(w) = woken {
         w.unpark();
     }
-    if retired {
+    if completed.retired {
         done.link.wq.notify_flushers();
+    }
+    if completed.other_pods {
+        done.link.wq.activate_pods();
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::{Entry, Pool};
 use crate::rescuer::Rescuer;
+use crate::workqueue::Limit;
 use crate::workqueue::WqCore;
 
 /// A handle to one pool workqueue. Entries hold it until they complete, so
@@ -37,6 +38,8 @@ pub(crate) struct PwqState {
     pub(crate) frozen: bool,
     /// The queue's rescuer, if it is `MEM_RECLAIM`.
     pub(crate) rescuer: Option<Arc<Rescuer>>,
+    /// An unbound queue's `max_active`, shared with its other pods' pwqs.
+    pub(crate) limit: Option<Arc<Limit>>,
     /// Invariant: `nr_active <= max_active`, and it counts exactly the
     /// entries of this pwq that are on the worklist, running, or parked in a
     /// work item's hand-off slot.
@@ -54,13 +57,61 @@ pub(crate) struct PwqState {
 }
 
 impl PwqState {
-    pub(crate) fn new(max_active: usize, frozen: bool, rescuer: Option<Arc<Rescuer>>) -> PwqState {
-        PwqState { max_active, frozen, rescuer, ..PwqState::default() }
+    pub(crate) fn new(
+        max_active: usize,
+        frozen: bool,
+        rescuer: Option<Arc<Rescuer>>,
+        limit: Option<Arc<Limit>>,
+    ) -> PwqState {
+        PwqState { max_active, frozen, rescuer, limit, ..PwqState::default() }
     }
 
-    /// Whether one more entry may be activated.
-    pub(crate) fn has_room(&self) -> bool {
-        !self.frozen && self.nr_active < self.max_active
+    /// Takes an active slot if `max_active` (and the queue-wide limit of an
+    /// unbound queue) allow, and the pwq is not frozen.
+    pub(crate) fn try_claim(&mut self) -> bool {
+        if self.frozen || self.nr_active >= self.max_active {
+            return false;
+        }
+        if let Some(limit) = &self.limit {
+            if !limit.try_acquire() {
+                return false;
+            }
+        }
+        self.nr_active += 1;
+        true
+    }
+
+    /// Gives back an active slot. Returns true if entries of another pod
+    /// may be waiting for the queue-wide limit.
+    pub(crate) fn release(&mut self) -> bool {
+        debug_assert!(self.nr_active > 0, "nr_active underflow");
+        self.nr_active -= 1;
+        match &self.limit {
+            Some(limit) => {
+                limit.release();
+                self.inactive.is_empty() && limit.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0
+            }
+            None => false,
+        }
+    }
+
+    /// An entry goes to the inactive list.
+    pub(crate) fn park_inactive(&mut self, entry: Entry) {
+        if let Some(limit) = &self.limit {
+            limit.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inactive.push_back(entry);
+    }
+
+    /// Takes the oldest inactive entry if it may be activated now.
+    pub(crate) fn activate_one(&mut self) -> Option<Entry> {
+        if self.inactive.is_empty() || !self.try_claim() {
+            return None;
+        }
+        if let Some(limit) = &self.limit {
+            limit.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inactive.pop_front()
     }
 
     /// Counts a new entry of `color`. Colours arrive in order because they
@@ -103,7 +154,7 @@ mod tests {
 
     #[test]
     fn colours_retire_oldest_first() {
-        let mut p = PwqState::new(4, false, None);
+        let mut p = PwqState::new(4, false, None, None);
         p.add_in_flight(1);
         p.add_in_flight(1);
         p.add_in_flight(2);

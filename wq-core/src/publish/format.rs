@@ -83,6 +83,7 @@ impl Snapshot {
             for n in [p.workers, p.idle, p.running, p.pending] {
                 e.u64(n as u64);
             }
+            e.u64(p.stalls);
         }
         e.u32(self.queues.len() as u32);
         for q in &self.queues {
@@ -143,6 +144,7 @@ impl Snapshot {
                 idle: d.usize("pool idle")?,
                 running: d.usize("pool running")?,
                 pending: d.usize("pool pending")?,
+                stalls: d.u64("pool stalls")?,
             });
         }
         let nr_queues = d.u32("queue count")?;

@@ -2,6 +2,7 @@
 //! the registry of workqueues.
 
 mod manager;
+mod pools;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,16 +11,17 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 pub(crate) use manager::{spawn_worker, Manager};
+pub(crate) use pools::Pools;
 
 use crate::delayed::Timer;
 use crate::detect::{self, Detector, Resolved};
 use crate::monitor::Monitor;
-use crate::pool::{Pool, PoolAttrs, PwqLink};
+use crate::pool::{Pool, PwqLink};
 use crate::rescuer::Rescuer;
 use crate::stats::{PoolStats, RuntimeStats};
 use crate::topology::{Topology, TopologyError};
 use crate::trace::{Recorder, Trace};
-use crate::workqueue::{WqCore, WqShared};
+use crate::workqueue::{Attrs, PwqSet, WqCore, WqShared};
 use crate::{sys, Error, Flags, Workqueue, WorkqueueBuilder};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 
@@ -69,10 +71,7 @@ pub(crate) struct RuntimeShared {
     pub(crate) topology: Topology,
     /// CPU slot of each CPU number the runtime manages.
     slot_of_cpu: Vec<Option<usize>>,
-    /// `bound[slot] = [normal, highpri]`.
-    pub(crate) bound: Vec<[Arc<Pool>; 2]>,
-    /// `[normal, highpri]` unbound pools.
-    pub(crate) unbound: [Arc<Pool>; 2],
+    pub(crate) pools: Pools,
     timer: Arc<Timer>,
     pub(crate) workqueues: Mutex<Vec<Weak<WqShared>>>,
     next_wq_id: AtomicU64,
@@ -94,8 +93,9 @@ impl Drop for RuntimeShared {
 }
 
 impl RuntimeShared {
-    pub(crate) fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
-        self.bound.iter().flatten().chain(self.unbound.iter())
+    /// Every pool, bound ones first.
+    pub(crate) fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools.list()
     }
 }
 
@@ -171,7 +171,7 @@ impl Runtime {
 
     /// Pool and worker counts.
     pub fn stats(&self) -> RuntimeStats {
-        let pools: Vec<PoolStats> = self.shared.pools().map(|p| PoolStats::of(p)).collect();
+        let pools: Vec<PoolStats> = self.shared.pools().iter().map(|p| PoolStats::of(p)).collect();
         RuntimeStats { workers: self.shared.core.nr_workers.load(SeqCst), pools }
     }
 
@@ -206,7 +206,7 @@ impl Runtime {
     /// The CPU slot of the CPU the caller runs on (a CPU outside the
     /// runtime's set maps onto one inside it).
     pub(crate) fn local_slot(&self) -> usize {
-        let n = self.shared.bound.len();
+        let n = self.shared.pools.bound.len();
         match sys::current_cpu() {
             Some(cpu) => self.shared.slot_of_cpu.get(cpu).copied().flatten().unwrap_or(cpu % n),
             None => 0,
@@ -236,35 +236,65 @@ impl Runtime {
         flags: Flags,
         max_active: u32,
         ordered: bool,
+        attrs: Option<Attrs>,
     ) -> Result<Workqueue, Error> {
+        let unbound = flags.contains(Flags::UNBOUND);
+        let attrs = unbound.then(|| {
+            attrs.unwrap_or_else(|| Attrs { nice: pools::nice_of(flags.contains(Flags::HIGHPRI)), ..Attrs::default() })
+        });
         let id = self.shared.next_wq_id.fetch_add(1, SeqCst);
-        self.shared.core.wq_names.lock().unwrap_or_else(|e| e.into_inner()).insert(id, name.clone());
-        let core = Arc::new(WqCore::new(id, name, flags, ordered, max_active));
+        let core = Arc::new(WqCore::new(id, name.clone(), flags, ordered, max_active, unbound));
         let rescuer = if flags.contains(Flags::MEM_RECLAIM) { Some(Rescuer::start(core.clone())?) } else { None };
-        let hi = usize::from(flags.contains(Flags::HIGHPRI));
-        let pools: Vec<Arc<Pool>> = if flags.contains(Flags::UNBOUND) {
-            vec![self.shared.unbound[hi].clone()]
-        } else {
-            self.shared.bound.iter().map(|p| p[hi].clone()).collect()
-        };
         // Freezing and creation must not interleave: a freezable queue made
         // during a freeze starts frozen.
         let freeze = self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner());
-        let frozen = *freeze && flags.contains(Flags::FREEZABLE);
-        let pwqs: Vec<Arc<PwqLink>> = pools
-            .into_iter()
-            .map(|pool| {
-                let slot = pool.alloc_pwq(max_active as usize, frozen, rescuer.clone());
-                Arc::new(PwqLink { pool, slot, wq: core.clone() })
-            })
-            .collect();
-        if let Some(r) = &rescuer {
-            r.set_slots(pwqs.iter().map(|l| (l.pool.id, l.slot)).collect());
-        }
-        let shared = Arc::new(WqShared { core, rt: self.clone(), pwqs, armed: Default::default(), rescuer });
+        let set = self.pwq_set(&core, attrs.as_ref(), rescuer.as_ref(), *freeze)?;
+        core.set_pods(&set);
+        self.shared.core.wq_names.lock().unwrap_or_else(|e| e.into_inner()).insert(id, name);
+        let shared = Arc::new(WqShared::new(core, self.clone(), set, rescuer, attrs));
         self.shared.workqueues.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&shared));
         drop(freeze);
         Ok(Workqueue { shared })
+    }
+
+    /// The pwqs of a queue: one per CPU slot on the bound pools, or one
+    /// per pod of `attrs` on unbound pools.
+    pub(crate) fn pwq_set(
+        &self,
+        core: &Arc<WqCore>,
+        attrs: Option<&Attrs>,
+        rescuer: Option<&Arc<Rescuer>>,
+        frozen: bool,
+    ) -> Result<PwqSet, Error> {
+        let frozen = frozen && core.flags.contains(Flags::FREEZABLE);
+        let max_active = core.max_active as usize;
+        let link = |pool: Arc<Pool>| {
+            let slot = pool.alloc_pwq(max_active, frozen, rescuer.cloned(), core.limit.clone());
+            Arc::new(PwqLink { pool, slot, wq: core.clone() })
+        };
+        let set = match attrs {
+            None => {
+                let hi = usize::from(core.flags.contains(Flags::HIGHPRI));
+                let links: Vec<_> = self.shared.pools.bound.iter().map(|p| link(p[hi].clone())).collect();
+                PwqSet { by_slot: (0..links.len()).collect(), links }
+            }
+            Some(attrs) => {
+                let (cpus, pods) = attrs.pods(self, core.ordered)?;
+                let mut links = Vec::with_capacity(pods.len());
+                for pod in &pods {
+                    links.push(link(self.shared.pools.unbound(attrs.nice, &cpus, pod, attrs.strict)?));
+                }
+                // A CPU outside the queue's CPUs queues to some pod of it.
+                let by_slot = (0..self.cpus().len())
+                    .map(|slot| pods.iter().position(|p| p.contains(&self.cpus()[slot])).unwrap_or(slot % pods.len()))
+                    .collect();
+                PwqSet { links, by_slot }
+            }
+        };
+        if let Some(r) = rescuer {
+            r.add_slots(set.links.iter().map(|l| (l.pool.id, l.slot)));
+        }
+        Ok(set)
     }
 
     /// Freezes the runtime's `FREEZABLE` queues (the kernel's
@@ -313,7 +343,7 @@ impl Runtime {
         self.workqueues()
             .into_iter()
             .filter(|wq| wq.flags().contains(Flags::FREEZABLE))
-            .flat_map(|wq| wq.shared.pwqs.clone())
+            .flat_map(|wq| wq.links())
             .collect()
     }
 }
@@ -428,7 +458,7 @@ impl RuntimeBuilder {
         if config.cpu_hog_threshold.is_zero() {
             return Err(Error::InvalidConfig("cpu_hog_threshold must be above zero".into()));
         }
-        let nr_pools = 2 * topology.cpus().len() + 2;
+        let nr_pools = 2 * topology.cpus().len() + 2 * topology.pods(crate::Scope::Cache).len();
         if config.max_workers < nr_pools {
             return Err(Error::InvalidConfig(format!(
                 "max_workers {} is below the {nr_pools} workers the pools start with",
@@ -448,19 +478,7 @@ impl RuntimeBuilder {
             shutdown: AtomicBool::new(false),
         });
         let cpus = topology.cpus().to_vec();
-        let mut next_id = 0;
-        let mut pool = |cpu: Option<usize>, highpri: bool| {
-            let attrs = PoolAttrs {
-                cpu,
-                highpri,
-                nice: if highpri { -20 } else { 0 },
-                cpus: cpu.map_or_else(|| cpus.clone(), |c| vec![c]),
-            };
-            next_id += 1;
-            Pool::new(core.clone(), next_id - 1, attrs)
-        };
-        let bound: Vec<[Arc<Pool>; 2]> = cpus.iter().map(|&c| [pool(Some(c), false), pool(Some(c), true)]).collect();
-        let unbound = [pool(None, false), pool(None, true)];
+        let pools = Pools::new(core.clone(), &cpus);
         let max_cpu = cpus.iter().max().copied().unwrap_or(0);
         let mut slot_of_cpu = vec![None; max_cpu + 1];
         for (slot, &cpu) in cpus.iter().enumerate() {
@@ -471,8 +489,7 @@ impl RuntimeBuilder {
             core: core.clone(),
             topology,
             slot_of_cpu,
-            bound,
-            unbound,
+            pools,
             timer,
             workqueues: Mutex::new(Vec::new()),
             next_wq_id: AtomicU64::new(1),
@@ -480,11 +497,18 @@ impl RuntimeBuilder {
         });
         // From here on a failure drops `shared`, which stops what started.
         Manager::start(&core)?;
-        core.monitor.start(shared.pools().cloned().collect(), core.clone())?;
-        for pool in shared.pools() {
-            spawn_worker(pool)?;
+        core.monitor.start(shared.pools.all.clone(), core.clone())?;
+        shared.pools.start()?;
+        let rt = Runtime { shared };
+        // The default unbound pools, so unbound queues start without delay.
+        for highpri in [false, true] {
+            let attrs = Attrs { nice: pools::nice_of(highpri), ..Attrs::default() };
+            let (cpus, pods) = attrs.pods(&rt, false)?;
+            for pod in &pods {
+                rt.shared.pools.unbound(attrs.nice, &cpus, pod, attrs.strict)?;
+            }
         }
-        Ok(Runtime { shared })
+        Ok(rt)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Building a workqueue: validation of name, flags and `max_active`.
 
-use super::{Flags, Workqueue, DEFAULT_MAX_ACTIVE, MAX_ACTIVE_LIMIT, MAX_NAME_LEN};
+use super::{Attrs, Flags, Workqueue, DEFAULT_MAX_ACTIVE, MAX_ACTIVE_LIMIT, MAX_NAME_LEN};
 use crate::runtime::Runtime;
 use crate::Error;
 
@@ -14,11 +14,19 @@ pub struct WorkqueueBuilder {
     flags: Flags,
     max_active: u32,
     ordered: bool,
+    attrs: Option<Attrs>,
 }
 
 impl WorkqueueBuilder {
     pub(crate) fn new(rt: Option<Runtime>, name: &str) -> WorkqueueBuilder {
-        WorkqueueBuilder { rt, name: name.to_owned(), flags: Flags::empty(), max_active: 0, ordered: false }
+        WorkqueueBuilder {
+            rt,
+            name: name.to_owned(),
+            flags: Flags::empty(),
+            max_active: 0,
+            ordered: false,
+            attrs: None,
+        }
     }
 
     /// Sets the queue's flags (replacing earlier ones).
@@ -39,6 +47,14 @@ impl WorkqueueBuilder {
     /// unbound, one item at a time, in queueing order.
     pub fn ordered(mut self) -> Self {
         self.ordered = true;
+        self
+    }
+
+    /// Attributes of an unbound queue: nice value, CPUs, affinity scope,
+    /// strictness (default: nice 0 — -20 with `HIGHPRI` —, all CPUs, scope
+    /// `Cache`, not strict). Requires `UNBOUND` (or `ordered`).
+    pub fn attrs(mut self, attrs: Attrs) -> Self {
+        self.attrs = Some(attrs);
         self
     }
 
@@ -75,10 +91,13 @@ impl WorkqueueBuilder {
             flags |= Flags::UNBOUND;
             max_active = 1;
         }
+        if self.attrs.is_some() && !flags.contains(Flags::UNBOUND) {
+            return Err(Error::ConflictingFlags("attributes apply to unbound queues only"));
+        }
         let rt = match self.rt {
             Some(rt) => rt,
             None => Runtime::try_global()?.clone(),
         };
-        rt.create_workqueue(self.name, flags, max_active, self.ordered)
+        rt.create_workqueue(self.name, flags, max_active, self.ordered, self.attrs)
     }
 }

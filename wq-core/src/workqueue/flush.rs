@@ -17,8 +17,9 @@ impl Workqueue {
         let core = &self.shared.core;
         let color = core.color.fetch_add(1, SeqCst);
         core.flushers.fetch_add(1, SeqCst);
+        let links = self.links();
         let mut guard = core.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
-        while !self.shared.pwqs.iter().all(|l| l.pool.pwq_flushed(l.slot, color)) {
+        while !links.iter().all(|l| l.pool.pwq_flushed(l.slot, color)) {
             guard = core.flush_cv.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
         drop(guard);
@@ -45,6 +46,6 @@ impl Workqueue {
 
     /// Entries queued and not yet completed, over all pwqs.
     pub(crate) fn in_flight(&self) -> usize {
-        self.shared.pwqs.iter().map(|l| l.pool.pwq_stats(l.slot).1).sum()
+        self.links().iter().map(|l| l.pool.pwq_stats(l.slot).1).sum()
     }
 }

@@ -5,14 +5,19 @@
 //! pwq applies `max_active`; `flush`, `drain` and `destroy` act on all of
 //! them together, as in the kernel.
 
+mod attrs;
 mod builder;
 mod flush;
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
+use crossbeam_utils::sync::ShardedLock;
+
+pub use attrs::Attrs;
+pub(crate) use attrs::{Limit, PwqSet};
 pub use builder::WorkqueueBuilder;
 
 use crate::completion::{Completion, CompletionShared};
@@ -80,6 +85,13 @@ pub(crate) struct WqCore {
     /// `flush` bumps it and waits for the older colours.
     pub(crate) color: AtomicU64,
     pub(crate) counters: Counters,
+    /// An unbound queue's `max_active`, shared by all its pods.
+    pub(crate) limit: Option<Arc<Limit>>,
+    /// The pwqs of the current set, for activating other pods when a
+    /// queue-wide slot frees.
+    pods: Mutex<Vec<Weak<PwqLink>>>,
+    /// Stats of pwqs retired by `apply_attrs` and since drained.
+    retired_stats: Mutex<(u64, Duration, u64)>,
     /// `drain` calls in progress; while non-zero only chained work may queue.
     pub(crate) draining: AtomicUsize,
     pub(crate) destroyed: AtomicBool,
@@ -89,7 +101,7 @@ pub(crate) struct WqCore {
 }
 
 impl WqCore {
-    pub(crate) fn new(id: u64, name: String, flags: Flags, ordered: bool, max_active: u32) -> WqCore {
+    pub(crate) fn new(id: u64, name: String, flags: Flags, ordered: bool, max_active: u32, unbound: bool) -> WqCore {
         WqCore {
             id,
             name,
@@ -98,11 +110,27 @@ impl WqCore {
             max_active,
             color: AtomicU64::new(0),
             counters: Counters::default(),
+            limit: unbound.then(|| Arc::new(Limit::new(max_active as usize))),
+            pods: Mutex::new(Vec::new()),
+            retired_stats: Mutex::new((0, Duration::ZERO, 0)),
             draining: AtomicUsize::new(0),
             destroyed: AtomicBool::new(false),
             flushers: AtomicUsize::new(0),
             flush_lock: Mutex::new(()),
             flush_cv: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn set_pods(&self, set: &PwqSet) {
+        *self.pods.lock().unwrap_or_else(|e| e.into_inner()) = set.links.iter().map(Arc::downgrade).collect();
+    }
+
+    /// A queue-wide active slot freed: let the pods' waiting entries in.
+    pub(crate) fn activate_pods(&self) {
+        let pods: Vec<Arc<PwqLink>> =
+            self.pods.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(Weak::upgrade).collect();
+        for link in pods {
+            link.pool.activate_and_kick(link.slot);
         }
     }
 
@@ -131,12 +159,41 @@ impl WqCore {
 pub(crate) struct WqShared {
     pub(crate) core: Arc<WqCore>,
     pub(crate) rt: Runtime,
-    /// Bound queues: one pwq per runtime CPU, by CPU slot. Unbound: one.
-    pub(crate) pwqs: Vec<Arc<PwqLink>>,
+    /// Bound queues: one pwq per runtime CPU. Unbound: one per pod. Read on
+    /// every queueing (a sharded lock keeps that cheap); replaced by
+    /// `apply_attrs`.
+    pwqs: ShardedLock<Arc<PwqSet>>,
+    /// Pwqs replaced by `apply_attrs` that may still have work in flight.
+    old: Mutex<Vec<Arc<PwqLink>>>,
+    attrs: Mutex<Option<Attrs>>,
     /// Ids of delayed work items whose timer is armed to queue here.
     pub(crate) armed: Mutex<BTreeSet<u64>>,
     /// The rescuer of a `MEM_RECLAIM` queue.
     pub(crate) rescuer: Option<Arc<Rescuer>>,
+}
+
+impl WqShared {
+    pub(crate) fn new(
+        core: Arc<WqCore>,
+        rt: Runtime,
+        set: PwqSet,
+        rescuer: Option<Arc<Rescuer>>,
+        attrs: Option<Attrs>,
+    ) -> WqShared {
+        WqShared {
+            core,
+            rt,
+            pwqs: ShardedLock::new(Arc::new(set)),
+            old: Mutex::new(Vec::new()),
+            attrs: Mutex::new(attrs),
+            armed: Mutex::default(),
+            rescuer,
+        }
+    }
+
+    pub(crate) fn set(&self) -> Arc<PwqSet> {
+        self.pwqs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Drop for WqShared {
@@ -342,8 +399,9 @@ impl Workqueue {
                 let items = armed.iter().copied().collect();
                 return Err(Error::DelayedWorkArmed { queue: self.name().to_owned(), items });
             }
-            let guards: Vec<_> = self.shared.pwqs.iter().map(|l| l.pool.lock()).collect();
-            let empty = self.shared.pwqs.iter().zip(&guards).all(|(l, g)| g.pwq(l.slot).nr_in_flight == 0);
+            let links = self.links();
+            let guards: Vec<_> = links.iter().map(|l| l.pool.lock()).collect();
+            let empty = links.iter().zip(&guards).all(|(l, g)| g.pwq(l.slot).nr_in_flight == 0);
             if empty {
                 self.shared.core.destroyed.store(true, SeqCst);
                 return Ok(());
@@ -362,7 +420,9 @@ impl Workqueue {
             refused: c.refused.load(Relaxed),
             ..WorkqueueStats::default()
         };
-        for link in &self.shared.pwqs {
+        let retired = *self.shared.core.retired_stats.lock().unwrap_or_else(|e| e.into_inner());
+        (s.total, s.cpu_time, s.panics) = retired;
+        for link in self.links() {
             let (total, in_flight, cpu_time, panics) = link.pool.pwq_stats(link.slot);
             s.total += total;
             s.in_flight += in_flight as u64;
@@ -420,7 +480,8 @@ impl Workqueue {
 
     /// Puts `job` on the pwq for CPU slot `slot`, unless the queue refuses.
     fn queue_job(&self, job: Job, slot: usize, from_timer: bool) -> Result<(), Error> {
-        let link = self.pwq_for(slot);
+        let set = self.shared.pwqs.read().unwrap_or_else(|e| e.into_inner());
+        let link = set.for_slot(slot);
         let pool = &link.pool;
         let mut inner = pool.lock();
         if let Some(err) = self.shared.core.refusal(from_timer) {
@@ -443,9 +504,62 @@ impl Workqueue {
         Ok(())
     }
 
-    fn pwq_for(&self, slot: usize) -> &Arc<PwqLink> {
-        let pwqs = &self.shared.pwqs;
-        &pwqs[if pwqs.len() == 1 { 0 } else { slot }]
+    /// Every pwq that may have work of this queue: the current ones and
+    /// those `apply_attrs` replaced (dropped once drained, their stats kept).
+    pub(crate) fn links(&self) -> Vec<Arc<PwqLink>> {
+        let mut old = self.shared.old.lock().unwrap_or_else(|e| e.into_inner());
+        old.retain(|l| {
+            let (total, in_flight, cpu_time, panics) = l.pool.pwq_stats(l.slot);
+            if in_flight > 0 {
+                return true;
+            }
+            let mut r = self.shared.core.retired_stats.lock().unwrap_or_else(|e| e.into_inner());
+            r.0 += total;
+            r.1 += cpu_time;
+            r.2 += panics;
+            false
+        });
+        let mut links = self.shared.set().links.clone();
+        links.extend(old.iter().cloned());
+        links
+    }
+
+    /// The attributes of an unbound queue (`None` for a bound one).
+    pub fn attrs(&self) -> Option<Attrs> {
+        self.shared.attrs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes an unbound queue's attributes: its nice value, CPUs, affinity
+    /// scope and strictness (the kernel's `apply_workqueue_attrs`). New items
+    /// go to the new pods' pools; items already queued finish where they are.
+    ///
+    /// # Errors
+    /// [`Error::ConflictingFlags`] for a bound or an ordered queue (more than
+    /// one pod would break its ordering, as in the kernel);
+    /// [`Error::InvalidConfig`], [`Error::NoCpus`], [`Error::InvalidCpu`] for
+    /// bad attributes; [`Error::Destroyed`]; [`Error::Spawn`] if a new pool's
+    /// first worker cannot start.
+    pub fn apply_attrs(&self, attrs: Attrs) -> Result<(), Error> {
+        let core = &self.shared.core;
+        if !core.flags.contains(Flags::UNBOUND) {
+            return Err(Error::ConflictingFlags("attributes apply to unbound queues only"));
+        }
+        if core.ordered {
+            return Err(Error::ConflictingFlags("an ordered queue keeps its attributes (one pwq keeps the order)"));
+        }
+        if self.is_destroyed() {
+            return Err(Error::Destroyed { queue: core.name.clone() });
+        }
+        let rt = &self.shared.rt;
+        let set = rt.pwq_set(core, Some(&attrs), self.shared.rescuer.as_ref(), rt.is_frozen())?;
+        core.set_pods(&set);
+        let previous =
+            std::mem::replace(&mut *self.shared.pwqs.write().unwrap_or_else(|e| e.into_inner()), Arc::new(set));
+        self.shared.old.lock().unwrap_or_else(|e| e.into_inner()).extend(previous.links.iter().cloned());
+        *self.shared.attrs.lock().unwrap_or_else(|e| e.into_inner()) = Some(attrs);
+        // Entries waiting on the old pwqs for the queue-wide limit still get in.
+        core.activate_pods();
+        Ok(())
     }
 
     /// Whether `destroy` should refuse because of armed delayed work; used

@@ -80,10 +80,20 @@ fn sleep(kind: SleepKind, d: Duration) {
     }
 }
 
+/// Timeline tests pin their workers to CPU 0; two at once would distort
+/// each other's timing, so they take turns (tests in a binary run in parallel).
+static CPU0: Mutex<()> = Mutex::new(());
+
+/// Holds CPU 0 for one timing-sensitive test.
+pub fn cpu0() -> std::sync::MutexGuard<'static, ()> {
+    CPU0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The seed's w0/w1/w2 scenario (`workqueue.rst`, "Example Execution
 /// Scenarios") in units of [`UNIT`]: w0 burns 1, sleeps 2, burns 1; w1 and
 /// w2 burn 1 and sleep 2. w0 goes to `q0`, w1 and w2 to `q1`.
 pub fn seed_timeline(q0: &Workqueue, q1: &Workqueue, kind: SleepKind) -> Events {
+    let _cpu0 = cpu0();
     let events = Events::default();
     let mut done = Vec::new();
     for (name, q, second_burn) in [("w0", q0, true), ("w1", q1, false), ("w2", q1, false)] {

@@ -1,0 +1,295 @@
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::shm::Writer;
+use super::*;
+use crate::{Flags, PoolStats, RuntimeStats, WorkqueueStats};
+
+/// A private directory under the temp dir, removed when dropped.
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new(tag: &str) -> TestDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("wq-publish-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        TestDir(dir)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sample(generation: u64, dump_len: usize) -> Snapshot {
+    let pool = |id, cpu, granted| PoolStats {
+        id,
+        cpu,
+        highpri: cpu.is_none(),
+        nice: -20,
+        nice_granted: granted,
+        workers: 3,
+        idle: 1,
+        running: 2,
+        pending: 7,
+        stalls: 1,
+    };
+    let stats = WorkqueueStats {
+        total: generation,
+        in_flight: generation,
+        cpu_time: Duration::new(generation, 123),
+        cpu_hogs: generation,
+        cm_wakeups: generation,
+        mayday: generation,
+        rescued: generation,
+        panics: generation,
+        refused: generation,
+    };
+    Snapshot {
+        pid: 4242,
+        runtime_id: 3,
+        start_time: 99,
+        generation,
+        published_unix_ms: 1_700_000_000_000,
+        detector: "perf".into(),
+        dump: char::from(b'a' + (generation % 26) as u8).to_string().repeat(dump_len),
+        runtime: RuntimeStats { workers: 6, pools: vec![pool(0, Some(1), Some(-20)), pool(1, None, None)] },
+        queues: vec![
+            QueueSnapshot { name: "alpha".into(), flags: Flags::HIGHPRI | Flags::UNBOUND, stats },
+            QueueSnapshot { name: "βeta".into(), flags: Flags::empty(), stats },
+        ],
+    }
+}
+
+/// Whether every field that carries the generation agrees with it.
+fn consistent(s: &Snapshot) -> bool {
+    let ch = char::from(b'a' + (s.generation % 26) as u8);
+    s.dump.chars().all(|c| c == ch) && s.queues.iter().all(|q| q.stats.total == s.generation && q.stats.rescued == s.generation)
+}
+
+#[test]
+fn encode_decode_round_trip() {
+    let snap = sample(17, 300);
+    assert_eq!(Snapshot::decode(&snap.encode()).unwrap(), snap);
+    let empty = Snapshot { queues: vec![], runtime: RuntimeStats { workers: 0, pools: vec![] }, ..sample(1, 0) };
+    assert_eq!(Snapshot::decode(&empty.encode()).unwrap(), empty);
+}
+
+#[test]
+fn decode_rejects_bad_input_with_clear_errors() {
+    let bytes = sample(5, 10).encode();
+    for cut in 0..bytes.len() {
+        let err = Snapshot::decode(&bytes[..cut]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(Snapshot::decode(&long).unwrap_err().to_string().contains("trailing"));
+    let mut other_version = bytes.clone();
+    other_version[0] = 9;
+    assert!(Snapshot::decode(&other_version).unwrap_err().to_string().contains("format version 9"));
+    // The detector string starts after version, pid and four u64s: length 4, then "perf".
+    let mut bad_utf8 = bytes;
+    bad_utf8[4 + 4 + 32 + 4] = 0xff;
+    assert!(Snapshot::decode(&bad_utf8).unwrap_err().to_string().contains("not UTF-8"));
+}
+
+#[test]
+fn file_names_are_pid_dot_runtime_id() {
+    assert_eq!(parse_file_name("123.4"), Some((123, 4)));
+    for bad in ["123", ".123.4.tmp", "a.1", "1.2.3", "1.", ".1", "99999999999.1", "+1.2"] {
+        assert_eq!(parse_file_name(bad), None, "{bad}");
+    }
+}
+
+fn header(seq: u64, len: u64) -> Vec<u8> {
+    let mut h = vec![0u8; 64];
+    h[..8].copy_from_slice(b"CMWQPUB\0");
+    h[8..12].copy_from_slice(&Snapshot::FORMAT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&64u32.to_le_bytes());
+    h[16..24].copy_from_slice(&seq.to_le_bytes());
+    h[24..32].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+#[test]
+fn a_file_written_by_the_documented_layout_reads_back() {
+    let dir = TestDir::new("layout");
+    let payload = sample(8, 40).encode();
+    let mut file = header(2, payload.len() as u64);
+    file.extend_from_slice(&payload);
+    let path = dir.0.join("1.1");
+    fs::write(&path, file).unwrap();
+    assert_eq!(Snapshot::read(&path).unwrap(), sample(8, 40));
+}
+
+#[test]
+fn reading_a_bad_file_is_a_clear_error() {
+    let dir = TestDir::new("bad");
+    let read = |name: &str, bytes: Vec<u8>| {
+        let path = dir.0.join(name);
+        fs::write(&path, bytes).unwrap();
+        Snapshot::read(&path).unwrap_err()
+    };
+    assert!(read("short", vec![0; 10]).to_string().contains("too short"));
+    assert!(read("magic", vec![0; 64]).to_string().contains("bad magic"));
+    let mut future = header(2, 0);
+    future[8] = 7;
+    assert!(read("version", future).to_string().contains("format 7"));
+    let mut corrupt = header(2, 3);
+    corrupt.extend_from_slice(&[1, 2, 3]);
+    assert!(read("corrupt", corrupt).to_string().contains("corrupt snapshot"));
+    // A writer that died mid-update leaves the counter odd forever.
+    let stuck = read("stuck", header(3, 0));
+    assert_eq!(stuck.kind(), io::ErrorKind::TimedOut);
+    assert!(stuck.to_string().contains("mid-update"), "{stuck}");
+    assert_eq!(Snapshot::read(&dir.0.join("missing")).unwrap_err().kind(), io::ErrorKind::NotFound);
+}
+
+/// A reader racing a writer that rewrites (and grows) the file as fast as
+/// it can must only ever decode whole snapshots.
+#[test]
+fn readers_never_see_a_torn_snapshot() {
+    let dir = TestDir::new("seqlock");
+    let (mut writer, path) = Writer::create(&dir.0, 1, 1, &sample(0, 10).encode()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut generation = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                generation += 1;
+                // Sizes cycle from tiny to ~40 KB, so the file grows several times.
+                let len = 10 + (generation % 100) as usize * 400;
+                writer.write(&sample(generation, len).encode()).unwrap();
+            }
+            generation
+        })
+    };
+    let deadline = Instant::now() + Duration::from_millis(300);
+    let (mut reads, mut last) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        let snap = Snapshot::read(&path).unwrap();
+        assert!(consistent(&snap), "torn snapshot at generation {}", snap.generation);
+        assert!(snap.generation >= last, "generations went back: {last} then {}", snap.generation);
+        last = snap.generation;
+        reads += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writes.join().unwrap();
+    assert!(reads > 10 && last > 1 && written > last, "reads {reads}, last seen {last}, written {written}");
+}
+
+#[test]
+fn directories_are_private_and_ours() {
+    let base = TestDir::new("dirs");
+    let fresh = base.0.join("cmwq");
+    ensure_dir(&fresh).unwrap();
+    assert_eq!(fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700);
+    fs::set_permissions(&fresh, fs::Permissions::from_mode(0o755)).unwrap();
+    ensure_dir(&fresh).unwrap();
+    assert_eq!(fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700, "an open mode is tightened");
+    let file = base.0.join("plain");
+    fs::write(&file, b"").unwrap();
+    assert!(ensure_dir(&file).unwrap_err().to_string().contains("not a directory"));
+    let link = base.0.join("link");
+    std::os::unix::fs::symlink(&fresh, &link).unwrap();
+    assert!(ensure_dir(&link).is_err(), "a symlink is refused");
+    if euid() == 0 {
+        // Only root can hand a directory to another user.
+        let theirs = base.0.join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        let err = ensure_dir(&theirs).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+    }
+}
+
+/// Polls `path` until `ok` holds for a snapshot read from it (2 s at most).
+fn read_until(path: &Path, ok: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let snap = Snapshot::read(path).unwrap();
+        if ok(&snap) {
+            return snap;
+        }
+        assert!(Instant::now() < deadline, "the published snapshot never matched; last: {snap:#?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_runtime_publishes_its_queues_and_stops_when_dropped() {
+    let dir = TestDir::new("runtime");
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let handle = start_in(&rt, &dir.0).unwrap();
+    let path = handle.path().to_owned();
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(meta.uid(), euid());
+    let (pid, runtime_id) = parse_file_name(path.file_name().unwrap().to_str().unwrap()).unwrap();
+    assert_eq!(pid, std::process::id());
+
+    let alpha = rt.workqueue("alpha").build().unwrap();
+    let beta = rt.workqueue("beta").flags(Flags::UNBOUND).build().unwrap();
+    for _ in 0..5 {
+        alpha.submit(|| ()).unwrap().wait().unwrap();
+    }
+    beta.submit(|| ()).unwrap().wait().unwrap();
+    let totals = |s: &Snapshot| -> Vec<(String, u64)> { s.queues.iter().map(|q| (q.name.clone(), q.stats.total)).collect() };
+    let want = vec![("alpha".to_owned(), 5), ("beta".to_owned(), 1)];
+    let snap = read_until(&path, |s| totals(s) == want);
+    assert_eq!((snap.pid, snap.runtime_id), (pid, runtime_id));
+    assert!(snap.generation > 1, "the thread republished");
+    assert!(snap.dump.contains("alpha") && snap.dump.contains("beta"), "{}", snap.dump);
+    assert_eq!(snap.runtime.pools.len(), rt.stats().pools.len());
+    assert_eq!(snap.detector, rt.detector().0.to_string());
+    assert!(snap.is_from_live_process());
+    assert!(!Snapshot { pid: snap.pid, start_time: snap.start_time + 1, ..snap.clone() }.is_from_live_process());
+
+    // The publisher holds only a Weak: dropping every handle frees the runtime.
+    let weak = Arc::downgrade(&rt.shared);
+    drop((alpha, beta, rt));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while weak.upgrade().is_some() {
+        assert!(Instant::now() < deadline, "publishing kept the runtime alive");
+        thread::sleep(Duration::from_millis(5));
+    }
+    // With the runtime gone the thread exits by itself; the handle removes the file.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !handle.thread.as_ref().unwrap().is_finished() {
+        assert!(Instant::now() < deadline, "the publisher outlived its runtime");
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(path.exists());
+    drop(handle);
+    assert!(!path.exists(), "the file is removed with its handle");
+}
+
+#[test]
+fn dropping_the_handle_stops_a_live_publisher() {
+    let dir = TestDir::new("stop");
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let handle = start_in(&rt, &dir.0).unwrap();
+    let path = handle.path().to_owned();
+    let first = Snapshot::read(&path).unwrap();
+    read_until(&path, |s| s.generation > first.generation);
+    drop(handle);
+    assert!(!path.exists());
+    // Two runtimes of one process get distinct files.
+    let a = start_in(&rt, &dir.0).unwrap();
+    let b = start_in(&rt, &dir.0).unwrap();
+    assert_ne!(a.path(), b.path());
+}

@@ -1,0 +1,92 @@
+//! The runtime's worker pools: the bound ones (normal and highpri per CPU)
+//! made at start, the unbound ones made on demand, one per distinct set of
+//! attributes (nice, pod, strictness), shared by every queue that asks for
+//! the same — as the kernel shares unbound pools by `workqueue_attrs`.
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{spawn_worker, RtCore};
+use crate::pool::{Pool, PoolAttrs};
+use crate::Error;
+
+pub(crate) struct Pools {
+    /// `bound[slot] = [normal, highpri]`.
+    pub(crate) bound: Vec<[Arc<Pool>; 2]>,
+    /// Unbound pools, each with attributes no other one has.
+    unbound: Mutex<Vec<Arc<Pool>>>,
+    /// Every pool, in creation order; the monitor walks this list.
+    pub(crate) all: Arc<Mutex<Vec<Arc<Pool>>>>,
+    next_id: AtomicUsize,
+    core: Arc<RtCore>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pools {
+    /// Makes the bound pools of `cpus` (their workers start in `start`).
+    pub(crate) fn new(core: Arc<RtCore>, cpus: &[usize]) -> Pools {
+        let next_id = AtomicUsize::new(0);
+        let mut all = Vec::new();
+        let bound = cpus
+            .iter()
+            .map(|&cpu| {
+                [false, true].map(|highpri| {
+                    let attrs =
+                        PoolAttrs { cpu: Some(cpu), highpri, nice: nice_of(highpri), cpus: vec![cpu], pod: None };
+                    let pool = Pool::new(core.clone(), next_id.fetch_add(1, SeqCst), attrs);
+                    all.push(pool.clone());
+                    pool
+                })
+            })
+            .collect();
+        Pools { bound, unbound: Mutex::new(Vec::new()), all: Arc::new(Mutex::new(all)), next_id, core }
+    }
+
+    /// Starts the first (idle reserve) worker of every bound pool.
+    pub(crate) fn start(&self) -> Result<(), Error> {
+        for pool in self.bound.iter().flatten() {
+            spawn_worker(pool)?;
+        }
+        Ok(())
+    }
+
+    /// Every pool, bound ones first.
+    pub(crate) fn list(&self) -> Vec<Arc<Pool>> {
+        lock(&self.all).clone()
+    }
+
+    /// The unbound pool for `pod` of a queue whose CPUs are `cpus`, made
+    /// (with its first worker) if no queue asked for it before.
+    pub(crate) fn unbound(&self, nice: i32, cpus: &[usize], pod: &[usize], strict: bool) -> Result<Arc<Pool>, Error> {
+        let attrs = PoolAttrs {
+            cpu: None,
+            highpri: nice < 0,
+            nice,
+            // Strict pods confine their workers; the others may roam the
+            // queue's CPUs and are brought back at item start.
+            cpus: if strict { pod.to_vec() } else { cpus.to_vec() },
+            pod: (!strict && pod.len() < cpus.len()).then(|| pod.to_vec()),
+        };
+        let mut unbound = lock(&self.unbound);
+        if let Some(p) = unbound.iter().find(|p| p.attrs == attrs) {
+            return Ok(p.clone());
+        }
+        let pool = Pool::new(self.core.clone(), self.next_id.fetch_add(1, SeqCst), attrs);
+        spawn_worker(&pool)?;
+        unbound.push(pool.clone());
+        lock(&self.all).push(pool.clone());
+        Ok(pool)
+    }
+}
+
+/// The nice value of a pool's workers: highpri pools ask for the highest.
+pub(crate) fn nice_of(highpri: bool) -> i32 {
+    if highpri {
+        -20
+    } else {
+        0
+    }
+}

@@ -1,0 +1,99 @@
+//! Attributes of unbound queues and the pool workqueues built from them.
+//!
+//! An unbound queue's CPUs are split into *pods* by its affinity scope
+//! (`workqueue.rst`, "Affinity Scopes"); each pod gets a worker pool of its
+//! own, and an item queued from a CPU runs on the pool of that CPU's pod.
+//! `strict` confines the pod's workers to the pod; otherwise they may run on
+//! any of the queue's CPUs and are moved back into the pod when an item
+//! starts elsewhere (the kernel's non-strict repatriation).
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+
+use crate::pool::PwqLink;
+use crate::topology::Scope;
+use crate::{Error, Runtime};
+
+/// Attributes of an unbound workqueue (the kernel's `workqueue_attrs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attrs {
+    /// Nice value of the workers, -20 (highest priority) to 19.
+    pub nice: i32,
+    /// CPUs the queue may use; `None`: all of the runtime's.
+    pub cpus: Option<Vec<usize>>,
+    /// How the CPUs are grouped into pods.
+    pub scope: Scope,
+    /// Confine each pod's workers to the pod (otherwise they may roam the
+    /// queue's CPUs and are brought back when an item starts).
+    pub strict: bool,
+}
+
+impl Default for Attrs {
+    /// Nice 0, all CPUs, scope `Cache`, not strict (the kernel's defaults).
+    fn default() -> Attrs {
+        Attrs { nice: 0, cpus: None, scope: Scope::Cache, strict: false }
+    }
+}
+
+impl Attrs {
+    /// Checks the attributes against `rt` and returns the queue's CPUs and pods.
+    pub(crate) fn pods(&self, rt: &Runtime, ordered: bool) -> Result<(Vec<usize>, Vec<Vec<usize>>), Error> {
+        if !(-20..=19).contains(&self.nice) {
+            return Err(Error::InvalidConfig(format!("nice {} is outside -20..=19", self.nice)));
+        }
+        let topo = match &self.cpus {
+            None => rt.topology().clone(),
+            Some(cpus) => rt.topology().restrict(cpus).map_err(|err| match err {
+                crate::TopologyError::EmptyCpuSet => Error::NoCpus,
+                crate::TopologyError::CpusNotAllowed { missing, .. } => {
+                    Error::InvalidCpu { cpu: missing[0], allowed: rt.cpus().to_vec() }
+                }
+                other => Error::InvalidConfig(other.to_string()),
+            })?,
+        };
+        let cpus = topo.cpus().to_vec();
+        // One pwq keeps an ordered queue's items in order.
+        let pods = if ordered { vec![cpus.clone()] } else { topo.pods(self.scope) };
+        Ok((cpus, pods))
+    }
+}
+
+/// The pwqs a queue queues to, and which one serves each CPU slot.
+pub(crate) struct PwqSet {
+    pub(crate) links: Vec<Arc<PwqLink>>,
+    /// `links` index for each of the runtime's CPU slots.
+    pub(crate) by_slot: Vec<usize>,
+}
+
+impl PwqSet {
+    pub(crate) fn for_slot(&self, slot: usize) -> &Arc<PwqLink> {
+        &self.links[self.by_slot.get(slot).copied().unwrap_or(0)]
+    }
+}
+
+/// `max_active` of an unbound queue, shared by the pwqs of all its pods
+/// (current kernels limit the whole queue, not each pod).
+#[derive(Debug)]
+pub(crate) struct Limit {
+    max: usize,
+    /// Invariant: `active <= max`; counts activated, unfinished entries of
+    /// all the queue's pwqs.
+    active: AtomicUsize,
+    /// Entries waiting in inactive lists because of this limit.
+    pub(crate) waiting: AtomicUsize,
+}
+
+impl Limit {
+    pub(crate) fn new(max: usize) -> Limit {
+        Limit { max, active: AtomicUsize::new(0), waiting: AtomicUsize::new(0) }
+    }
+
+    pub(crate) fn try_acquire(&self) -> bool {
+        self.active.fetch_update(SeqCst, SeqCst, |a| (a < self.max).then_some(a + 1)).is_ok()
+    }
+
+    pub(crate) fn release(&self) {
+        let prev = self.active.fetch_sub(1, SeqCst);
+        debug_assert!(prev > 0, "unbound max_active underflow");
+    }
+}

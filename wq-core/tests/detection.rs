@@ -53,6 +53,7 @@ fn check_cpu_intensive(detector: Detector) {
 
 #[test]
 fn auto_detector_resolves_to_a_real_one_here() {
+    let _cpu0 = common::cpu0();
     let rt = runtime(Detector::Auto);
     let (kind, why) = rt.detector();
     assert_ne!(kind, Detector::Auto);
@@ -62,36 +63,43 @@ fn auto_detector_resolves_to_a_real_one_here() {
 
 #[test]
 fn auto_timeline_max_active_3() {
+    let _cpu0 = common::cpu0();
     check_max_active_3(Detector::Auto);
 }
 
 #[test]
 fn auto_timeline_max_active_2() {
+    let _cpu0 = common::cpu0();
     check_max_active_2(Detector::Auto);
 }
 
 #[test]
 fn auto_timeline_cpu_intensive() {
+    let _cpu0 = common::cpu0();
     check_cpu_intensive(Detector::Auto);
 }
 
 #[test]
 fn procfs_timeline_max_active_3() {
+    let _cpu0 = common::cpu0();
     check_max_active_3(Detector::Procfs);
 }
 
 #[test]
 fn procfs_timeline_max_active_2() {
+    let _cpu0 = common::cpu0();
     check_max_active_2(Detector::Procfs);
 }
 
 #[test]
 fn procfs_timeline_cpu_intensive() {
+    let _cpu0 = common::cpu0();
     check_cpu_intensive(Detector::Procfs);
 }
 
 #[test]
 fn explicit_only_does_not_see_plain_sleeps() {
+    let _cpu0 = common::cpu0();
     let rt = runtime(Detector::ExplicitOnly);
     let q0 = rt.workqueue("q0").build().unwrap();
     let ev = seed_timeline(&q0, &q0, SleepKind::Plain);
@@ -124,6 +132,7 @@ fn a_cpu_hog_stops_holding_its_cpu_once_past_the_threshold() {
 
 #[test]
 fn explicit_hook_and_detector_do_not_double_count() {
+    let _cpu0 = common::cpu0();
     let rt = runtime(Detector::Auto);
     let wq = rt.workqueue("both").build().unwrap();
     let items: Vec<_> = (0..20)
@@ -149,6 +158,7 @@ fn explicit_hook_and_detector_do_not_double_count() {
 /// and highpri queues — then every pool's `nr_running` must return to 0.
 #[test]
 fn nr_running_returns_to_zero_after_mixed_load() {
+    let _cpu0 = common::cpu0();
     let rt = Runtime::builder().detector(Detector::Auto).cpu_hog_threshold(Duration::from_millis(2)).build().unwrap();
     let queues = [
         rt.workqueue("plain").build().unwrap(),
@@ -190,6 +200,7 @@ fn assert_pools_settle(rt: &Runtime) {
 
 #[test]
 fn ignore_sleeps_keeps_the_worker_counted_as_running() {
+    let _cpu0 = common::cpu0();
     let rt = runtime(Detector::Auto);
     let q = rt.workqueue("gil").max_active(3).build().unwrap();
     let ev = Events::default();

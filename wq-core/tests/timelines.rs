@@ -8,6 +8,7 @@ use wq_core::Flags;
 
 #[test]
 fn max_active_3_starts_the_next_item_whenever_the_running_one_sleeps() {
+    let _cpu0 = common::cpu0();
     let rt = one_cpu_runtime();
     let q0 = rt.workqueue("q0").max_active(3).build().unwrap();
     let ev = undistorted_max_active_3(|| seed_timeline(&q0, &q0, SleepKind::Hooked));
@@ -21,6 +22,7 @@ fn max_active_3_starts_the_next_item_whenever_the_running_one_sleeps() {
 
 #[test]
 fn max_active_2_holds_the_third_item_until_one_finished() {
+    let _cpu0 = common::cpu0();
     let rt = one_cpu_runtime();
     let q0 = rt.workqueue("q0").max_active(2).build().unwrap();
     let ev = seed_timeline(&q0, &q0, SleepKind::Hooked);
@@ -32,6 +34,7 @@ fn max_active_2_holds_the_third_item_until_one_finished() {
 
 #[test]
 fn cpu_intensive_items_start_as_soon_as_w0_sleeps() {
+    let _cpu0 = common::cpu0();
     let rt = one_cpu_runtime();
     let q0 = rt.workqueue("q0").build().unwrap();
     let q1 = rt.workqueue("q1").flags(Flags::CPU_INTENSIVE).build().unwrap();

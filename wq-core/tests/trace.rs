@@ -8,6 +8,7 @@ use common::{one_cpu_runtime, seed_timeline, SleepKind};
 
 #[test]
 fn trace_has_one_begin_end_pair_per_item_on_worker_tracks() {
+    let _cpu0 = common::cpu0();
     let rt = one_cpu_runtime();
     let q = rt.workqueue("traced").max_active(3).build().unwrap();
     let limited = rt.workqueue("limited").max_active(1).build().unwrap();

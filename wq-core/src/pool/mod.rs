@@ -192,13 +192,22 @@ impl Pool {
     /// Publishes the worklist length; pokes the monitor when work becomes
     /// pending (the store comes first: see the parking protocol in monitor.rs).
     pub(crate) fn sync_pending(&self, inner: &PoolInner) {
+        if self.publish_pending(inner) {
+            self.rt.monitor.poke();
+        }
+    }
+
+    /// The store part of [`sync_pending`](Pool::sync_pending); returns
+    /// whether the monitor must be poked (the caller may do it unlocked).
+    fn publish_pending(&self, inner: &PoolInner) -> bool {
         // Written only on empty <-> non-empty changes: the line stays
         // quiet while a busy pool keeps work queued.
         match inner.worklist.len() {
             0 => self.nr_pending.store(0, SeqCst),
-            1 if self.nr_pending.swap(1, SeqCst) == 0 => self.rt.monitor.poke(),
+            1 => return self.nr_pending.swap(1, SeqCst) == 0,
             _ => {}
         }
+        false
     }
 
     /// Wakes an idle worker if work needs one; asks the manager for a new
@@ -237,20 +246,21 @@ impl Pool {
     }
 
     /// Puts an entry on this pool: on the worklist if its pwq has room
-    /// under `max_active`, else on the pwq's inactive list.
-    pub(crate) fn insert(self: &Arc<Self>, inner: &mut PoolInner, entry: Entry) -> Option<Arc<WorkerShared>> {
+    /// under `max_active`, else on the pwq's inactive list. The caller
+    /// fires the returned wake-ups once it released the lock.
+    pub(crate) fn insert(self: &Arc<Self>, inner: &mut PoolInner, entry: Entry) -> Wakeups {
         let slot = entry.pwq.slot;
         let pwq = inner.pwq_mut(slot);
         pwq.add_in_flight(entry.color);
         if pwq.try_claim() {
             tracing::trace!(target: "wq", pool = self.id, "queue_work");
             inner.worklist.push_back(entry);
-            self.sync_pending(inner);
-            self.kick(inner)
+            let poke_monitor = self.publish_pending(inner);
+            Wakeups { worker: self.kick(inner), poke_monitor }
         } else {
             tracing::trace!(target: "wq", pool = self.id, "queue_work (inactive)");
             pwq.park_inactive(entry);
-            None
+            Wakeups { worker: None, poke_monitor: false }
         }
     }
 
@@ -458,6 +468,25 @@ pub(crate) struct Done {
     pub(crate) color: u64,
     pub(crate) outcome: Outcome,
     pub(crate) cpu_time: Duration,
+}
+
+/// Wake-ups owed after queueing, made with the pool unlocked: the worker
+/// first (it is on the latency path), then the monitor.
+#[must_use = "the wake-ups must be fired once the pool is unlocked"]
+pub(crate) struct Wakeups {
+    worker: Option<Arc<WorkerShared>>,
+    poke_monitor: bool,
+}
+
+impl Wakeups {
+    pub(crate) fn fire(self, pool: &Pool) {
+        if let Some(w) = self.worker {
+            w.unpark();
+        }
+        if self.poke_monitor {
+            pool.rt.monitor.poke();
+        }
+    }
 }
 
 /// What completing an entry left to do once the pool is unlocked.

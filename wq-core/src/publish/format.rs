@@ -8,16 +8,29 @@ use crate::{Flags, PoolStats, RuntimeStats, WorkqueueStats};
 /// One published snapshot of a runtime: what `wq dump` and `wq monitor` show.
 ///
 /// ```
-/// use wq_core::Snapshot;
+/// use std::time::Duration;
+/// use wq_core::{PublishedFile, Runtime, Snapshot};
 ///
-/// let rt = wq_core::Runtime::builder().cpus([0]).build()?;
+/// // A runtime publishes itself when built, then every 100 ms.
+/// let rt = Runtime::builder().cpus([0]).build()?;
 /// let wq = rt.workqueue("published").build()?;
 /// wq.submit(|| ())?.wait().unwrap();
-/// // The runtime publishes itself; find our own file and read it back.
+///
+/// // What `wq dump` reads: find our own file and read it; the new queue
+/// // appears at the next publication.
 /// let me = std::process::id();
-/// let file = wq_core::PublishedFile::list().into_iter().find(|f| f.pid == me).expect("published");
-/// let snap: Snapshot = file.read()?;
+/// let file = PublishedFile::list().into_iter().find(|f| f.pid == me).expect("published");
+/// let mut snap: Snapshot = file.read()?;
+/// for _ in 0..250 {
+///     if snap.queues.iter().any(|q| q.name == "published" && q.stats.total == 1) {
+///         break;
+///     }
+///     std::thread::sleep(Duration::from_millis(20));
+///     snap = file.read()?;
+/// }
 /// assert_eq!(snap.pid, me);
+/// assert_eq!(snap.queues[0].name, "published");
+/// assert_eq!(snap.queues[0].stats.total, 1);
 /// assert!(snap.dump.contains("published"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -182,7 +195,6 @@ impl Snapshot {
     }
 }
 
-
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
@@ -217,9 +229,10 @@ struct Dec<'a> {
 
 impl Dec<'_> {
     fn take(&mut self, n: usize, what: &str) -> io::Result<&[u8]> {
-        let end = self.pos.checked_add(n).filter(|&end| end <= self.buf.len()).ok_or_else(|| {
-            invalid(format!("truncated at byte {} while reading the {what} ({n} bytes)", self.pos))
-        })?;
+        let end =
+            self.pos.checked_add(n).filter(|&end| end <= self.buf.len()).ok_or_else(|| {
+                invalid(format!("truncated at byte {} while reading the {what} ({n} bytes)", self.pos))
+            })?;
         let bytes = &self.buf[self.pos..end];
         self.pos = end;
         Ok(bytes)

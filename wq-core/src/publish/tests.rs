@@ -74,7 +74,8 @@ fn sample(generation: u64, dump_len: usize) -> Snapshot {
 /// Whether every field that carries the generation agrees with it.
 fn consistent(s: &Snapshot) -> bool {
     let ch = char::from(b'a' + (s.generation % 26) as u8);
-    s.dump.chars().all(|c| c == ch) && s.queues.iter().all(|q| q.stats.total == s.generation && q.stats.rescued == s.generation)
+    s.dump.chars().all(|c| c == ch)
+        && s.queues.iter().all(|q| q.stats.total == s.generation && q.stats.rescued == s.generation)
 }
 
 #[test]
@@ -248,7 +249,8 @@ fn a_runtime_publishes_its_queues_and_stops_when_dropped() {
         alpha.submit(|| ()).unwrap().wait().unwrap();
     }
     beta.submit(|| ()).unwrap().wait().unwrap();
-    let totals = |s: &Snapshot| -> Vec<(String, u64)> { s.queues.iter().map(|q| (q.name.clone(), q.stats.total)).collect() };
+    let totals =
+        |s: &Snapshot| -> Vec<(String, u64)> { s.queues.iter().map(|q| (q.name.clone(), q.stats.total)).collect() };
     let want = vec![("alpha".to_owned(), 5), ("beta".to_owned(), 1)];
     let snap = read_until(&path, |s| totals(s) == want);
     assert_eq!((snap.pid, snap.runtime_id), (pid, runtime_id));

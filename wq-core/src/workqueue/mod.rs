@@ -492,14 +492,12 @@ impl Workqueue {
             return Err(err);
         }
         let color = self.shared.core.color.load(SeqCst);
-        let woken = pool.insert(&mut inner, Entry { pwq: link.clone(), color, job });
+        let wakeups = pool.insert(&mut inner, Entry { pwq: link.clone(), color, job });
         drop(inner);
+        wakeups.fire(pool);
         let trace = &pool.rt.trace;
         if trace.on() {
             trace.record(TraceKind::Queue, crate::sys::gettid(), None, Some(self.name()));
-        }
-        if let Some(w) = woken {
-            w.unpark();
         }
         Ok(())
     }

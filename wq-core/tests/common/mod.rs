@@ -80,8 +80,9 @@ fn sleep(kind: SleepKind, d: Duration) {
     }
 }
 
-/// Timeline tests pin their workers to CPU 0; two at once would distort
-/// each other's timing, so they take turns (tests in a binary run in parallel).
+/// Timing-sensitive tests (timelines pin their workers to CPU 0; others load
+/// every CPU) would distort each other, so every test of their binaries
+/// takes this first (tests in a binary run in parallel).
 static CPU0: Mutex<()> = Mutex::new(());
 
 /// Holds CPU 0 for one timing-sensitive test.
@@ -93,7 +94,6 @@ pub fn cpu0() -> std::sync::MutexGuard<'static, ()> {
 /// Scenarios") in units of [`UNIT`]: w0 burns 1, sleeps 2, burns 1; w1 and
 /// w2 burn 1 and sleep 2. w0 goes to `q0`, w1 and w2 to `q1`.
 pub fn seed_timeline(q0: &Workqueue, q1: &Workqueue, kind: SleepKind) -> Events {
-    let _cpu0 = cpu0();
     let events = Events::default();
     let mut done = Vec::new();
     for (name, q, second_burn) in [("w0", q0, true), ("w1", q1, false), ("w2", q1, false)] {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::pool::Outcome;
+use crate::pool::{drop_quietly, Outcome};
 use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
 
 /// Queued, not started: `cancel` may still win.
@@ -51,12 +51,15 @@ impl<T> CompletionShared<T> {
     /// The worker's side: runs `f` unless cancelled and publishes its result.
     pub(crate) fn run(self: Arc<Self>, f: impl FnOnce() -> T) -> Outcome {
         if self.state.compare_exchange(QUEUED, STARTED, SeqCst, SeqCst).is_err() {
+            // Cancelled: the closure is dropped unrun (its captures' Drop may panic).
+            drop_quietly(f);
             return Outcome::Skipped;
         }
         let result = catch_unwind(AssertUnwindSafe(f)).map_err(Panicked::new);
         let outcome = if result.is_err() { Outcome::Panicked } else { Outcome::Ran };
         if Arc::strong_count(&self) == 1 {
             // The Completion was dropped (detached): nobody wants the value.
+            drop_quietly(result);
             return outcome;
         }
         let mut slot = self.lock();

@@ -133,30 +133,34 @@ impl DelayedWork {
         modify: bool,
     ) -> Result<bool, Error> {
         let shared = &self.shared;
-        Instant::now().checked_add(delay).ok_or(Error::DelayTooLong)?;
+        Instant::now().checked_add(delay).ok_or(Error::DelayTooLong { delay })?;
         let mut slot = shared.lock();
+        // Re-arming takes the old instance back first; a queue that refuses
+        // must leave it alone, so refusal is checked before anything changes.
+        if modify {
+            if let Some(err) = wq.refusal_for_arming() {
+                wq.shared.core.counters.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(err);
+            }
+        }
         let was_pending = modify && (shared.disarm(&mut slot) || shared.work.cancel());
+        if delay.is_zero() {
+            // Marked pending under the pool lock, after the refusal check.
+            let queued = wq.queue_now(&shared.work, cpu_slot)?;
+            return Ok(if modify { was_pending } else { queued });
+        }
+        // Arming and `destroy` both decide under the queue's `armed` lock;
+        // the item becomes pending only once the queue accepted it.
+        let mut armed_set = wq.shared.armed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(err) = wq.refusal_for_arming() {
+            drop(armed_set);
+            wq.shared.core.counters.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(err);
+        }
         let gen = match shared.work.state.try_mark_pending() {
             Ok(gen) => gen,
             Err(NotQueued::Pending | NotQueued::Disabled) => return Ok(was_pending),
         };
-        if delay.is_zero() {
-            drop(slot);
-            return match wq.queue_pending(&shared.work, gen, cpu_slot) {
-                Ok(()) => Ok(!modify || was_pending),
-                Err(err) => {
-                    shared.work.cancel();
-                    Err(err)
-                }
-            };
-        }
-        // Arming and `destroy` both decide under the queue's `armed` lock.
-        let mut armed_set = wq.shared.armed.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(err) = wq.refusal_for_arming() {
-            drop(armed_set);
-            shared.work.cancel();
-            return Err(err);
-        }
         armed_set.insert(self.id());
         drop(armed_set);
         slot.next_token += 1;

@@ -18,7 +18,15 @@ pub enum Error {
         len: usize,
     },
     /// A workqueue name contained a NUL byte.
-    NameHasNul,
+    NameHasNul {
+        /// The name given.
+        name: String,
+    },
+    /// Flag bits that name no [`Flags`](crate::Flags) value.
+    UnknownFlags {
+        /// The unknown bits.
+        bits: u32,
+    },
     /// `max_active` was above [`MAX_ACTIVE_LIMIT`](crate::MAX_ACTIVE_LIMIT).
     MaxActiveTooLarge {
         /// The value given.
@@ -50,7 +58,10 @@ pub enum Error {
     /// The call would wait for the work item or queue it is running in.
     WouldDeadlock(String),
     /// A delay too long to be represented as a deadline.
-    DelayTooLong,
+    DelayTooLong {
+        /// The delay given.
+        delay: std::time::Duration,
+    },
     /// `destroy` found delayed work still armed on the queue.
     DelayedWorkArmed {
         /// The queue's name.
@@ -69,7 +80,8 @@ impl fmt::Display for Error {
             Error::NameTooLong { len } => {
                 write!(f, "workqueue name is {len} bytes long; the limit is {}", crate::MAX_NAME_LEN)
             }
-            Error::NameHasNul => f.write_str("workqueue name contains a NUL byte"),
+            Error::NameHasNul { name } => write!(f, "workqueue name {name:?} contains a NUL byte"),
+            Error::UnknownFlags { bits } => write!(f, "unknown workqueue flag bits {bits:#x}"),
             Error::MaxActiveTooLarge { requested } => {
                 write!(f, "max_active {requested} is above the limit of {}", crate::MAX_ACTIVE_LIMIT)
             }
@@ -84,7 +96,7 @@ impl fmt::Display for Error {
                 write!(f, "workqueue {queue:?} is draining: only its own work items may queue more")
             }
             Error::WouldDeadlock(what) => write!(f, "refused, it would deadlock: {what}"),
-            Error::DelayTooLong => f.write_str("delay is too long to be represented as a deadline"),
+            Error::DelayTooLong { delay } => write!(f, "delay {delay:?} is too long to be represented as a deadline"),
             Error::DelayedWorkArmed { queue, items } => write!(
                 f,
                 "cannot destroy workqueue {queue:?}: delayed work items {items:?} are still armed on it \

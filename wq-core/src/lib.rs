@@ -53,6 +53,7 @@ mod detect;
 mod error;
 mod monitor;
 mod pool;
+mod publish;
 mod rescuer;
 mod runtime;
 mod stats;
@@ -69,6 +70,7 @@ pub use completion::{Completion, Panicked};
 pub use delayed::DelayedWork;
 pub use detect::Detector;
 pub use error::Error;
+pub use publish::{PublishedFile, QueueSnapshot, Snapshot};
 pub use runtime::{Runtime, RuntimeBuilder, SpawnHook};
 pub use stats::{PoolStats, RuntimeStats, WorkqueueStats};
 pub use system::{

@@ -23,7 +23,7 @@
 //! | 40     | runtime id (u64)                           |
 //!
 //! All integers are little-endian; both sides access the mapping only
-//! through atomics. The seqlock: the writer makes the counter odd, writes
+//! through atomics, the payload as whole 8-byte words (zero-padded). The seqlock: the writer makes the counter odd, writes
 //! payload and length, then makes it even; a reader copies the payload
 //! between two reads of the counter and retries unless both were the same
 //! even value, so it never decodes a torn snapshot. The file only grows
@@ -201,7 +201,11 @@ impl Drop for PublishHandle {
 pub(crate) fn start(rt: &Runtime) -> io::Result<PublishHandle> {
     let mut failures = Vec::new();
     for dir in PublishedFile::dirs() {
-        match ensure_dir(&dir).and_then(|()| start_in(rt, &dir)) {
+        let started = ensure_dir(&dir).and_then(|()| {
+            sweep_once(&dir);
+            start_in(rt, &dir)
+        });
+        match started {
             Ok(handle) => return Ok(handle),
             Err(err) => failures.push(format!("{}: {err}", dir.display())),
         }
@@ -247,6 +251,29 @@ fn run(weak: &Weak<RuntimeShared>, mut writer: Writer, stop: &AtomicBool, runtim
         if let Err(err) = writer.write(&snapshot.encode()) {
             tracing::warn!(target: "wq", %err, "stopped publishing runtime counters");
             return;
+        }
+    }
+}
+
+/// Once per process, removes the files of processes that no longer exist
+/// from `dir` (ours: it is a 0700 directory of ours), so files left by
+/// crashed processes, or by ones that never dropped their runtime, do not
+/// pile up between runs of `wq list`.
+fn sweep_once(dir: &Path) {
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    SWEPT.get_or_init(|| sweep(dir));
+}
+
+fn sweep(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let published = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")).unwrap_or(name);
+        if let Some((pid, _)) = parse_file_name(published) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_file(entry.path());
+            }
         }
     }
 }

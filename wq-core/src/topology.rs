@@ -370,7 +370,7 @@ pub(crate) fn format_cpu_list(cpus: &[usize]) -> String {
     let mut iter = cpus.iter().copied().peekable();
     while let Some(lo) = iter.next() {
         let mut hi = lo;
-        while iter.peek() == Some(&(hi + 1)) {
+        while hi.checked_add(1).is_some_and(|next| iter.peek() == Some(&next)) {
             hi = iter.next().unwrap_or(hi);
         }
         out.push(if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") });

@@ -6,13 +6,12 @@
 //! `nr_running`; see `pool/README.md`.
 
 use std::cell::{Cell, RefCell};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crate::detect::{Detector, Probe};
-use crate::pool::{complete_entry, Done, Entry, Job, Outcome, Pool, PoolInner, PwqLink};
+use crate::pool::{complete_entry, drop_quietly, Done, Entry, Job, Outcome, Pool, PoolInner, PwqLink};
 use crate::sys;
 use crate::trace::TraceKind;
 use crate::work::{Claim, Parked, WorkShared};
@@ -414,7 +413,8 @@ fn idle_wait<'a>(
     me.woken.store(false, SeqCst);
     inner.idle.push(me.clone());
     let timeout = pool.rt.config.idle_timeout;
-    let mut deadline = Instant::now() + timeout;
+    // An idle timeout too long for a deadline means never reaping.
+    let mut deadline = Instant::now().checked_add(timeout);
     drop(inner);
     // Work often arrives right after a worker went idle. Waiting for it a
     // little before parking saves both sides a futex call (an unpark of a
@@ -422,13 +422,16 @@ fn idle_wait<'a>(
     // CPU queue a batch before the worker takes the CPU back.
     spin_until_woken(me);
     loop {
-        thread::park_timeout(deadline.saturating_duration_since(Instant::now()));
+        match deadline {
+            Some(d) => thread::park_timeout(d.saturating_duration_since(Instant::now())),
+            None => thread::park(),
+        }
         inner = pool.lock();
         if me.woken.swap(false, SeqCst) {
             inner.nr_waking -= 1;
             return Some(inner);
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             if inner.idle.len() > 1 {
                 inner.idle.retain(|w| !Arc::ptr_eq(w, me));
                 inner.workers.retain(|w| !Arc::ptr_eq(w, me));
@@ -437,7 +440,7 @@ fn idle_wait<'a>(
                 tracing::debug!(target: "wq", worker = %me.name, "idle worker reaped");
                 return None;
             }
-            deadline = Instant::now() + timeout;
+            deadline = Instant::now().checked_add(timeout);
         }
         drop(inner);
     }
@@ -469,7 +472,11 @@ fn process_one(pool: &Arc<Pool>, me: &WorkerShared, meter: &mut CpuMeter, entry:
             let (link, outcome, cpu_time) = execute(pool, me, meter, link, None, f);
             finish_entry(pool, Done { link, color, outcome, cpu_time }, done);
         }
-        Job::Work { work, gen } => run_work(pool, me, meter, work, Parked { link, color, gen }, done),
+        Job::Work { work, gen } => {
+            run_work(pool, me, meter, &work, Parked { link, color, gen }, done);
+            // The last reference drops the item's function and its captures.
+            drop_quietly(work);
+        }
     }
 }
 
@@ -479,7 +486,7 @@ fn run_work(
     pool: &Arc<Pool>,
     me: &WorkerShared,
     meter: &mut CpuMeter,
-    work: Arc<WorkShared>,
+    work: &WorkShared,
     mut inst: Parked,
     done: &mut Vec<Done>,
 ) {
@@ -498,27 +505,24 @@ fn run_work(
     }
     loop {
         let Parked { link, color, gen } = inst;
-        let (link, outcome, cpu_time) = execute(pool, me, meter, link, Some(work.id), || {
-            Outcome::of(catch_unwind(AssertUnwindSafe(|| work.call())).is_err())
-        });
-        work.retire(gen);
+        let (link, outcome, cpu_time) = execute(pool, me, meter, link, Some(work.id), || Outcome::of_call(|| work.call()));
         finish_entry(pool, Done { link, color, outcome, cpu_time }, done);
-        match take_next_instance(pool, &work, done) {
+        match take_next_instance(pool, work, gen, done) {
             Some(next) => inst = next,
             None => return,
         }
     }
 }
 
-/// Ends one execution: clears `RUNNING`, unless instances were parked for
-/// this worker, in which case the live one is returned to run next.
-fn take_next_instance(pool: &Arc<Pool>, work: &WorkShared, done: &mut Vec<Done>) -> Option<Parked> {
+/// Ends the execution of generation `gen`: clears `RUNNING`, unless
+/// instances were parked for this worker, in which case the live one is
+/// returned to run next. `gen` retires only then, so a `flush` that
+/// returns finds the item no longer running (as the kernel's `flush_work`).
+fn take_next_instance(pool: &Arc<Pool>, work: &WorkShared, gen: u64, done: &mut Vec<Done>) -> Option<Parked> {
     loop {
         match work.state.try_finish() {
-            Ok(prev) => {
-                if prev & crate::work::WAITERS != 0 {
-                    work.notify_waiters();
-                }
+            Ok(_) => {
+                work.retire_run(gen);
                 return None;
             }
             Err(_) => {
@@ -536,6 +540,7 @@ fn take_next_instance(pool: &Arc<Pool>, work: &WorkShared, done: &mut Vec<Done>)
                     }
                 }
                 if next.is_some() {
+                    work.retire_run(gen);
                     return next;
                 }
             }

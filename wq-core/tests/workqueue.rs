@@ -15,7 +15,7 @@ fn builder_validates_its_input() {
     let rt = Runtime::builder().cpus([0]).build().unwrap();
     assert!(matches!(rt.workqueue("").build(), Err(Error::EmptyName)));
     assert!(matches!(rt.workqueue(&"x".repeat(65)).build(), Err(Error::NameTooLong { len: 65 })));
-    assert!(matches!(rt.workqueue("a\0b").build(), Err(Error::NameHasNul)));
+    assert!(matches!(rt.workqueue("a\0b").build(), Err(Error::NameHasNul { .. })));
     let too_many = rt.workqueue("q").max_active(MAX_ACTIVE_LIMIT + 1).build();
     assert!(matches!(too_many, Err(Error::MaxActiveTooLarge { requested: 2049 })), "{too_many:?}");
     assert!(matches!(rt.workqueue("q").max_active(4).ordered().build(), Err(Error::ConflictingFlags(_))));

@@ -9,6 +9,7 @@
 mod pwq;
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -48,12 +49,25 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn of(panicked: bool) -> Outcome {
-        if panicked {
-            Outcome::Panicked
-        } else {
-            Outcome::Ran
+    /// Runs user code, containing its panic (and one from dropping the panic).
+    pub(crate) fn of_call(f: impl FnOnce()) -> Outcome {
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(()) => Outcome::Ran,
+            Err(payload) => {
+                drop_quietly(payload);
+                Outcome::Panicked
+            }
         }
+    }
+}
+
+/// Drops a value owned by user code on a worker: a panic in its `Drop`
+/// must not unwind into the worker. (The payload of such a panic is leaked
+/// rather than dropped, since dropping it could panic again.)
+pub(crate) fn drop_quietly<T>(value: T) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        tracing::warn!(target: "wq", "a value dropped by a worker panicked in its Drop");
+        std::mem::forget(payload);
     }
 }
 

@@ -50,9 +50,9 @@ pub struct Snapshot {
     pub published_unix_ms: u64,
     /// The sleep detector in use (`perf`, `procfs` or `explicit-only`).
     pub detector: String,
-    /// The `wq_dump` view: [`Runtime::dump`].
+    /// The `wq_dump` view: [`Runtime::dump`](crate::Runtime::dump).
     pub dump: String,
-    /// Worker and pool counts: [`Runtime::stats`].
+    /// Worker and pool counts: [`Runtime::stats`](crate::Runtime::stats).
     pub runtime: RuntimeStats,
     /// Every live workqueue of the runtime, in creation order.
     pub queues: Vec<QueueSnapshot>,

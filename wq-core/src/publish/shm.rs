@@ -68,6 +68,19 @@ impl Map {
         unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU32>() }
     }
 
+    /// `n` 8-byte words from `off`: the payload is copied a word at a time,
+    /// and only ever accessed as whole words, never mixed with byte accesses.
+    fn words(&self, off: usize, n: usize) -> &[AtomicU64] {
+        assert!(
+            off % 8 == 0 && n.checked_mul(8).and_then(|b| b.checked_add(off)).is_some_and(|end| end <= self.len),
+            "words {off}+{n}*8 outside the mapping"
+        );
+        // SAFETY: in bounds and 8-aligned (asserted; the mapping is
+        // page-aligned), the mapping lives as long as `&self`, and all access
+        // is atomic.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off).cast::<AtomicU64>(), n) }
+    }
+
     fn bytes(&self, off: usize, len: usize) -> &[AtomicU8] {
         assert!(off.checked_add(len).is_some_and(|end| end <= self.len), "bytes {off}+{len} outside the mapping");
         // SAFETY: in bounds (asserted), `AtomicU8` has the size and alignment of
@@ -104,9 +117,17 @@ fn check_header(map: &Map, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// The payload, if a consistent copy could be taken; `None` if the writer
-/// kept changing it or it outgrew this mapping (the caller maps again).
-fn read_consistent(map: &Map) -> Option<Vec<u8>> {
+/// What one attempt to copy the payload gave.
+enum Copied {
+    Payload(Vec<u8>),
+    /// The writer kept changing it.
+    Busy,
+    /// The header, read consistently, declares a payload longer than this
+    /// mapping: the file grew since it was mapped, or is corrupt.
+    Beyond(u64),
+}
+
+fn read_consistent(map: &Map) -> Copied {
     let seq = map.u64_at(OFF_SEQ);
     for _ in 0..64 {
         let before = seq.load(Ordering::Acquire);
@@ -114,19 +135,29 @@ fn read_consistent(map: &Map) -> Option<Vec<u8>> {
             std::hint::spin_loop();
             continue;
         }
-        let len = u64::from_le(map.u64_at(OFF_LEN).load(Ordering::Relaxed));
-        let len = usize::try_from(len).ok().filter(|&l| l <= MAX_PAYLOAD)?;
-        if HEADER_LEN + len > map.len {
-            return None;
+        let declared = u64::from_le(map.u64_at(OFF_LEN).load(Ordering::Relaxed));
+        let fits =
+            usize::try_from(declared).ok().filter(|&l| l <= MAX_PAYLOAD && HEADER_LEN + l.div_ceil(8) * 8 <= map.len);
+        let Some(len) = fits else {
+            fence(Ordering::Acquire);
+            if seq.load(Ordering::Relaxed) == before {
+                return Copied::Beyond(declared);
+            }
+            continue;
+        };
+        let words = len.div_ceil(8);
+        let mut payload: Vec<u8> = Vec::with_capacity(8 * words);
+        for word in map.words(HEADER_LEN, words) {
+            payload.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
         }
-        let payload: Vec<u8> = map.bytes(HEADER_LEN, len).iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        payload.truncate(len);
         // Orders the payload loads before the re-check (Boehm's seqlock reader).
         fence(Ordering::Acquire);
         if seq.load(Ordering::Relaxed) == before {
-            return Some(payload);
+            return Copied::Payload(payload);
         }
     }
-    None
+    Copied::Busy
 }
 
 /// The writing side of one snapshot file.
@@ -188,7 +219,8 @@ impl Writer {
 
     /// Replaces the payload under the seqlock.
     pub(super) fn write(&mut self, payload: &[u8]) -> io::Result<()> {
-        let needed = HEADER_LEN + payload.len();
+        let words = payload.len().div_ceil(8);
+        let needed = HEADER_LEN + 8 * words;
         if needed > self.map.len {
             // Grow, never shrink: readers may still map the old length.
             let cap = capacity_for(needed);
@@ -199,8 +231,10 @@ impl Writer {
         seq.store((self.seq + 1).to_le(), Ordering::Relaxed);
         // Orders the odd counter before the payload stores (Boehm's seqlock writer).
         fence(Ordering::Release);
-        for (dst, &b) in self.map.bytes(HEADER_LEN, payload.len()).iter().zip(payload) {
-            dst.store(b, Ordering::Relaxed);
+        for (dst, chunk) in self.map.words(HEADER_LEN, words).iter().zip(payload.chunks(8)) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            dst.store(u64::from_le_bytes(word), Ordering::Relaxed);
         }
         self.map.u64_at(OFF_LEN).store((payload.len() as u64).to_le(), Ordering::Relaxed);
         self.seq += 2;
@@ -214,6 +248,7 @@ pub(super) fn read_payload(path: &Path) -> io::Result<Vec<u8>> {
     let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
     let deadline = Instant::now() + READ_PATIENCE;
     let mut attempts = 0u32;
+    let mut beyond = None;
     loop {
         let meta = file.metadata()?;
         if !meta.is_file() {
@@ -225,8 +260,19 @@ pub(super) fn read_payload(path: &Path) -> io::Result<Vec<u8>> {
         }
         let map = Map::new(&file, size, false)?;
         check_header(&map, path)?;
-        if let Some(payload) = read_consistent(&map) {
-            return Ok(payload);
+        match read_consistent(&map) {
+            Copied::Payload(payload) => return Ok(payload),
+            // The writer grows the file before it publishes a longer payload,
+            // so a fresh mapping that is still too short means corruption.
+            Copied::Beyond(len) if beyond == Some(len) => {
+                return Err(invalid(format!(
+                    "{}: the header declares a {len}-byte payload but the file holds {} bytes",
+                    path.display(),
+                    size
+                )));
+            }
+            Copied::Beyond(len) => beyond = Some(len),
+            Copied::Busy => beyond = None,
         }
         if Instant::now() >= deadline {
             return Err(io::Error::new(

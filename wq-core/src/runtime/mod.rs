@@ -37,6 +37,7 @@ pub(crate) struct Config {
     pub(crate) spawn_hook: Option<SpawnHook>,
     pub(crate) detector: Detector,
     pub(crate) watchdog_threshold: Duration,
+    pub(crate) publish: bool,
 }
 
 /// What pools, the manager and workers share; holds no pool, so it never
@@ -78,6 +79,8 @@ pub(crate) struct RuntimeShared {
     /// Whether freezable queues are frozen; held while (un)freezing and
     /// while creating a queue.
     freeze: Mutex<bool>,
+    /// Publishes counters for the `wq` tool; dropped (stopping it) with the runtime.
+    publisher: OnceLock<crate::publish::PublishHandle>,
 }
 
 impl Drop for RuntimeShared {
@@ -372,6 +375,7 @@ impl Default for RuntimeBuilder {
                 max_workers: 4096,
                 spawn_hook: None,
                 detector: Detector::Auto,
+                publish: true,
                 watchdog_threshold: Duration::from_secs(30),
             },
         }
@@ -432,6 +436,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Whether the runtime publishes its counters for the `wq` tool
+    /// (`wq dump PID`, `wq monitor PID`) in a small file under
+    /// `$XDG_RUNTIME_DIR/cmwq` or the temp dir (default `true`). A failure
+    /// to publish is logged, never fatal.
+    pub fn publish(mut self, enabled: bool) -> Self {
+        self.config.publish = enabled;
+        self
+    }
+
     /// Builds the runtime and starts its first workers (one idle worker per pool).
     ///
     /// # Errors
@@ -442,11 +455,7 @@ impl RuntimeBuilder {
         let detected = Topology::detect();
         let topology = match &self.cpus {
             None => detected,
-            Some(cpus) => detected.restrict(cpus).map_err(|err| match err {
-                TopologyError::EmptyCpuSet => Error::NoCpus,
-                TopologyError::CpusNotAllowed { missing, allowed } => Error::InvalidCpu { cpu: missing[0], allowed },
-                other => Error::InvalidConfig(other.to_string()),
-            })?,
+            Some(cpus) => restrict(&detected, cpus)?,
         };
         let config = self.config;
         if config.idle_timeout.is_zero() {
@@ -493,6 +502,7 @@ impl RuntimeBuilder {
             timer,
             workqueues: Mutex::new(Vec::new()),
             next_wq_id: AtomicU64::new(1),
+            publisher: OnceLock::new(),
             freeze: Mutex::new(false),
         });
         // From here on a failure drops `shared`, which stops what started.
@@ -508,8 +518,31 @@ impl RuntimeBuilder {
                 rt.shared.pools.unbound(attrs.nice, &cpus, pod, attrs.strict)?;
             }
         }
+        if rt.shared.core.config.publish {
+            match crate::publish::start(&rt) {
+                Ok(handle) => {
+                    let _ = rt.shared.publisher.set(handle);
+                }
+                Err(err) => tracing::warn!(target: "wq", %err, "runtime counters not published for the wq tool"),
+            }
+        }
         Ok(rt)
     }
+}
+
+/// `topology` narrowed to `cpus`, each of which must be in it.
+pub(crate) fn restrict(topology: &Topology, cpus: &[usize]) -> Result<Topology, Error> {
+    if cpus.is_empty() {
+        return Err(Error::NoCpus);
+    }
+    if let Some(&cpu) = cpus.iter().find(|c| !topology.cpus().contains(c)) {
+        return Err(Error::InvalidCpu { cpu, allowed: topology.cpus().to_vec() });
+    }
+    topology.restrict(cpus).map_err(|err| match err {
+        TopologyError::EmptyCpuSet => Error::NoCpus,
+        TopologyError::CpusNotAllowed { missing, allowed } => Error::InvalidCpu { cpu: missing[0], allowed },
+        other => Error::InvalidConfig(other.to_string()),
+    })
 }
 
 impl fmt::Debug for RuntimeBuilder {

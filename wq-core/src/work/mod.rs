@@ -44,6 +44,9 @@ pub(crate) struct WorkShared {
     /// Highest generation that finished running or was cancelled.
     /// Invariant: only grows; `flush` of generation `g` returns once `retired >= g`.
     retired: AtomicU64,
+    /// Runs that finished (RUNNING cleared or handed to the next instance).
+    /// Only grows; a `flush` that saw the item running waits for it to move.
+    runs: AtomicU64,
     wait_lock: Mutex<()>,
     wait_cv: Condvar,
 }
@@ -56,6 +59,7 @@ impl WorkShared {
             func,
             parked: Mutex::new(Vec::new()),
             retired: AtomicU64::new(0),
+            runs: AtomicU64::new(0),
             wait_lock: Mutex::new(()),
             wait_cv: Condvar::new(),
         }
@@ -69,9 +73,21 @@ impl WorkShared {
         self.parked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Generation `gen` is done (ran or was cancelled): release its flushers.
+    /// Generation `gen` is done (ran — and `RUNNING` was cleared or handed
+    /// to the next instance — or was cancelled): release its flushers and
+    /// any `cancel_sync` waiting for `RUNNING` to clear.
     pub(crate) fn retire(&self, gen: u64) {
         self.retired.fetch_max(gen, SeqCst);
+        self.notify_if_waited();
+    }
+
+    /// A run of generation `gen` ended.
+    pub(crate) fn retire_run(&self, gen: u64) {
+        self.runs.fetch_add(1, SeqCst);
+        self.retire(gen);
+    }
+
+    fn notify_if_waited(&self) {
         if self.state.load() & WAITERS != 0 {
             self.notify_waiters();
         }
@@ -131,8 +147,15 @@ impl WorkShared {
         if s & (PENDING | RUNNING) == 0 {
             return Ok(false);
         }
-        let target = gen_of(s);
-        self.wait_until(|w| w.retired.load(SeqCst) >= target);
+        // The pending instance must run or be cancelled, and a run in
+        // progress must end — even if the newer instance is cancelled (its
+        // retirement says nothing of the older run).
+        let pending = (s & PENDING != 0).then(|| gen_of(s));
+        let runs_before = (s & RUNNING != 0).then(|| self.runs.load(SeqCst));
+        self.wait_until(|w| {
+            pending.is_none_or(|p| w.retired.load(SeqCst) >= p)
+                && runs_before.is_none_or(|n| w.runs.load(SeqCst) > n || w.state.load() & RUNNING == 0)
+        });
         Ok(true)
     }
 }

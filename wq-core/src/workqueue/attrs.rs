@@ -43,13 +43,7 @@ impl Attrs {
         }
         let topo = match &self.cpus {
             None => rt.topology().clone(),
-            Some(cpus) => rt.topology().restrict(cpus).map_err(|err| match err {
-                crate::TopologyError::EmptyCpuSet => Error::NoCpus,
-                crate::TopologyError::CpusNotAllowed { missing, .. } => {
-                    Error::InvalidCpu { cpu: missing[0], allowed: rt.cpus().to_vec() }
-                }
-                other => Error::InvalidConfig(other.to_string()),
-            })?,
+            Some(cpus) => crate::runtime::restrict(rt.topology(), cpus)?,
         };
         let cpus = topo.cpus().to_vec();
         // One pwq keeps an ordered queue's items in order.

@@ -61,7 +61,7 @@ impl WorkqueueBuilder {
     /// Creates the queue.
     ///
     /// # Errors
-    /// [`Error::EmptyName`], [`Error::NameTooLong`], [`Error::NameHasNul`],
+    /// [`Error::EmptyName`], [`Error::NameTooLong`], [`Error::NameHasNul`], [`Error::UnknownFlags`],
     /// [`Error::MaxActiveTooLarge`], [`Error::ConflictingFlags`] (ordered
     /// with `max_active` above 1, or with `CPU_INTENSIVE`), and
     /// [`Error::Spawn`] if the global runtime or a `MEM_RECLAIM` queue's
@@ -74,7 +74,11 @@ impl WorkqueueBuilder {
             return Err(Error::NameTooLong { len: self.name.len() });
         }
         if self.name.contains('\0') {
-            return Err(Error::NameHasNul);
+            return Err(Error::NameHasNul { name: self.name });
+        }
+        let unknown = self.flags.bits() & !Flags::all().bits();
+        if unknown != 0 {
+            return Err(Error::UnknownFlags { bits: unknown });
         }
         if self.max_active > MAX_ACTIVE_LIMIT {
             return Err(Error::MaxActiveTooLarge { requested: self.max_active });

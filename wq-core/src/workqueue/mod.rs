@@ -352,9 +352,7 @@ impl Workqueue {
     /// # Errors
     /// [`Error::Destroyed`] or [`Error::Draining`]; `f` is dropped.
     pub fn execute(&self, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
-        let job = Job::Once(Box::new(move || {
-            Outcome::of(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err())
-        }));
+        let job = Job::Once(Box::new(move || Outcome::of_call(f)));
         self.queue_job(job, self.shared.rt.local_slot(), false)
     }
 
@@ -459,27 +457,33 @@ impl Workqueue {
 
     /// Marks `work` pending and queues it on the pwq of `slot`.
     fn queue_work(&self, work: &Arc<WorkShared>, slot: usize) -> Result<bool, Error> {
-        let gen = match work.state.try_mark_pending() {
-            Ok(gen) => gen,
-            Err(NotQueued::Pending | NotQueued::Disabled) => return Ok(false),
-        };
-        match self.queue_job(Job::Work { work: work.clone(), gen }, slot, false) {
-            Ok(()) => Ok(true),
-            Err(err) => {
-                work.cancel();
-                Err(err)
-            }
-        }
+        self.queue_with(slot, false, || mark_pending(work))
     }
 
     /// Queues an instance already marked pending (delayed work firing).
     pub(crate) fn queue_pending(&self, work: &Arc<WorkShared>, gen: u64, slot: Option<usize>) -> Result<(), Error> {
         let slot = slot.unwrap_or_else(|| self.shared.rt.local_slot());
-        self.queue_job(Job::Work { work: work.clone(), gen }, slot, true)
+        self.queue_with(slot, true, || Some(Job::Work { work: work.clone(), gen })).map(drop)
+    }
+
+    /// Marks `work` pending and queues it now (a zero delay), on `slot` or
+    /// the caller's CPU.
+    pub(crate) fn queue_now(&self, work: &Arc<WorkShared>, slot: Option<usize>) -> Result<bool, Error> {
+        let slot = slot.unwrap_or_else(|| self.shared.rt.local_slot());
+        self.queue_with(slot, false, || mark_pending(work))
     }
 
     /// Puts `job` on the pwq for CPU slot `slot`, unless the queue refuses.
     fn queue_job(&self, job: Job, slot: usize, from_timer: bool) -> Result<(), Error> {
+        self.queue_with(slot, from_timer, || Some(job)).map(drop)
+    }
+
+    /// Queues what `make` gives on the pwq for CPU slot `slot`. `make` runs
+    /// under the pool lock after the refusal check, so a work item is
+    /// marked pending only when it is sure to be queued: nobody ever sees a
+    /// pending state that a refusal then takes back. `Ok(false)`: `make`
+    /// gave nothing (the item was pending already).
+    fn queue_with(&self, slot: usize, from_timer: bool, make: impl FnOnce() -> Option<Job>) -> Result<bool, Error> {
         let set = self.shared.pwqs.read().unwrap_or_else(|e| e.into_inner());
         let link = set.for_slot(slot);
         let pool = &link.pool;
@@ -487,10 +491,11 @@ impl Workqueue {
         if let Some(err) = self.shared.core.refusal(from_timer) {
             drop(inner);
             self.shared.core.counters.refused.fetch_add(1, Relaxed);
-            // The job (and whatever it captured) is dropped unlocked.
-            drop(job);
+            // `make` (and whatever it captured) is dropped unlocked.
+            drop(make);
             return Err(err);
         }
+        let Some(job) = make() else { return Ok(false) };
         let color = self.shared.core.color.load(SeqCst);
         let wakeups = pool.insert(&mut inner, Entry { pwq: link.clone(), color, job });
         drop(inner);
@@ -499,7 +504,7 @@ impl Workqueue {
         if trace.on() {
             trace.record(TraceKind::Queue, crate::sys::gettid(), None, Some(self.name()));
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Every pwq that may have work of this queue: the current ones and
@@ -564,6 +569,15 @@ impl Workqueue {
     /// by `DelayedWork` under the `armed` lock to keep the two in step.
     pub(crate) fn refusal_for_arming(&self) -> Option<Error> {
         self.shared.core.refusal(false)
+    }
+}
+
+/// `queue`'s state transition: a new pending instance, unless one exists
+/// (or a `cancel_sync` holds the item).
+fn mark_pending(work: &Arc<WorkShared>) -> Option<Job> {
+    match work.state.try_mark_pending() {
+        Ok(gen) => Some(Job::Work { work: work.clone(), gen }),
+        Err(NotQueued::Pending | NotQueued::Disabled) => None,
     }
 }
 

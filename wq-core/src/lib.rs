@@ -51,6 +51,8 @@ mod completion;
 mod delayed;
 mod detect;
 mod error;
+#[cfg(all(test, loom))]
+mod loom_models;
 mod monitor;
 mod pool;
 mod publish;

@@ -10,9 +10,12 @@
 //! while nothing waits costs nothing, and the explicit hook
 //! (`wq_core::blocking`) covers the zero-latency case. Parking protocol:
 //! the monitor sets `parked`, then re-checks every pool's `nr_pending`;
-//! a queuer raises `nr_pending`, then checks `parked` (both SeqCst). One of
-//! the two always sees the other, so pending work never waits on a parked
-//! monitor.
+//! whoever leaves work pending behind a running worker (a queuer that
+//! finds `nr_running > 0`, a worker that takes an item and leaves more)
+//! raises `nr_pending` first, then checks `parked` (both SeqCst). One of
+//! the two always sees the other. Work queued to a pool with nobody
+//! running needs no monitor: it wakes an idle worker, and if that worker
+//! later sleeps with work left, its own pop pokes.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
@@ -28,8 +31,9 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 
 /// How often busy workers are polled while work is pending.
 const TICK: Duration = Duration::from_micros(50);
-/// How long the monitor keeps ticking after the last pending work.
-const LINGER: Duration = Duration::from_millis(2);
+/// How long the monitor keeps ticking after the last pending work (a few
+/// ticks: parking and being poked again costs a futex call each way).
+const LINGER: Duration = Duration::from_micros(200);
 /// A sleep shorter than this is not acted on: waking a worker for it
 /// would only make that worker go idle again (XNU uses ~200 µs).
 pub(crate) const SLEEP_HYSTERESIS: Duration = Duration::from_micros(100);
@@ -43,6 +47,11 @@ pub(crate) struct Monitor {
 impl Monitor {
     pub(crate) fn new() -> Arc<Monitor> {
         Arc::new(Monitor { parked: AtomicBool::new(false), thread: OnceLock::new(), shutdown: AtomicBool::new(false) })
+    }
+
+    /// Whether the monitor sleeps until poked.
+    pub(crate) fn is_parked(&self) -> bool {
+        self.parked.load(SeqCst)
     }
 
     /// Work became pending on some pool (its `nr_pending` was raised first).
@@ -76,6 +85,12 @@ impl Monitor {
         let _ = self.thread.set(thread::current());
         // A 50 µs sleep lasts 50 µs only with a fine timer slack.
         sys::set_current_timer_slack(1);
+        // The kernel learns of sleeps inside its scheduler; our stand-in must
+        // not queue behind the very threads it watches on a busy machine.
+        // Best effort: without the privilege it runs at the default priority.
+        if sys::set_current_nice(-10).is_err() {
+            tracing::debug!(target: "wq", "the monitor runs at the default priority (raising it was refused)");
+        }
         let hog_threshold = core.config.cpu_hog_threshold;
         let mut busy: Vec<Arc<WorkerShared>> = Vec::new();
         let mut pools: Vec<Arc<Pool>> = Vec::new();

@@ -119,6 +119,21 @@ pub(crate) fn dump(rt: &Runtime) -> String {
             s.pending
         );
     }
+    let _ = writeln!(out, "\nBusy workers");
+    for pool in &rt.shared.pools() {
+        for w in pool.lock().workers.iter().filter(|w| w.flags() & crate::worker::IDLE == 0) {
+            let probe = w.probe.lock().map(|p| p.as_ref().map(|p| p.kind().to_string())).unwrap_or(None);
+            let _ = writeln!(
+                out,
+                "{:<12} pool[{:02}] flags={:#04x} probe={} items={}",
+                w.name,
+                pool.id,
+                w.flags(),
+                probe.as_deref().unwrap_or("none"),
+                w.items_started.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
+    }
     let _ = writeln!(out, "\nWorkqueue CPU -> pool");
     let _ = write!(out, "[{:>24} \\ CPU", "workqueue");
     for cpu in topo.cpus() {

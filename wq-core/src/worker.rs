@@ -505,7 +505,8 @@ fn run_work(
     }
     loop {
         let Parked { link, color, gen } = inst;
-        let (link, outcome, cpu_time) = execute(pool, me, meter, link, Some(work.id), || Outcome::of_call(|| work.call()));
+        let (link, outcome, cpu_time) =
+            execute(pool, me, meter, link, Some(work.id), || Outcome::of_call(|| work.call()));
         finish_entry(pool, Done { link, color, outcome, cpu_time }, done);
         match take_next_instance(pool, work, gen, done) {
             Some(next) => inst = next,
@@ -628,7 +629,10 @@ fn repatriate(pod: &[usize], cpus: &[usize]) {
 /// one's start (the bookkeeping between them is charged to the next item).
 #[derive(Default)]
 struct CpuMeter {
-    checkpoint: Duration,
+    /// Thread CPU time at the last reading; `None` until the first long
+    /// item of a busy period (reading it at every wake-up would put a
+    /// system call on the wake path).
+    checkpoint: Option<Duration>,
     charged: Duration,
     last_end: Option<Instant>,
 }
@@ -636,9 +640,9 @@ struct CpuMeter {
 impl CpuMeter {
     const SHORT: Duration = Duration::from_micros(50);
 
-    /// A busy period starts: take a fresh reading.
+    /// A busy period starts: the idle time before it is nobody's.
     fn checkpoint(&mut self) {
-        self.checkpoint = sys::thread_cpu_time();
+        self.checkpoint = None;
         self.charged = Duration::ZERO;
         self.last_end = None;
     }
@@ -657,8 +661,13 @@ impl CpuMeter {
             return wall;
         }
         let now = sys::thread_cpu_time();
-        let used = now.saturating_sub(self.checkpoint).saturating_sub(self.charged).min(wall);
-        self.checkpoint = now;
+        // The first long item of a busy period has no reading before it:
+        // it is charged its wall time, an upper bound.
+        let used = match self.checkpoint {
+            Some(before) => now.saturating_sub(before).saturating_sub(self.charged).min(wall),
+            None => wall,
+        };
+        self.checkpoint = Some(now);
         self.charged = Duration::ZERO;
         used
     }

@@ -32,7 +32,7 @@ fn check_max_active_2(detector: Detector) {
     let rt = runtime(detector);
     let q0 = rt.workqueue("q0").max_active(2).build().unwrap();
     let ev = seed_timeline(&q0, &q0, SleepKind::Plain);
-    let log = ev.render();
+    let log = format!("{}\n{}", ev.render(), rt.dump());
     assert!(ev.at("w1", "start") < ev.at("w0", "wake"), "w1 must start while w0 sleeps:\n{log}");
     let first_end = ev.at("w0", "end").min(ev.at("w1", "end"));
     assert!(ev.at("w2", "start") >= first_end, "w2 must wait for w0 or w1 to finish:\n{log}");

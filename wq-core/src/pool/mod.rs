@@ -206,22 +206,21 @@ impl Pool {
     /// Publishes the worklist length; pokes the monitor when work becomes
     /// pending (the store comes first: see the parking protocol in monitor.rs).
     pub(crate) fn sync_pending(&self, inner: &PoolInner) {
-        if self.publish_pending(inner) {
+        self.publish_pending(inner);
+        if !inner.worklist.is_empty() && self.rt.monitor.is_parked() {
             self.rt.monitor.poke();
         }
     }
 
-    /// The store part of [`sync_pending`](Pool::sync_pending); returns
-    /// whether the monitor must be poked (the caller may do it unlocked).
-    fn publish_pending(&self, inner: &PoolInner) -> bool {
+    /// Publishes whether the worklist is empty, for the monitor.
+    fn publish_pending(&self, inner: &PoolInner) {
         // Written only on empty <-> non-empty changes: the line stays
         // quiet while a busy pool keeps work queued.
         match inner.worklist.len() {
             0 => self.nr_pending.store(0, SeqCst),
-            1 => return self.nr_pending.swap(1, SeqCst) == 0,
+            1 => self.nr_pending.store(1, SeqCst),
             _ => {}
         }
-        false
     }
 
     /// Wakes an idle worker if work needs one; asks the manager for a new
@@ -269,7 +268,10 @@ impl Pool {
         if pwq.try_claim() {
             tracing::trace!(target: "wq", pool = self.id, "queue_work");
             inner.worklist.push_back(entry);
-            let poke_monitor = self.publish_pending(inner);
+            self.publish_pending(inner);
+            // Work waiting behind a running worker needs the monitor (the
+            // worker may sleep unannounced); work for an idle pool does not.
+            let poke_monitor = self.nr_running() > 0 && self.rt.monitor.is_parked();
             Wakeups { worker: self.kick(inner), poke_monitor }
         } else {
             tracing::trace!(target: "wq", pool = self.id, "queue_work (inactive)");

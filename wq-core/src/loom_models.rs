@@ -1,0 +1,363 @@
+//! Loom models of the handshakes that span more than one state word:
+//! `queue` against `cancel_sync`, the `flush`/`cancel_sync` wait, the pool's
+//! `nr_running` wake-up and the monitor's parking.
+//!
+//! Run with `RUSTFLAGS="--cfg loom" cargo test -p wq-core --lib loom --release`.
+//! Models (1) and (2) drive the real [`State`] (its atomics are loom's under
+//! `--cfg loom`); the helpers around it copy `WorkShared` in `work/mod.rs`
+//! line for line, because `WorkShared` itself uses `std` locks. Models (3)
+//! and (4) restate protocols whose real code uses `std` types throughout
+//! (`pool/mod.rs`, `monitor.rs`); each names the code it follows, and a
+//! change to that code must be mirrored here.
+//!
+//! Loom treats `SeqCst` accesses as `AcqRel` (loom's README, issue #180),
+//! which allows the store-buffering outcome that `SeqCst` forbids: both
+//! sides of a "write mine, then read yours" handshake reading the old value.
+//! The real code relies on `SeqCst` exactly there, so the models restate
+//! that order with [`sc_order`], a `SeqCst` fence, which loom does model
+//! (the C11 guarantee of a `SeqCst` store followed by a `SeqCst` load in one
+//! thread is the same as with a `SeqCst` fence between them). Without it
+//! loom reports lost wake-ups that cannot happen.
+//!
+//! Every model runs with a preemption bound so the whole file checks in
+//! seconds; the bugs these protocols guard against need at most two
+//! preemptions to show (each was checked by breaking the protocol on
+//! purpose and watching loom report it).
+
+use std::collections::VecDeque;
+
+use loom::model::Builder;
+use loom::sync::atomic::{fence, AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use loom::sync::{Arc, Condvar, Mutex};
+use loom::thread;
+
+use crate::work::{gen_of, Claim, NotQueued, State, PENDING, RUNNING, WAITERS};
+
+/// Mask of the state bits that say an instance exists (queued or running).
+const BUSY: u64 = PENDING | RUNNING;
+/// The disable count's bits, as laid out in `work/state.rs`.
+const DISABLE_BITS: u64 = 0xffff << 8;
+
+/// Checks `f` with loom under a preemption bound: the bound keeps each model
+/// to seconds, and every interleaving these protocols can get wrong needs
+/// fewer preemptions than that. `LOOM_MAX_PREEMPTIONS`, if set, overrides it
+/// (read by `Builder::new`) for a deeper run.
+fn check(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = Builder::new();
+    builder.preemption_bound.get_or_insert(preemptions);
+    builder.check(f);
+}
+
+/// The order `SeqCst` gives the real code between a thread's write and its
+/// next read of another location (see the module doc: loom needs it spelled
+/// as a fence).
+fn sc_order() {
+    fence(SeqCst);
+}
+
+/// The waiting half of a work item: `WorkShared` (`work/mod.rs`) without the
+/// function and the hand-off slot, over the real [`State`].
+struct Item {
+    state: State,
+    /// Highest generation that finished running or was cancelled.
+    retired: AtomicU64,
+    wait_lock: Mutex<()>,
+    wait_cv: Condvar,
+}
+
+impl Item {
+    fn new() -> Item {
+        Item { state: State::new(), retired: AtomicU64::new(0), wait_lock: Mutex::new(()), wait_cv: Condvar::new() }
+    }
+
+    /// `WorkShared::retire`: change what waiters read, then notify.
+    fn retire(&self, gen: u64) {
+        self.retired.fetch_max(gen, SeqCst);
+        sc_order();
+        self.notify_if_waited();
+    }
+
+    /// `WorkShared::notify_if_waited` + `notify_waiters`.
+    fn notify_if_waited(&self) {
+        if self.state.load() & WAITERS != 0 && self.state.take_waiters() {
+            let _guard = self.wait_lock.lock().unwrap();
+            self.wait_cv.notify_all();
+        }
+    }
+
+    /// `WorkShared::wait_until`: announce, check, sleep — under the wait lock.
+    fn wait_until(&self, done: impl Fn(&Item) -> bool) {
+        let mut guard = self.wait_lock.lock().unwrap();
+        loop {
+            self.state.set_waiters();
+            sc_order();
+            if done(self) {
+                return;
+            }
+            guard = self.wait_cv.wait(guard).unwrap();
+        }
+    }
+
+    /// `WorkShared::cancel`: returns the cancelled generation.
+    fn cancel(&self) -> Option<u64> {
+        let gen = self.state.try_clear_pending()?;
+        self.retire(gen);
+        Some(gen)
+    }
+
+    /// `WorkShared::cancel_sync_with` (no timer to disarm). `before_enable`
+    /// runs at the point where the real call returns its guarantee: queueing
+    /// is still refused, nothing is pending or running.
+    fn cancel_sync(&self, before_enable: impl FnOnce(&Item)) -> Option<u64> {
+        self.state.disable();
+        let cancelled = self.cancel();
+        self.wait_until(|w| w.state.load() & RUNNING == 0);
+        before_enable(self);
+        self.state.enable();
+        cancelled
+    }
+
+    /// What a worker does with a dequeued entry of generation `gen`
+    /// (`worker::run_work` + `take_next_instance`, one worker, so no
+    /// hand-off): returns whether the instance ran.
+    fn process(&self, gen: u64, on_start: impl FnOnce(u64)) -> bool {
+        match self.state.claim(gen) {
+            Claim::Run => {
+                on_start(gen);
+                assert!(self.state.try_finish().is_ok(), "nobody parked an instance: HANDOFF stays clear");
+                self.retire(gen);
+                true
+            }
+            Claim::Stale => false,
+            Claim::Busy => panic!("one worker at a time: the item cannot be running elsewhere"),
+        }
+    }
+}
+
+/// Drains `list`, processing each entry; returns the generations that ran.
+fn drain(item: &Item, list: &Mutex<VecDeque<u64>>, on_start: impl Fn(u64)) -> Vec<u64> {
+    let mut ran = Vec::new();
+    loop {
+        let Some(gen) = list.lock().unwrap().pop_front() else { return ran };
+        if item.process(gen, &on_start) {
+            ran.push(gen);
+        }
+    }
+}
+
+/// (1) `queue` racing `cancel_sync` while a worker runs the item's queue.
+///
+/// The item starts queued (generation 1). A worker drains the worklist; a
+/// producer queues once more; the main thread runs `cancel_sync`. Checked:
+/// when `cancel_sync` is about to return, nothing is pending or running (so
+/// a `queue` that slipped in while disabled would be caught); no instance
+/// starts after that point unless it was queued after `enable`; and in the
+/// end every accepted generation either ran once or was cancelled, never
+/// both, never neither.
+#[test]
+fn loom_queue_vs_cancel_sync() {
+    check(3, || {
+        let item = Arc::new(Item::new());
+        let list = Arc::new(Mutex::new(VecDeque::new()));
+        let g1 = item.state.try_mark_pending().unwrap();
+        list.lock().unwrap().push_back(g1);
+        // Generation seen by cancel_sync at its return point, plus one (0: not yet).
+        let returned_at = Arc::new(AtomicU64::new(0));
+
+        let worker = {
+            let (item, list, returned_at) = (item.clone(), list.clone(), returned_at.clone());
+            thread::spawn(move || {
+                drain(&item, &list, |gen| {
+                    let seen = returned_at.load(SeqCst);
+                    assert!(seen == 0 || gen >= seen, "generation {gen} started after cancel_sync returned");
+                })
+            })
+        };
+        let producer = {
+            let (item, list) = (item.clone(), list.clone());
+            thread::spawn(move || match item.state.try_mark_pending() {
+                Ok(gen) => {
+                    // `Workqueue::queue_work`: mark pending, then insert under the pool lock.
+                    list.lock().unwrap().push_back(gen);
+                    Some(gen)
+                }
+                Err(NotQueued::Pending | NotQueued::Disabled) => None,
+            })
+        };
+
+        let cancelled = item.cancel_sync(|w| {
+            let s = w.state.load();
+            assert_eq!(s & BUSY, 0, "cancel_sync returns with the item pending or running: {s:#x}");
+            returned_at.store(gen_of(s) + 1, SeqCst);
+        });
+
+        let mut ran = worker.join().unwrap();
+        let queued = producer.join().unwrap();
+        // Whatever is still listed is run by some later worker.
+        ran.extend(drain(&item, &list, |_| {}));
+
+        let accepted: Vec<u64> = std::iter::once(g1).chain(queued).collect();
+        for &gen in &accepted {
+            let runs = ran.iter().filter(|&&g| g == gen).count();
+            let was_cancelled = usize::from(cancelled == Some(gen));
+            assert_eq!(runs + was_cancelled, 1, "generation {gen}: ran {runs} times, cancelled {was_cancelled}");
+        }
+        let s = item.state.load();
+        assert_eq!(s & (BUSY | DISABLE_BITS), 0, "item left busy or disabled: {s:#x}");
+        assert!(item.retired.load(SeqCst) >= *accepted.iter().max().unwrap());
+    });
+}
+
+/// (2) The waiter handshake of `flush` and `cancel_sync` (`work/README.md`,
+/// "Waiting"): a flusher waits for `retired >= gen`, a `cancel_sync` waits
+/// for `RUNNING` to clear, and the worker finishing the run clears `RUNNING`,
+/// raises `retired`, then takes `WAITERS` and notifies under the wait lock.
+/// A lost wake-up leaves a waiter asleep for ever, which loom reports as a
+/// deadlock; both waiters must also see the run over when they return.
+#[test]
+fn loom_flush_and_cancel_sync_wake_up() {
+    check(3, || {
+        let item = Arc::new(Item::new());
+        let gen = item.state.try_mark_pending().unwrap();
+        assert_eq!(item.state.claim(gen), Claim::Run);
+
+        let flusher = {
+            let item = item.clone();
+            thread::spawn(move || {
+                item.wait_until(|w| w.retired.load(SeqCst) >= gen);
+                assert_eq!(item.state.load() & RUNNING, 0, "flush returned while the run it waited for runs");
+            })
+        };
+        let canceller = {
+            let item = item.clone();
+            thread::spawn(move || {
+                let cancelled = item.cancel_sync(|w| assert_eq!(w.state.load() & BUSY, 0));
+                assert_eq!(cancelled, None, "the instance had already started");
+            })
+        };
+
+        // The worker ends the run: `take_next_instance` then `retire_run`.
+        assert!(item.state.try_finish().is_ok());
+        item.retire(gen);
+
+        flusher.join().unwrap();
+        canceller.join().unwrap();
+    });
+}
+
+/// (3) The pool's "no lost wake-up" (`pool/README.md`): a worker running an
+/// item goes to sleep while producers queue.
+///
+/// Follows `WorkerShared::set_flags` (lower `nr_running`, SeqCst, no lock)
+/// then `Pool::worker_stopped_running` (lock, `kick`) on the sleeper's side,
+/// and `Pool::insert` (push and `kick` under the lock) on the producers'.
+/// `kick` is `Pool::kick` over `need_more_worker` with a bound pool's
+/// target of 1. Checked once all are done: work left on the worklist always
+/// has a worker running, one woken, or a creation request at the manager.
+#[test]
+fn loom_nr_running_wake_up() {
+    /// `PoolInner`'s fields that the handshake reads.
+    struct Inner {
+        worklist: usize,
+        idle: usize,
+        nr_waking: usize,
+        want_worker: bool,
+    }
+    struct Pool {
+        nr_running: AtomicIsize,
+        inner: Mutex<Inner>,
+    }
+    impl Pool {
+        fn need_more_worker(&self, inner: &Inner) -> bool {
+            inner.worklist > 0 && (self.nr_running.load(SeqCst).max(0) as usize) + inner.nr_waking < 1
+        }
+        fn kick(&self, inner: &mut Inner) {
+            if !self.need_more_worker(inner) {
+                return;
+            }
+            if inner.idle > 0 {
+                inner.idle -= 1;
+                inner.nr_waking += 1;
+            } else {
+                inner.want_worker = true;
+            }
+        }
+    }
+
+    check(3, || {
+        // One worker runs an item; one more sleeps on the idle list.
+        let pool = Arc::new(Pool {
+            nr_running: AtomicIsize::new(1),
+            inner: Mutex::new(Inner { worklist: 0, idle: 1, nr_waking: 0, want_worker: false }),
+        });
+        let producers: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                thread::spawn(move || {
+                    let mut inner = pool.inner.lock().unwrap();
+                    inner.worklist += 1;
+                    pool.kick(&mut inner);
+                })
+            })
+            .collect();
+
+        // The running worker blocks (`BlockingGuard::enter` or the monitor's
+        // `check_worker`): count first, look at the worklist second.
+        {
+            let mut inner = pool.inner.lock().unwrap();
+            pool.kick(&mut inner);
+        }
+        let prev = pool.nr_running.fetch_sub(1, SeqCst);
+        assert_eq!(prev, 1);
+
+        for p in producers {
+            p.join().unwrap();
+        }
+        let inner = pool.inner.lock().unwrap();
+        assert_eq!(inner.worklist, 2);
+        let served = pool.nr_running.load(SeqCst) > 0 || inner.nr_waking > 0 || inner.want_worker;
+        assert!(served, "work pending, nobody running, nobody woken, no worker requested");
+        assert_eq!(inner.nr_waking, 1, "a burst of queueing wakes exactly one idle worker");
+    });
+}
+
+/// (4) The monitor's parking (`monitor.rs`, `Monitor::park` and
+/// `Monitor::poke`, with `Pool::publish_pending`): the monitor sets `parked`
+/// then re-checks `nr_pending`; a producer raises `nr_pending` then clears
+/// `parked` and unparks. Pending work must never wait on a parked monitor:
+/// the monitor either sees the work before parking or is woken, which loom
+/// checks by reporting a monitor parked for ever as a deadlock.
+#[test]
+fn loom_monitor_park_and_poke() {
+    check(3, || {
+        let parked = Arc::new(AtomicBool::new(false));
+        let nr_pending = Arc::new(AtomicUsize::new(0));
+        let monitor = thread::current();
+
+        let producer = {
+            let (parked, nr_pending) = (parked.clone(), nr_pending.clone());
+            thread::spawn(move || {
+                // `publish_pending`: the empty -> non-empty edge pokes.
+                let was_empty = nr_pending.swap(1, SeqCst) == 0;
+                sc_order();
+                if was_empty && parked.load(SeqCst) && parked.swap(false, SeqCst) {
+                    monitor.unpark();
+                }
+            })
+        };
+
+        // The monitor found nothing pending and lingered: it parks.
+        parked.store(true, SeqCst);
+        sc_order();
+        if nr_pending.load(SeqCst) > 0 {
+            parked.store(false, SeqCst);
+        } else {
+            while parked.load(SeqCst) {
+                thread::park();
+            }
+        }
+        // Back in its loop, the monitor's next tick finds the work.
+        assert_eq!(nr_pending.load(SeqCst), 1, "the monitor left its park without the pending work");
+        producer.join().unwrap();
+    });
+}

@@ -4,8 +4,9 @@
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p wq-core --lib loom --release`.
 //! Models (1) and (2) drive the real [`State`] (its atomics are loom's under
-//! `--cfg loom`); the helpers around it copy `WorkShared` in `work/mod.rs`
-//! line for line, because `WorkShared` itself uses `std` locks. Models (3)
+//! `--cfg loom`); the helpers around it follow `WorkShared` in
+//! `work/mod.rs` step for step (plus the fences below), because `WorkShared`
+//! itself uses `std` locks. Models (3)
 //! and (4) restate protocols whose real code uses `std` types throughout
 //! (`pool/mod.rs`, `monitor.rs`); each names the code it follows, and a
 //! change to that code must be mirrored here.
@@ -14,15 +15,14 @@
 //! which allows the store-buffering outcome that `SeqCst` forbids: both
 //! sides of a "write mine, then read yours" handshake reading the old value.
 //! The real code relies on `SeqCst` exactly there, so the models restate
-//! that order with [`sc_order`], a `SeqCst` fence, which loom does model
-//! (the C11 guarantee of a `SeqCst` store followed by a `SeqCst` load in one
-//! thread is the same as with a `SeqCst` fence between them). Without it
-//! loom reports lost wake-ups that cannot happen.
+//! that order with [`sc_order`], a `SeqCst` fence, which loom does model:
+//! for this write-then-read pattern a `SeqCst` fence between the two
+//! accesses forbids the same outcome as making both accesses `SeqCst`.
+//! Without it loom reports lost wake-ups that cannot happen.
 //!
-//! Every model runs with a preemption bound so the whole file checks in
-//! seconds; the bugs these protocols guard against need at most two
-//! preemptions to show (each was checked by breaking the protocol on
-//! purpose and watching loom report it).
+//! Every model runs with a preemption bound of 3 so the whole file checks
+//! in about a second; at that bound loom reported each protocol broken on
+//! purpose (two steps swapped), and runs with `LOOM_MAX_PREEMPTIONS=5` pass.
 
 use std::collections::VecDeque;
 
@@ -303,12 +303,12 @@ fn loom_nr_running_wake_up() {
 
         // The running worker blocks (`BlockingGuard::enter` or the monitor's
         // `check_worker`): count first, look at the worklist second.
+        let prev = pool.nr_running.fetch_sub(1, SeqCst);
+        assert_eq!(prev, 1);
         {
             let mut inner = pool.inner.lock().unwrap();
             pool.kick(&mut inner);
         }
-        let prev = pool.nr_running.fetch_sub(1, SeqCst);
-        assert_eq!(prev, 1);
 
         for p in producers {
             p.join().unwrap();

@@ -1,7 +1,7 @@
-//! The short version of the stress test in `examples/stress.rs` (same code,
+//! The short version of the stress test in `examples/stress/` (same code,
 //! a few seconds), and targeted races that exact counting cannot see.
 
-#[path = "../examples/stress.rs"]
+#[path = "../examples/stress/main.rs"]
 #[allow(dead_code)]
 mod stress;
 

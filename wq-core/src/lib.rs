@@ -81,5 +81,5 @@ pub use system::{
 pub use topology::{Scope, Topology, TopologyError};
 pub use trace::{Trace, TraceEvent, TraceKind};
 pub use work::Work;
-pub use worker::{blocking, ignore_sleeps, is_worker_thread};
+pub use worker::{blocking, ignore_sleeps, is_worker_thread, min_sleep};
 pub use workqueue::{Attrs, Flags, Workqueue, WorkqueueBuilder, DEFAULT_MAX_ACTIVE, MAX_ACTIVE_LIMIT, MAX_NAME_LEN};

@@ -202,7 +202,8 @@ fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration) {
     match state {
         ThreadState::Sleeping { since } if flags & (SLEEPING | IGNORE_SLEEPS) == 0 => {
             // The kernel's wq_worker_sleeping(): stop counting it, kick the pool.
-            let long_enough = since.elapsed() >= SLEEP_HYSTERESIS;
+            let min = Duration::from_nanos(w.min_sleep_ns.load(Relaxed)).max(SLEEP_HYSTERESIS);
+            let long_enough = since.elapsed() >= min;
             if long_enough && w.set_flags(pool, SLEEPING) {
                 w.trace(pool, TraceKind::Sleep);
                 if pool.worker_stopped_running() {

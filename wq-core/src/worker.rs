@@ -61,6 +61,9 @@ pub(crate) struct WorkerShared {
     /// Wake-ups the monitor caused for the current item, not yet counted
     /// in its queue's stats (the worker adds them at item end).
     pub(crate) cm_wakeups: AtomicU64,
+    /// Inside `wq_core::min_sleep`: the shortest sleep (ns) the monitor
+    /// acts on; 0 means its default hysteresis.
+    pub(crate) min_sleep_ns: AtomicU64,
 }
 
 impl WorkerShared {
@@ -79,6 +82,7 @@ impl WorkerShared {
             cpu_base_ns: AtomicU64::new(0),
             hog_marked: AtomicBool::new(false),
             cm_wakeups: AtomicU64::new(0),
+            min_sleep_ns: AtomicU64::new(0),
         }
     }
 
@@ -212,6 +216,31 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
 /// made for. On a thread that is not a worker it simply runs `f`.
 pub fn ignore_sleeps<R>(f: impl FnOnce() -> R) -> R {
     let _guard = IgnoreSleepsGuard::enter();
+    f()
+}
+
+/// Runs `f` telling the sleep detector to act only on sleeps of the
+/// calling worker that last at least `d` without a break.
+///
+/// For code whose short waits are not I/O another worker could overlap:
+/// a Python worker is made to hand the GIL over every switch interval
+/// (5 ms), a wait no other worker could shorten, while a real I/O sleep
+/// is one longer block. Nested calls use the innermost `d`; on a thread
+/// that is not a worker it simply runs `f`.
+pub fn min_sleep<R>(d: Duration, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<(Arc<WorkerShared>, u64)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some((me, before)) = self.0.take() {
+                me.min_sleep_ns.store(before, Relaxed);
+            }
+        }
+    }
+    let me = WORKER.with(|w| w.borrow().as_ref().map(|(_, me)| me.clone()));
+    let _restore = Restore(me.map(|me| {
+        let before = me.min_sleep_ns.swap(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        (me, before)
+    }));
     f()
 }
 

@@ -221,3 +221,32 @@ fn ignore_sleeps_keeps_the_worker_counted_as_running() {
     }
     assert!(ev.at("b", "start") >= ev.at("a", "end"), "an ignored sleep started a worker:\n{}", ev.render());
 }
+
+#[test]
+fn min_sleep_makes_the_detector_ignore_shorter_sleeps() {
+    let _cpu0 = common::cpu0();
+    let rt = runtime(Detector::Auto);
+    let q = rt.workqueue("short-waits").max_active(3).build().unwrap();
+    let ev = Events::default();
+    let mut done = Vec::new();
+    for (name, min) in [("a", 4 * UNIT), ("b", Duration::ZERO)] {
+        let ev = ev.clone();
+        done.push(
+            q.submit(move || {
+                ev.record(name, "start");
+                // Short sleeps, each shorter than `min`: not worth another worker.
+                wq_core::min_sleep(min, || {
+                    for _ in 0..4 {
+                        thread::sleep(UNIT / 2);
+                    }
+                });
+                ev.record(name, "end");
+            })
+            .unwrap(),
+        );
+    }
+    for d in done {
+        d.wait().unwrap();
+    }
+    assert!(ev.at("b", "start") >= ev.at("a", "end"), "a sleep below min_sleep started a worker:\n{}", ev.render());
+}

@@ -14,7 +14,7 @@ the tables show medians over rounds):
 cmwq items mark their sleep with `cmwq.blocking` (its explicit hook); the row "cmwq (plain
 sleep)" relies on automatic sleep detection instead. Run:
 
-    python benches/python/bench_executors.py            # full run (about 2 minutes)
+    python benches/python/bench_executors.py            # full run (a few minutes)
     python benches/python/bench_executors.py --quick    # smoke run
 """
 

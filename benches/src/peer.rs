@@ -10,8 +10,8 @@ use std::fmt;
 use std::ops::Range;
 
 use crate::scenario::{
-    latency, mixed, throughput, timeline, LatencyConfig, LatencyRun, MixedConfig, MixedRun, Scenario, ThroughputConfig,
-    ThroughputRun, TimelineConfig, TimelineRun,
+    detect, latency, mixed, throughput, timeline, DetectConfig, DetectRun, LatencyConfig, LatencyRun, MixedConfig,
+    MixedRun, Scenario, ThroughputConfig, ThroughputRun, TimelineConfig, TimelineRun,
 };
 use crate::tracker::Tracker;
 
@@ -117,6 +117,8 @@ pub trait Runner: Send + Sync {
     fn mixed(&self, cfg: &MixedConfig, hooked: bool) -> Result<MixedRun, RunError>;
     /// Scenario (d): the seed's w0/w1/w2 timeline.
     fn timeline(&self, cfg: &TimelineConfig) -> Result<TimelineRun, RunError>;
+    /// Scenario (e): sleep-to-next-start latency; `hooked` puts the sleep inside [`Peer::blocking`].
+    fn detect(&self, cfg: &DetectConfig, hooked: bool) -> Result<DetectRun, RunError>;
     /// See [`Peer::thread_prefixes`].
     fn thread_prefixes(&self) -> &'static [&'static str];
 }
@@ -134,6 +136,9 @@ impl<P: Peer> Runner for P {
     fn timeline(&self, cfg: &TimelineConfig) -> Result<TimelineRun, RunError> {
         timeline::run(self, cfg)
     }
+    fn detect(&self, cfg: &DetectConfig, hooked: bool) -> Result<DetectRun, RunError> {
+        detect::run(self, cfg, hooked)
+    }
     fn thread_prefixes(&self) -> &'static [&'static str] {
         Peer::thread_prefixes(self)
     }
@@ -145,7 +150,8 @@ pub struct PeerSpec {
     pub name: String,
     /// Scenarios this peer runs in.
     pub scenarios: &'static [Scenario],
-    /// Whether the mixed scenario also runs with the sleep inside the peer's blocking hook.
+    /// Whether the mixed scenario also runs with the sleep inside the peer's blocking hook
+    /// (and whether the detect scenario runs its sleep inside it).
     pub has_blocking_hook: bool,
     /// Builds a fresh instance; each run gets its own, dropped afterwards, so its threads count
     /// toward its own run only.

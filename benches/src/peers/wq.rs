@@ -1,12 +1,17 @@
-//! wq-core as a peer: `submit` on a bound and on an unbound workqueue, and `queue` of prepared
-//! [`Work`] items for throughput.
+//! wq-core as a peer: `submit` on a bound and on an unbound workqueue, `queue` of prepared
+//! [`Work`] items for throughput, and one-CPU runtimes with each sleep detector forced for the
+//! detection scenario.
+//!
+//! Items that sleep without `wq_core::blocking` are seen by the runtime's sleep detector
+//! (`Detector::Auto` unless a row forces one); the mixed scenario's rows named `detector=auto`
+//! measure exactly that, next to the same queues with the sleep inside the hook.
 
 use std::ops::Range;
 use std::sync::Mutex;
 
-use wq_core::{Flags, Runtime, Work, Workqueue};
+use wq_core::{Detector, Flags, Runtime, Work, Workqueue};
 
-use crate::peer::{Peer, PeerError, PeerSpec, Submitter, GENERAL};
+use crate::peer::{Peer, PeerError, PeerSpec, Submitter};
 use crate::scenario::Scenario;
 use crate::tracker::Tracker;
 
@@ -21,10 +26,14 @@ pub struct WqConfig {
     pub unbound: bool,
     /// Restrict the runtime to these CPUs (`Runtime::builder().cpus(..)`); all if `None`.
     pub cpus: Option<Vec<usize>>,
+    /// How the runtime learns of sleeps outside `wq_core::blocking` (default `Auto`). A forced
+    /// detector the kernel refuses fails the build rather than falling back, so a row named
+    /// after a detector always measures that detector.
+    pub detector: Detector,
 }
 
 fn build(cfg: &WqConfig) -> Result<(Runtime, Workqueue), PeerError> {
-    let mut b = Runtime::builder();
+    let mut b = Runtime::builder().detector(cfg.detector);
     if let Some(cpus) = &cfg.cpus {
         b = b.cpus(cpus.iter().copied());
     }
@@ -121,18 +130,48 @@ impl Peer for WqQueueWork {
     }
 }
 
+// The general-purpose wq rows are split by scenario: only the mixed rows sleep, so only their
+// names need to say that the runtime's detector is what sees those sleeps.
+const LATENCY_THROUGHPUT: &[Scenario] = &[Scenario::Latency, Scenario::Throughput];
+const MIXED: &[Scenario] = &[Scenario::Mixed];
+const DETECT: &[Scenario] = &[Scenario::Detect];
+
 /// The wq-core rows of the tables.
 pub fn specs() -> Vec<PeerSpec> {
     let bound = WqConfig::default();
     let unbound = WqConfig { unbound: true, ..WqConfig::default() };
     let one_cpu = WqConfig { cpus: Some(vec![0]), ..WqConfig::default() };
-    let b2 = bound.clone();
+    let on_cpu0 = |detector| WqConfig { detector, ..one_cpu.clone() };
+    let (perf, procfs, explicit) =
+        (on_cpu0(Detector::Perf), on_cpu0(Detector::Procfs), on_cpu0(Detector::ExplicitOnly));
+    let (b2, b3, u2) = (bound.clone(), bound.clone(), unbound.clone());
     vec![
-        PeerSpec::new("wq-core submit (bound)", GENERAL, move || WqSubmit::new(&bound)).with_blocking_hook(),
-        PeerSpec::new("wq-core submit (unbound)", GENERAL, move || WqSubmit::new(&unbound)).with_blocking_hook(),
+        PeerSpec::new("wq-core submit (bound)", LATENCY_THROUGHPUT, move || WqSubmit::new(&bound)),
+        PeerSpec::new("wq-core submit (unbound)", LATENCY_THROUGHPUT, move || WqSubmit::new(&unbound)),
         PeerSpec::new("wq-core queue(Work) (bound)", &[Scenario::Throughput], move || WqQueueWork::new(&b2)),
+        // Plain `std::thread::sleep` rows (the Auto detector sees the sleep), each followed by
+        // its `+ blocking(sleep)` row (the hook tells the pool first; the detector then adds
+        // nothing).
+        PeerSpec::new("wq-core submit (bound), detector=auto", MIXED, move || WqSubmit::new(&b3)).with_blocking_hook(),
+        PeerSpec::new("wq-core submit (unbound), detector=auto", MIXED, move || WqSubmit::new(&u2))
+            .with_blocking_hook(),
         PeerSpec::new("wq-core submit (bound), cpus([0])", &[Scenario::Timeline], move || WqSubmit::new(&one_cpu)),
+        PeerSpec::new("wq-core detector=perf, cpus([0])", DETECT, move || WqSubmit::new(&perf)),
+        PeerSpec::new("wq-core detector=procfs, cpus([0])", DETECT, move || WqSubmit::new(&procfs)),
+        // The hook on a runtime without a detector: the zero-detection-latency reference, and
+        // the baseline the detectors' throughput overhead is measured against.
+        PeerSpec::new("wq-core detector=explicit-only + blocking(sleep), cpus([0])", DETECT, move || {
+            WqSubmit::new(&explicit)
+        })
+        .with_blocking_hook(),
     ]
+}
+
+/// What `Detector::Auto` resolves to on this machine, and why, from a throwaway runtime.
+pub fn auto_detector() -> Result<(Detector, String), PeerError> {
+    let rt = Runtime::builder().publish(false).build().map_err(|e| PeerError::new("building the wq runtime", e))?;
+    let (kind, why) = rt.detector();
+    Ok((kind, why.to_string()))
 }
 
 #[cfg(test)]
@@ -163,6 +202,15 @@ mod tests {
         let r = throughput::run(&p, &cfg, 2).unwrap();
         assert!(r.integrity.is_clean(), "{:?}", r.integrity);
         assert_eq!(r.integrity.exact, 5_001);
+    }
+
+    #[test]
+    fn forced_detectors_are_the_ones_in_use() {
+        for d in [Detector::Perf, Detector::Procfs, Detector::ExplicitOnly] {
+            let (rt, _wq) = build(&WqConfig { cpus: Some(vec![0]), detector: d, ..WqConfig::default() }).unwrap();
+            assert_eq!(rt.detector().0, d, "{}", rt.detector().1);
+        }
+        assert_ne!(auto_detector().unwrap().0, Detector::Auto);
     }
 
     #[test]

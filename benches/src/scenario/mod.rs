@@ -1,4 +1,4 @@
-//! The four scenarios, each a generic function over [`Peer`] that returns one round's numbers.
+//! The scenarios, each a generic function over [`Peer`] that returns one round's numbers.
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,6 +7,9 @@ use std::time::Duration;
 use crate::peer::{Peer, PeerError, RunError};
 use crate::tracker::{Integrity, Lease};
 
+pub use detect::{DetectConfig, DetectRun};
+
+pub mod detect;
 pub mod latency;
 pub mod mixed;
 pub mod throughput;
@@ -23,11 +26,14 @@ pub enum Scenario {
     Mixed,
     /// (d) The kernel documentation's w0/w1/w2 example on one CPU.
     Timeline,
+    /// (e) How soon a plain sleep in an item lets the next pending item start, per sleep detector.
+    Detect,
 }
 
 impl Scenario {
     /// All scenarios, in the order `compare` runs them.
-    pub const ALL: [Scenario; 4] = [Scenario::Latency, Scenario::Throughput, Scenario::Mixed, Scenario::Timeline];
+    pub const ALL: [Scenario; 5] =
+        [Scenario::Latency, Scenario::Throughput, Scenario::Mixed, Scenario::Timeline, Scenario::Detect];
 
     /// The command-line name.
     pub fn name(self) -> &'static str {
@@ -36,6 +42,7 @@ impl Scenario {
             Scenario::Throughput => "throughput",
             Scenario::Mixed => "mixed",
             Scenario::Timeline => "timeline",
+            Scenario::Detect => "detect",
         }
     }
 }
@@ -49,10 +56,9 @@ impl fmt::Display for Scenario {
 impl FromStr for Scenario {
     type Err = String;
     fn from_str(s: &str) -> Result<Scenario, String> {
-        Scenario::ALL
-            .into_iter()
-            .find(|sc| sc.name() == s)
-            .ok_or_else(|| format!("unknown scenario `{s}` (expected one of: latency, throughput, mixed, timeline)"))
+        Scenario::ALL.into_iter().find(|sc| sc.name() == s).ok_or_else(|| {
+            format!("unknown scenario `{s}` (expected one of: latency, throughput, mixed, timeline, detect)")
+        })
     }
 }
 

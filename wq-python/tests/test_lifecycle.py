@@ -1,0 +1,125 @@
+"""Interpreter exit and Ctrl-C, each in a fresh interpreter."""
+
+import pytest
+
+
+def check(proc, expected_stdout):
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Fatal Python error" not in proc.stderr, proc.stderr
+    assert proc.stdout.split() == expected_stdout.split(), (proc.stdout, proc.stderr)
+
+
+def test_exit_with_queued_work_runs_it_and_exits(script):
+    proc = script(
+        """
+        import time, cmwq
+        wq = cmwq.Workqueue("exiting", ordered=True)
+        done = []
+        def item(i):
+            cmwq.blocking(time.sleep, 0.01)
+            done.append(i)
+            if i == 49:
+                print("last item ran", len(done))
+        for i in range(50):
+            wq.submit(item, i)
+        print("main done")
+        """
+    )
+    check(proc, "main done last item ran 50")
+
+
+def test_exit_with_work_on_system_queues(script):
+    proc = script(
+        """
+        import time, cmwq
+        for q in (cmwq.system_wq, cmwq.system_unbound_wq, cmwq.system_long_wq):
+            for _ in range(20):
+                q.submit(cmwq.blocking, time.sleep, 0.01)
+        print("ok")
+        """
+    )
+    check(proc, "ok")
+
+
+def test_submit_during_exit_is_refused(script):
+    proc = script(
+        """
+        import atexit, cmwq
+        wq = cmwq.Workqueue("late")
+        def late():
+            try:
+                wq.submit(print, "must not run")
+            except RuntimeError as e:
+                print("refused:", "interpreter shutdown" in str(e))
+        atexit.register(late)
+        """
+    )
+    check(proc, "refused: True")
+
+
+def test_exit_while_items_submit_more(script):
+    proc = script(
+        """
+        import time, cmwq
+        wq = cmwq.Workqueue("chain")
+        def chain(n):
+            cmwq.blocking(time.sleep, 0.005)
+            try:
+                wq.submit(chain, n + 1)
+            except RuntimeError:
+                pass
+        wq.submit(chain, 0)
+        time.sleep(0.05)
+        print("bye")
+        """
+    )
+    check(proc, "bye")
+
+
+@pytest.mark.parametrize(
+    "wait_call",
+    ["fut.result()", "wq.flush()", "wq.shutdown(wait=True)"],
+)
+def test_keyboard_interrupt_while_waiting_is_not_swallowed(script, wait_call):
+    proc = script(
+        f"""
+        import os, signal, time, cmwq
+        wq = cmwq.Workqueue("sigint")
+        def interrupt_main_then_block():
+            # Signal only once the main thread is surely blocked in its wait: a signal landing
+            # between CPython releasing the GIL and blocking on a lock is only seen when that
+            # lock is released (a CPython race, the same with ThreadPoolExecutor).
+            cmwq.blocking(time.sleep, 0.2)
+            os.kill(os.getpid(), signal.SIGINT)
+            cmwq.blocking(time.sleep, 2.0)
+        fut = wq.submit(interrupt_main_then_block)
+        start = time.monotonic()
+        try:
+            {wait_call}
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt", time.monotonic() - start < 1.0)
+        else:
+            print("not interrupted")
+        """
+    )
+    check(proc, "KeyboardInterrupt True")
+
+
+def test_exit_hook_interrupted_does_not_crash(script):
+    """Ctrl-C while the exit hook waits: queued items are cancelled, the process still ends
+    without a crash (the running item is abandoned like a daemon thread)."""
+    proc = script(
+        """
+        import os, signal, threading, time, cmwq
+        wq = cmwq.Workqueue("stuck", ordered=True)
+        def long_item():
+            cmwq.blocking(time.sleep, 0.5)
+        for _ in range(20):
+            wq.submit(long_item)
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        print("exiting")
+        """
+    )
+    assert "Fatal Python error" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 1, -2, 130), (proc.returncode, proc.stderr)
+    assert "exiting" in proc.stdout

@@ -71,9 +71,7 @@ fn check_sum(sum: u64, n: u64) -> Result<(), String> {
     if sum == want {
         Ok(())
     } else {
-        Err(format!(
-            "joined sum {sum}, expected {want}: tasks lost or wrong"
-        ))
+        Err(format!("joined sum {sum}, expected {want}: tasks lost or wrong"))
     }
 }
 
@@ -94,10 +92,7 @@ struct WqFutures {
 impl WqFutures {
     fn new() -> Result<WqFutures, String> {
         let rt = Runtime::builder().build().map_err(|e| e.to_string())?;
-        let wq = rt
-            .workqueue("bench-async")
-            .build()
-            .map_err(|e| e.to_string())?;
+        let wq = rt.workqueue("bench-async").build().map_err(|e| e.to_string())?;
         Ok(WqFutures { wq, _rt: rt })
     }
 }
@@ -210,9 +205,7 @@ struct Tokio {
 
 impl Tokio {
     fn new() -> Result<Tokio, String> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .build()
-            .map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_multi_thread().build().map_err(|e| e.to_string())?;
         Ok(Tokio { rt })
     }
 }
@@ -250,15 +243,9 @@ type Builder = fn() -> Result<Box<dyn AsyncPeer>, String>;
 
 fn peers() -> Vec<(&'static str, Builder)> {
     vec![
-        ("wq-futures (bound queue)", || {
-            Ok(Box::new(WqFutures::new()?) as Box<dyn AsyncPeer>)
-        }),
-        ("async-executor (1 run/CPU)", || {
-            Ok(Box::new(AsyncExecutor::new(cpus())?) as Box<dyn AsyncPeer>)
-        }),
-        ("tokio multi-thread", || {
-            Ok(Box::new(Tokio::new()?) as Box<dyn AsyncPeer>)
-        }),
+        ("wq-futures (bound queue)", || Ok(Box::new(WqFutures::new()?) as Box<dyn AsyncPeer>)),
+        ("async-executor (1 run/CPU)", || Ok(Box::new(AsyncExecutor::new(cpus())?) as Box<dyn AsyncPeer>)),
+        ("tokio multi-thread", || Ok(Box::new(Tokio::new()?) as Box<dyn AsyncPeer>)),
     ]
 }
 
@@ -324,17 +311,12 @@ fn main() -> ExitCode {
         }
     }
 
-    let mut t = Table::new(
-        format!("spawn+join of {TASKS} tiny tasks"),
-        &["executor", "tasks/s", "vs wq-futures"],
-    );
+    let mut t = Table::new(format!("spawn+join of {TASKS} tiny tasks"), &["executor", "tasks/s", "vs wq-futures"]);
     t.note(format!(
         "{rounds} rounds, {} CPUs; median [min–max]; tasks spawned from, and joined on, the main thread.",
         cpus()
     ));
-    let reference = Spread::of(&spawn_rates[0])
-        .map(|s| s.median)
-        .unwrap_or(f64::NAN);
+    let reference = Spread::of(&spawn_rates[0]).map(|s| s.median).unwrap_or(f64::NAN);
     for (i, (name, _)) in peers.iter().enumerate() {
         let cells = match Spread::of(&spawn_rates[i]) {
             Some(s) => vec![name.to_string(), s.show(rate), ratio(s.median, reference)],
@@ -348,9 +330,7 @@ fn main() -> ExitCode {
         format!("ping-pong between two tasks, {ROUND_TRIPS} round trips"),
         &["executor", "µs per round trip", "vs wq-futures"],
     );
-    t.note(format!(
-        "{rounds} rounds; two async-channel channels of capacity 1; lower is better."
-    ));
+    t.note(format!("{rounds} rounds; two async-channel channels of capacity 1; lower is better."));
     let reference = Spread::of(&rtt_us[0]).map(|s| s.median).unwrap_or(f64::NAN);
     for (i, (name, _)) in peers.iter().enumerate() {
         let cells = match Spread::of(&rtt_us[i]) {

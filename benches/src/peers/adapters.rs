@@ -21,9 +21,7 @@ pub struct WqSpawnBlocking {
 impl WqSpawnBlocking {
     /// A fresh runtime on all CPUs and a spawn_blocking queue on it.
     pub fn new() -> Result<WqSpawnBlocking, PeerError> {
-        let rt = Runtime::builder()
-            .build()
-            .map_err(|e| PeerError::new("building the wq runtime", e))?;
+        let rt = Runtime::builder().build().map_err(|e| PeerError::new("building the wq runtime", e))?;
         let wq = wq_tokio_compat::blocking_queue_on(&rt)
             .map_err(|e| PeerError::new("building the spawn_blocking queue", e))?;
         Ok(WqSpawnBlocking { wq, _rt: rt })
@@ -65,13 +63,8 @@ pub struct WqFuturesSpawn {
 impl WqFuturesSpawn {
     /// A fresh runtime on all CPUs and a bound queue on it.
     pub fn new() -> Result<WqFuturesSpawn, PeerError> {
-        let rt = Runtime::builder()
-            .build()
-            .map_err(|e| PeerError::new("building the wq runtime", e))?;
-        let wq = rt
-            .workqueue("bench-futures")
-            .build()
-            .map_err(|e| PeerError::new("building the workqueue", e))?;
+        let rt = Runtime::builder().build().map_err(|e| PeerError::new("building the wq runtime", e))?;
+        let wq = rt.workqueue("bench-futures").build().map_err(|e| PeerError::new("building the workqueue", e))?;
         Ok(WqFuturesSpawn { wq, _rt: rt })
     }
 }
@@ -85,10 +78,7 @@ impl Peer for WqFuturesSpawn {
     where
         F: FnOnce() + Send + 'static,
     {
-        self.wq
-            .try_spawn(async move { f() })
-            .map(drop)
-            .map_err(|e| PeerError::new("wq-futures spawn", e))
+        self.wq.try_spawn(async move { f() }).map(drop).map_err(|e| PeerError::new("wq-futures spawn", e))
     }
 
     fn blocking<R>(f: impl FnOnce() -> R) -> R {
@@ -105,13 +95,7 @@ impl Drop for WqFuturesSpawn {
 /// The adapter rows of the tables; listed right after tokio's `spawn_blocking` row.
 pub fn specs() -> Vec<PeerSpec> {
     vec![
-        PeerSpec::new(
-            "wq-tokio-compat spawn_blocking",
-            GENERAL,
-            WqSpawnBlocking::new,
-        )
-        .with_blocking_hook(),
-        PeerSpec::new("wq-futures spawn (bound)", GENERAL, WqFuturesSpawn::new)
-            .with_blocking_hook(),
+        PeerSpec::new("wq-tokio-compat spawn_blocking", GENERAL, WqSpawnBlocking::new).with_blocking_hook(),
+        PeerSpec::new("wq-futures spawn (bound)", GENERAL, WqFuturesSpawn::new).with_blocking_hook(),
     ]
 }

@@ -81,10 +81,7 @@ fn parse_args() -> Result<Config, String> {
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        let number = |name: &str, v: String| {
-            v.parse::<usize>()
-                .map_err(|_| format!("{name}: `{v}` is not a number"))
-        };
+        let number = |name: &str, v: String| v.parse::<usize>().map_err(|_| format!("{name}: `{v}` is not a number"));
         match a.as_str() {
             "--backend" => {
                 cfg.backend = Some(match value("--backend")?.as_str() {
@@ -114,9 +111,7 @@ impl Queues {
     fn new() -> Result<Queues, wq_core::Error> {
         Ok(Queues {
             files: Workqueue::builder("http_files").build()?,
-            hashing: Workqueue::builder("http_hash")
-                .flags(Flags::CPU_INTENSIVE)
-                .build()?,
+            hashing: Workqueue::builder("http_hash").flags(Flags::CPU_INTENSIVE).build()?,
             log: Workqueue::builder("http_log").ordered().build()?,
         })
     }
@@ -243,11 +238,7 @@ struct ThreadPeak {
 fn thread_count() -> usize {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0)
 }
 
@@ -265,11 +256,7 @@ impl ThreadPeak {
                 }
             })
         };
-        ThreadPeak {
-            stop,
-            peak,
-            sampler: Some(sampler),
-        }
+        ThreadPeak { stop, peak, sampler: Some(sampler) }
     }
 
     fn stop(mut self) -> usize {
@@ -294,9 +281,7 @@ async fn client(addr: SocketAddr, n: usize, deadline: Instant) -> Result<Vec<u64
             break;
         }
         let start = Instant::now();
-        write
-            .write_all(b"GET /work HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await?;
+        write.write_all(b"GET /work HTTP/1.1\r\nHost: localhost\r\n\r\n").await?;
         let mut content_length = None;
         let mut status_ok = false;
         loop {
@@ -331,10 +316,8 @@ async fn client(addr: SocketAddr, n: usize, deadline: Instant) -> Result<Vec<u64
 /// request order.
 fn check_log(path: &Path, requests: usize) -> Result<(usize, bool), BoxError> {
     let text = std::fs::read_to_string(path)?;
-    let seqs: Vec<u64> = text
-        .lines()
-        .map(|l| l.split(' ').next().unwrap_or("").parse::<u64>())
-        .collect::<Result<_, _>>()?;
+    let seqs: Vec<u64> =
+        text.lines().map(|l| l.split(' ').next().unwrap_or("").parse::<u64>()).collect::<Result<_, _>>()?;
     if seqs.len() != requests {
         return Err(format!("{} log lines for {requests} requests", seqs.len()).into());
     }
@@ -350,11 +333,7 @@ fn run_one(backend: Backend, cfg: &Config) -> Result<(), BoxError> {
     let data_path = dir.join("data.bin");
     std::fs::write(&data_path, (0..64 * 1024u32).map(|i| (i * 7) as u8).collect::<Vec<_>>())?;
     let log_path = dir.join("access.log");
-    let log = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&log_path)?;
+    let log = OpenOptions::new().create(true).truncate(true).write(true).open(&log_path)?;
 
     let peak = ThreadPeak::start();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -388,17 +367,14 @@ fn run_one(backend: Backend, cfg: &Config) -> Result<(), BoxError> {
                         let app = Arc::clone(&app);
                         async move { Ok::<_, Infallible>(app.handle(req).await) }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                 });
             }
         });
         let start = Instant::now();
         let deadline = start + Duration::from_secs(60);
-        let clients: Vec<_> = (0..cfg.connections)
-            .map(|_| tokio::spawn(client(addr, cfg.requests_per_connection, deadline)))
-            .collect();
+        let clients: Vec<_> =
+            (0..cfg.connections).map(|_| tokio::spawn(client(addr, cfg.requests_per_connection, deadline))).collect();
         let mut latencies = Vec::new();
         for c in clients {
             latencies.extend(c.await??);

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 echo "== Rust: cargo test (all crates but the Python extension)"
-cargo test --quiet
+cargo test --quiet --no-fail-fast
 
 echo "== Rust: loom models of the work item state machine"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom" \

@@ -506,14 +506,18 @@ mod tests {
     fn preemption_is_not_a_sleep() {
         let cpu = crate::sys::allowed_cpus().unwrap()[0];
         let done = Arc::new(AtomicBool::new(false));
+        let spinning = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel();
         let spinners: Vec<_> = (0..2)
             .map(|_| {
-                let (done, tx) = (done.clone(), tx.clone());
+                let (done, tx, spinning) = (done.clone(), tx.clone(), spinning.clone());
                 std::thread::spawn(move || {
                     crate::sys::set_current_affinity(&[cpu]).unwrap();
                     tx.send(PerfProbe::attach_current().unwrap()).unwrap();
+                    // Sending and reading /proc may block briefly (a real
+                    // sleep); polling starts once both threads only spin.
                     let before = ctxt_switches();
+                    spinning.fetch_add(1, Ordering::AcqRel);
                     while !done.load(Ordering::Acquire) {
                         std::hint::spin_loop();
                     }
@@ -523,6 +527,11 @@ mod tests {
             })
             .collect();
         let mut probes: Vec<PerfProbe> = vec![rx.recv().unwrap(), rx.recv().unwrap()];
+        while spinning.load(Ordering::Acquire) < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The newest record now comes from spinning: a switch-in or a preemption.
+        std::thread::sleep(Duration::from_millis(5));
         let mut states = Vec::new();
         for _ in 0..300 {
             states.extend(probes.iter_mut().map(|p| p.poll()));

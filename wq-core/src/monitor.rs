@@ -202,8 +202,9 @@ fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration) {
     match state {
         ThreadState::Sleeping { since } if flags & (SLEEPING | IGNORE_SLEEPS) == 0 => {
             // The kernel's wq_worker_sleeping(): stop counting it, kick the pool.
-            let min = Duration::from_nanos(w.min_sleep_ns.load(Relaxed)).max(SLEEP_HYSTERESIS);
-            let long_enough = since.elapsed() >= min;
+            let min_futex = Duration::from_nanos(w.min_sleep_ns.load(Relaxed));
+            let long_enough = since.elapsed() >= SLEEP_HYSTERESIS
+                && (min_futex.is_zero() || since.elapsed() >= min_futex || w.in_futex_wait() == Some(false));
             if long_enough && w.set_flags(pool, SLEEPING) {
                 w.trace(pool, TraceKind::Sleep);
                 if pool.worker_stopped_running() {

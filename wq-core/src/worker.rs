@@ -61,9 +61,12 @@ pub(crate) struct WorkerShared {
     /// Wake-ups the monitor caused for the current item, not yet counted
     /// in its queue's stats (the worker adds them at item end).
     pub(crate) cm_wakeups: AtomicU64,
-    /// Inside `wq_core::min_sleep`: the shortest sleep (ns) the monitor
-    /// acts on; 0 means its default hysteresis.
+    /// Inside `wq_core::min_sleep`: the shortest futex wait (ns) the
+    /// monitor acts on; 0 means its default hysteresis.
     pub(crate) min_sleep_ns: AtomicU64,
+    /// `/proc/self/task/<tid>/wchan`, kept open: where in the kernel the
+    /// thread sleeps (only read for workers inside `min_sleep`).
+    wchan: OnceLock<std::fs::File>,
 }
 
 impl WorkerShared {
@@ -83,7 +86,23 @@ impl WorkerShared {
             hog_marked: AtomicBool::new(false),
             cm_wakeups: AtomicU64::new(0),
             min_sleep_ns: AtomicU64::new(0),
+            wchan: OnceLock::new(),
         }
+    }
+
+    /// Whether the thread sleeps in a futex wait (a lock, a condition
+    /// variable, the Python GIL) rather than in a timer or I/O; `None` if
+    /// the OS does not say.
+    pub(crate) fn in_futex_wait(&self) -> Option<bool> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 64];
+        let n = self.wchan.get()?.read_at(&mut buf, 0).ok()?;
+        let wchan = &buf[..n];
+        // "0" when the kernel hides symbols: no answer.
+        if wchan.is_empty() || wchan == b"0" {
+            return None;
+        }
+        Some(wchan.windows(5).any(|w| w == b"futex"))
     }
 
     /// CPU time of the worker thread; callable from any thread.
@@ -219,14 +238,16 @@ pub fn ignore_sleeps<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Runs `f` telling the sleep detector to act only on sleeps of the
-/// calling worker that last at least `d` without a break.
+/// Runs `f` telling the sleep detector to act on the calling worker's
+/// futex waits (locks, condition variables) only once they lasted `d`.
 ///
-/// For code whose short waits are not I/O another worker could overlap:
-/// a Python worker is made to hand the GIL over every switch interval
-/// (5 ms), a wait no other worker could shorten, while a real I/O sleep
-/// is one longer block. Nested calls use the innermost `d`; on a thread
-/// that is not a worker it simply runs `f`.
+/// For code whose short lock waits are not I/O another worker could
+/// overlap: a Python worker is made to hand the GIL over every switch
+/// interval (5 ms), a futex wait no other worker could shorten. Sleeps in
+/// timers or I/O (`time.sleep`, sockets, files) are still acted on at
+/// once; the OS says which is which through `/proc/<tid>/wchan`, and where
+/// it does not, every sleep waits `d`. Nested calls use the innermost `d`;
+/// on a thread that is not a worker it simply runs `f`.
 pub fn min_sleep<R>(d: Duration, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<(Arc<WorkerShared>, u64)>);
     impl Drop for Restore {
@@ -305,6 +326,9 @@ fn attach(pool: &Arc<Pool>, me: &Arc<WorkerShared>) {
     me.tid.store(sys::gettid(), SeqCst);
     if let Some(id) = sys::current_thread_cpu_clock() {
         let _ = me.cpu_clock.set(id);
+    }
+    if let Ok(f) = std::fs::File::open(format!("/proc/self/task/{}/wchan", me.tid.load(SeqCst))) {
+        let _ = me.wchan.set(f);
     }
     let kind = pool.rt.detector.kind;
     if kind != Detector::ExplicitOnly {

@@ -222,31 +222,44 @@ fn ignore_sleeps_keeps_the_worker_counted_as_running() {
     assert!(ev.at("b", "start") >= ev.at("a", "end"), "an ignored sleep started a worker:\n{}", ev.render());
 }
 
-#[test]
-fn min_sleep_makes_the_detector_ignore_shorter_sleeps() {
-    let _cpu0 = common::cpu0();
+/// Two items on a one-CPU pool, `a` first; `a` runs `wait` under
+/// `min_sleep(4 units)`. Returns whether `b` started before `a` ended.
+fn second_starts_during_first(wait: fn()) -> bool {
     let rt = runtime(Detector::Auto);
     let q = rt.workqueue("short-waits").max_active(3).build().unwrap();
     let ev = Events::default();
-    let mut done = Vec::new();
-    for (name, min) in [("a", 4 * UNIT), ("b", Duration::ZERO)] {
-        let ev = ev.clone();
-        done.push(
-            q.submit(move || {
-                ev.record(name, "start");
-                // Short sleeps, each shorter than `min`: not worth another worker.
-                wq_core::min_sleep(min, || {
-                    for _ in 0..4 {
-                        thread::sleep(UNIT / 2);
-                    }
-                });
-                ev.record(name, "end");
-            })
-            .unwrap(),
-        );
-    }
-    for d in done {
-        d.wait().unwrap();
-    }
-    assert!(ev.at("b", "start") >= ev.at("a", "end"), "a sleep below min_sleep started a worker:\n{}", ev.render());
+    let (ea, eb) = (ev.clone(), ev.clone());
+    let a = q
+        .submit(move || {
+            ea.record("a", "start");
+            wq_core::min_sleep(4 * UNIT, wait);
+            ea.record("a", "end");
+        })
+        .unwrap();
+    let b = q.submit(move || eb.record("b", "start")).unwrap();
+    a.wait().unwrap();
+    b.wait().unwrap();
+    ev.at("b", "start") < ev.at("a", "end")
+}
+
+#[test]
+fn min_sleep_ignores_short_futex_waits() {
+    let _cpu0 = common::cpu0();
+    // Condition-variable waits (futex), each shorter than the minimum: like
+    // a Python worker waiting for the GIL, not worth another worker.
+    let futex_waits = || {
+        let (lock, cv) = (std::sync::Mutex::new(()), std::sync::Condvar::new());
+        let mut guard = lock.lock().unwrap();
+        for _ in 0..4 {
+            guard = cv.wait_timeout(guard, UNIT / 2).unwrap().0;
+        }
+    };
+    assert!(!second_starts_during_first(futex_waits), "a futex wait below min_sleep started a worker");
+}
+
+#[test]
+fn min_sleep_still_acts_on_timer_sleeps() {
+    let _cpu0 = common::cpu0();
+    // A timer sleep is I/O-like: another worker takes over at once.
+    assert!(second_starts_during_first(|| thread::sleep(2 * UNIT)), "a timer sleep under min_sleep went unseen");
 }

@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use common::wait_until;
+use common::{thread_names, wait_until};
 use wq_core::{Detector, Flags, Runtime};
 
 /// With worker creation failing and the pool's only worker blocked, a
@@ -81,14 +81,6 @@ fn rescuer_runs_mem_reclaim_work_when_workers_cannot_be_created() {
     assert_eq!(plain_runs.load(SeqCst), 50);
     assert_eq!(reclaim.stats().total, 1000);
     assert!(thread_names().iter().any(|n| n.starts_with("wq/r:reclaim")), "{:?}", thread_names());
-}
-
-fn thread_names() -> Vec<String> {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-        .map(|s| s.trim_end().to_owned())
-        .collect()
 }
 
 #[test]

@@ -2,23 +2,14 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::wait_until;
+use common::{thread_names, wait_until};
 use wq_core::{Error, Flags, Runtime};
-
-fn thread_names() -> BTreeSet<String> {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-        .map(|s| s.trim_end().to_owned())
-        .collect()
-}
 
 #[test]
 fn worker_threads_are_named_like_kworkers() {

@@ -190,6 +190,15 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
     }
 }
 
+/// The names of this process's threads (`/proc/self/task/*/comm`).
+pub fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim_end().to_owned())
+        .collect()
+}
+
 /// Polls `cond` until it holds; fails after a generous 20 s.
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -102,7 +102,8 @@ pub(crate) struct Pool {
     /// lock when that changes, for the monitor to read without the lock.
     pub(crate) nr_pending: AtomicUsize,
     pub(crate) rt: Arc<RtCore>,
-    /// The nice value the OS granted, or `i32::MIN` if it refused.
+    /// The nice value the OS granted (as `i64` bits), `u64::MAX - 1` if it
+    /// refused, `u64::MAX` until a worker asked.
     pub(crate) nice_granted: AtomicU64,
     /// The manager's last attempt to create a worker for this pool failed.
     pub(crate) creation_failing: AtomicBool,

@@ -23,7 +23,7 @@ use crate::topology::{Topology, TopologyError};
 use crate::trace::{Recorder, Trace};
 use crate::workqueue::{Attrs, PwqSet, WqCore, WqShared};
 use crate::{sys, Error, Flags, Workqueue, WorkqueueBuilder};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 
 /// Called before each worker thread is created; an error fails that creation.
 pub type SpawnHook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
@@ -54,7 +54,6 @@ pub(crate) struct RtCore {
     pub(crate) trace: Recorder,
     /// Live worker threads of all pools. Invariant: `<= config.max_workers`.
     pub(crate) nr_workers: AtomicUsize,
-    pub(crate) shutdown: AtomicBool,
 }
 
 impl RtCore {
@@ -85,7 +84,6 @@ pub(crate) struct RuntimeShared {
 
 impl Drop for RuntimeShared {
     fn drop(&mut self) {
-        self.core.shutdown.store(true, SeqCst);
         for pool in self.pools() {
             pool.shut_down();
         }
@@ -484,7 +482,6 @@ impl RuntimeBuilder {
             wq_names: Mutex::new(HashMap::new()),
             trace: Recorder::default(),
             nr_workers: AtomicUsize::new(0),
-            shutdown: AtomicBool::new(false),
         });
         let cpus = topology.cpus().to_vec();
         let pools = Pools::new(core.clone(), &cpus);

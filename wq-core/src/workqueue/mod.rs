@@ -341,7 +341,7 @@ impl Workqueue {
         let shared = Arc::new(CompletionShared::new());
         let job_shared = shared.clone();
         let job = Job::Once(Box::new(move || job_shared.run(f)));
-        self.queue_job(job, self.shared.rt.local_slot(), false)?;
+        self.queue_job(job, self.shared.rt.local_slot())?;
         Ok(Completion::new(shared))
     }
 
@@ -353,7 +353,7 @@ impl Workqueue {
     /// [`Error::Destroyed`] or [`Error::Draining`]; `f` is dropped.
     pub fn execute(&self, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
         let job = Job::Once(Box::new(move || Outcome::of_call(f)));
-        self.queue_job(job, self.shared.rt.local_slot(), false)
+        self.queue_job(job, self.shared.rt.local_slot())
     }
 
     /// Waits for every work item queued before the call to finish. Items
@@ -474,8 +474,8 @@ impl Workqueue {
     }
 
     /// Puts `job` on the pwq for CPU slot `slot`, unless the queue refuses.
-    fn queue_job(&self, job: Job, slot: usize, from_timer: bool) -> Result<(), Error> {
-        self.queue_with(slot, from_timer, || Some(job)).map(drop)
+    fn queue_job(&self, job: Job, slot: usize) -> Result<(), Error> {
+        self.queue_with(slot, false, || Some(job)).map(drop)
     }
 
     /// Queues what `make` gives on the pwq for CPU slot `slot`. `make` runs

@@ -17,7 +17,7 @@ use benches::stats::{num, rate, ratio, Spread, Table};
 use benches::sys::{cpus, os_threads, settle_threads, tasks};
 use benches::{registry, Integrity, PeerSpec, RunError, Runner, Scenario};
 
-const USAGE: &str = "usage: compare [--rounds N] [latency|throughput|mixed|timeline|detect]...";
+const USAGE: &str = "usage: compare [--rounds N] [--peers TEXT] [latency|throughput|mixed|timeline|detect]...";
 
 /// Rounds per scenario, chosen so a full run stays well under 5 minutes on 2 CPUs.
 fn default_rounds(s: Scenario) -> usize {
@@ -29,11 +29,13 @@ fn default_rounds(s: Scenario) -> usize {
 
 struct Args {
     rounds: Option<usize>,
+    /// Only peers whose name contains one of these (for focused before/after runs).
+    peers: Vec<String>,
     scenarios: Vec<Scenario>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { rounds: None, scenarios: Vec::new() };
+    let mut args = Args { rounds: None, peers: Vec::new(), scenarios: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -45,6 +47,10 @@ fn parse_args() -> Result<Args, String> {
                     return Err("--rounds must be at least 1".into());
                 }
                 args.rounds = Some(n);
+            }
+            "--peers" => {
+                let v = it.next().ok_or("--peers needs a value")?;
+                args.peers.push(v);
             }
             s => {
                 let sc: Scenario = s.parse()?;
@@ -581,7 +587,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let specs = registry();
+    let mut specs = registry();
+    if !args.peers.is_empty() {
+        specs.retain(|s| args.peers.iter().any(|p| s.name.contains(p.as_str())));
+        if specs.is_empty() {
+            eprintln!("compare: no peer's name contains any of {:?}", args.peers);
+            return ExitCode::from(2);
+        }
+    }
     let mut h = Harness { base_threads, problems: Vec::new() };
     let started = Instant::now();
     let mut clean = true;

@@ -56,6 +56,8 @@ pub(crate) struct WorkerShared {
     /// hog threshold counts from there.
     mon_item: AtomicU64,
     cpu_base_ns: AtomicU64,
+    /// Monitor-only: it saw the worker sleep since its last CPU-clock reading.
+    pub(crate) mon_slept: AtomicBool,
     /// The monitor marked the current item as a CPU hog.
     pub(crate) hog_marked: AtomicBool,
     /// Wake-ups the monitor caused for the current item, not yet counted
@@ -83,6 +85,7 @@ impl WorkerShared {
             cpu_clock: OnceLock::new(),
             mon_item: AtomicU64::new(0),
             cpu_base_ns: AtomicU64::new(0),
+            mon_slept: AtomicBool::new(false),
             hog_marked: AtomicBool::new(false),
             cm_wakeups: AtomicU64::new(0),
             min_sleep_ns: AtomicU64::new(0),
@@ -404,7 +407,7 @@ pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
         }
         me.set_flags(&pool, IDLE);
     }
-    inner.workers.retain(|w| !Arc::ptr_eq(w, &me));
+    pool.remove_worker(&me);
     drop(inner);
     pool.rt.nr_workers.fetch_sub(1, SeqCst);
 }
@@ -487,7 +490,7 @@ fn idle_wait<'a>(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             if inner.idle.len() > 1 {
                 inner.idle.retain(|w| !Arc::ptr_eq(w, me));
-                inner.workers.retain(|w| !Arc::ptr_eq(w, me));
+                pool.remove_worker(me);
                 drop(inner);
                 pool.rt.nr_workers.fetch_sub(1, SeqCst);
                 tracing::debug!(target: "wq", worker = %me.name, "idle worker reaped");

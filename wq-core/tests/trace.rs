@@ -4,12 +4,15 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{one_cpu_runtime, seed_timeline, SleepKind};
+use common::{seed_timeline, warmed_up, SleepKind};
+use wq_core::{Detector, Runtime};
 
 #[test]
 fn trace_has_one_begin_end_pair_per_item_on_worker_tracks() {
     let _cpu0 = common::cpu0();
-    let rt = one_cpu_runtime();
+    // Explicit hooks only: the counts below are the hooks' events, and a
+    // detector may add a sleep of its own (a worker waiting on a lock).
+    let rt = warmed_up(Runtime::builder().cpus([0]).detector(Detector::ExplicitOnly).build().unwrap());
     let q = rt.workqueue("traced").max_active(3).build().unwrap();
     let limited = rt.workqueue("limited").max_active(1).build().unwrap();
     rt.start_trace();

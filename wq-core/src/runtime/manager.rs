@@ -166,7 +166,7 @@ pub(crate) fn spawn_worker(pool: &Arc<Pool>) -> Result<(), Error> {
         // the spawn returned lost the requests the new worker made.)
         inner.want_worker = false;
         inner.nr_starting += 1;
-        inner.workers.push(me.clone());
+        pool.workers().push(me.clone());
         me
     };
     let (pool2, me2) = (pool.clone(), me.clone());
@@ -175,7 +175,7 @@ pub(crate) fn spawn_worker(pool: &Arc<Pool>) -> Result<(), Error> {
         Err(err) => {
             let mut inner = pool.lock();
             inner.nr_starting -= 1;
-            inner.workers.retain(|w| !Arc::ptr_eq(w, &me));
+            pool.remove_worker(&me);
             drop(inner);
             rt.nr_workers.fetch_sub(1, SeqCst);
             Err(Error::Spawn(err))

@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc, Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use wq_core::{Error, Flags, Runtime, Work, Workqueue};
+use wq_core::{DelayedWork, Flags, Runtime, Work, Workqueue};
 
 /// How long any single wait may take before the test calls it a hang.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -107,15 +107,36 @@ fn gate(wq: &Workqueue) -> mpsc::Sender<()> {
     tx
 }
 
+/// Pools start without workers, so a runtime whose worker creation fails
+/// still builds: its first item waits, reported, until creation works.
 #[test]
-fn worker_creation_failing_at_build_is_an_error_naming_the_cause() {
-    let err = Runtime::builder()
+fn worker_creation_failing_from_the_start_delays_the_first_item() {
+    let allow = Arc::new(AtomicBool::new(false));
+    let refusals = Arc::new(AtomicUsize::new(0));
+    let (a, r) = (allow.clone(), refusals.clone());
+    let rt = Runtime::builder()
         .cpus([0])
-        .spawn_hook(|| Err(io::Error::other("injected: no more threads")))
+        .spawn_hook(move || {
+            if a.load(SeqCst) {
+                return Ok(());
+            }
+            r.fetch_add(1, SeqCst);
+            Err(io::Error::other("injected: no more threads"))
+        })
         .build()
-        .expect_err("a runtime without workers was built");
-    assert!(matches!(err, Error::Spawn(_)), "{err:?}");
-    assert!(err.to_string().contains("injected: no more threads"), "{err}");
+        .unwrap();
+    let wq = rt.workqueue("first").build().unwrap();
+    let first = wq.submit(|| "ran").unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while refusals.load(SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the manager never retried the refused creation");
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!first.is_finished(), "an item ran although no worker could be created");
+    allow.store(true, SeqCst);
+    assert!(first.wait_timeout(PATIENCE), "the item never ran once creation worked");
+    assert_eq!(first.wait().unwrap(), "ran");
+    assert_healthy(&rt, &wq);
 }
 
 #[test]
@@ -363,9 +384,18 @@ fn an_item_spinning_forever_is_marked_a_cpu_hog_and_the_others_progress() {
 #[test]
 fn the_watchdog_reports_a_pool_stalled_behind_an_item_that_never_returns() {
     quiet_injected_panics();
-    // One worker per pool and no more: the sleeper's pool cannot get another.
-    let rt =
-        Runtime::builder().cpus([0]).max_workers(4).watchdog_threshold(Duration::from_millis(100)).build().unwrap();
+    // One worker and no more: the sleeper's pool cannot get another.
+    let created = Arc::new(AtomicUsize::new(0));
+    let c = created.clone();
+    let rt = Runtime::builder()
+        .cpus([0])
+        .watchdog_threshold(Duration::from_millis(100))
+        .spawn_hook(move || match c.fetch_add(1, SeqCst) {
+            0 => Ok(()),
+            _ => Err(io::Error::other("injected: one worker only")),
+        })
+        .build()
+        .unwrap();
     let wq = rt.workqueue("stuck").build().unwrap();
     let (tx, rx) = mpsc::channel::<()>();
     wq.execute(move || {
@@ -380,4 +410,29 @@ fn the_watchdog_reports_a_pool_stalled_behind_an_item_that_never_returns() {
     assert!(behind.wait_timeout(PATIENCE), "the item behind the sleeper never ran once it woke");
     assert_eq!(behind.wait().unwrap(), "finally");
     assert_healthy(&rt, &wq);
+}
+
+/// A delayed item that fires as it drops the runtime's last handle lands on
+/// a pool that never had a worker; if none can be made at shutdown, the
+/// dropping thread runs it rather than losing it.
+#[test]
+fn work_left_at_shutdown_on_a_pool_without_workers_still_runs() {
+    let rt =
+        Runtime::builder().cpus([0]).spawn_hook(|| Err(io::Error::other("injected: no more threads"))).build().unwrap();
+    let wq = rt.workqueue("last").build().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let dw = DelayedWork::new(move || {
+        r.fetch_add(1, SeqCst);
+    });
+    assert!(wq.queue_delayed(&dw, Duration::from_millis(20)));
+    drop((rt, wq));
+    let deadline = Instant::now() + PATIENCE;
+    while ran.load(SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the item queued at shutdown was lost");
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(ran.load(SeqCst), 1, "the item ran more than once");
+    assert!(!dw.is_pending());
 }

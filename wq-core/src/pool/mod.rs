@@ -23,6 +23,12 @@ use crate::worker::WorkerShared;
 use crate::workqueue::Limit;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
+/// Workers an unbound pool keeps running beyond one per CPU. While the
+/// monitor has not yet seen a running worker fall asleep (tens of µs), the
+/// spare keeps its CPU busy; an unbound pool's items are the ones most
+/// likely to sleep unannounced.
+const UNBOUND_SPARE: usize = 1;
+
 /// One queued instance of something to run.
 pub(crate) struct Entry {
     pub(crate) pwq: Arc<PwqLink>,
@@ -109,7 +115,13 @@ pub(crate) struct Pool {
     pub(crate) creation_failing: AtomicBool,
     /// Times the watchdog found this pool stalled.
     pub(crate) stalls: AtomicU64,
+    /// Items completed (run or discarded) in this pool: the watchdog's
+    /// measure of progress. Written under the pool lock.
+    pub(crate) completed: AtomicU64,
     inner: Mutex<PoolInner>,
+    /// Every live worker of the pool. A leaf lock apart from the pool lock,
+    /// so the monitor's ticks never wait for (or hold up) the worklist.
+    workers: Mutex<Vec<Arc<WorkerShared>>>,
     /// Pwq slots whose last link dropped. A link may drop while the pool
     /// lock is held, so it only records the slot here (a leaf lock);
     /// `alloc_pwq` frees them under the pool lock.
@@ -121,8 +133,6 @@ pub(crate) struct PoolInner {
     pub(crate) worklist: VecDeque<Entry>,
     /// Idle workers, most recently idle last (woken first, so the oldest time out).
     pub(crate) idle: Vec<Arc<WorkerShared>>,
-    /// Every live worker of the pool.
-    pub(crate) workers: Vec<Arc<WorkerShared>>,
     /// Workers woken from idle that have not yet decided to run:
     /// `need_more_worker` counts them as running so a burst of queueing wakes one.
     pub(crate) nr_waking: usize,
@@ -133,20 +143,18 @@ pub(crate) struct PoolInner {
     pub(crate) want_worker: bool,
     /// The runtime is shutting down: workers exit once the worklist is empty.
     pub(crate) dying: bool,
-    /// Items completed (run or discarded) in this pool: the watchdog's
-    /// measure of progress.
-    pub(crate) completed: u64,
     pwqs: Vec<Option<PwqState>>,
     free_pwqs: Vec<usize>,
 }
 
 impl Pool {
     pub(crate) fn new(rt: Arc<RtCore>, id: usize, attrs: PoolAttrs) -> Arc<Pool> {
-        // Bound pools keep one worker running; unbound ones one per CPU of their pod.
+        // Bound pools keep one worker running; unbound ones one per CPU of
+        // their pod, plus a spare (see README.md: it hides detection latency).
         let target = match (&attrs.cpu, &attrs.pod) {
             (Some(_), _) => 1,
-            (None, Some(pod)) => pod.len().max(1),
-            (None, None) => attrs.cpus.len().max(1),
+            (None, Some(pod)) => pod.len().max(1) + UNBOUND_SPARE,
+            (None, None) => attrs.cpus.len().max(1) + UNBOUND_SPARE,
         };
         Arc::new(Pool {
             id,
@@ -158,16 +166,16 @@ impl Pool {
             nice_granted: AtomicU64::new(u64::MAX),
             creation_failing: AtomicBool::new(false),
             stalls: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            workers: Mutex::new(Vec::new()),
             inner: Mutex::new(PoolInner {
                 worklist: VecDeque::new(),
                 idle: Vec::new(),
-                workers: Vec::new(),
                 nr_waking: 0,
                 next_worker_id: 0,
                 nr_starting: 0,
                 want_worker: false,
                 dying: false,
-                completed: 0,
                 pwqs: Vec::new(),
                 free_pwqs: Vec::new(),
             }),
@@ -179,6 +187,16 @@ impl Pool {
     /// code runs unlocked), so poisoning is ignored rather than propagated.
     pub(crate) fn lock(&self) -> MutexGuard<'_, PoolInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every live worker of the pool (a leaf lock: take no other lock while holding it).
+    pub(crate) fn workers(&self) -> MutexGuard<'_, Vec<Arc<WorkerShared>>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets a worker that exits.
+    pub(crate) fn remove_worker(&self, me: &Arc<WorkerShared>) {
+        self.workers().retain(|w| !Arc::ptr_eq(w, me));
     }
 
     /// The pool's name in dumps and worker names: `0`, `0H`, `u3`.
@@ -293,7 +311,7 @@ impl Pool {
             pwq.panics += u64::from(done.outcome == Outcome::Panicked);
         }
         let retired = pwq.dec_in_flight(done.color);
-        inner.completed += 1;
+        self.completed.store(self.completed.load(Relaxed) + 1, Relaxed);
         self.activate(inner, done.link.slot);
         Completed { retired, other_pods }
     }
@@ -417,23 +435,41 @@ impl Pool {
 
     /// Starts the runtime's shutdown for this pool: idle workers exit, busy
     /// ones finish the worklist first.
-    pub(crate) fn shut_down(&self) {
+    pub(crate) fn shut_down(self: &Arc<Self>) {
         let mut inner = self.lock();
         inner.dying = true;
         let idle = std::mem::take(&mut inner.idle);
         inner.nr_waking += idle.len();
+        // Pools start without workers, and a dying pool asks the manager for
+        // none: work queued just before the end (a delayed item firing as it
+        // drops the last handle) needs a worker of its own.
+        let orphaned = !inner.worklist.is_empty() && inner.nr_starting == 0 && self.workers().is_empty();
         drop(inner);
         for w in idle {
             w.mark_woken();
             w.unpark();
         }
+        if orphaned {
+            self.drain_orphans();
+        }
+    }
+
+    /// Runs the worklist of a dying pool that has no worker: on a new
+    /// worker, or, if none can be made, on the calling thread.
+    fn drain_orphans(self: &Arc<Self>) {
+        let Err(err) = crate::runtime::spawn_worker(self) else { return };
+        tracing::warn!(target: "wq", pool = %self.label(), %err, "no worker for work left at shutdown; running it here");
+        let entries: Vec<Entry> = std::mem::take(&mut self.lock().worklist).into();
+        self.publish_pending(&self.lock());
+        let me = Arc::new(WorkerShared::new(format!("wq/{}:drain", self.label())));
+        crate::worker::rescue(self, &me, entries);
     }
 
     /// Snapshot for stats and dumps.
     pub(crate) fn snapshot(&self) -> PoolSnapshot {
         let inner = self.lock();
         PoolSnapshot {
-            workers: inner.workers.len(),
+            workers: self.workers().len(),
             idle: inner.idle.len(),
             running: self.nr_running().max(0) as usize,
             pending: inner.worklist.len(),

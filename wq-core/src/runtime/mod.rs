@@ -283,7 +283,7 @@ impl Runtime {
                 let (cpus, pods) = attrs.pods(self, core.ordered)?;
                 let mut links = Vec::with_capacity(pods.len());
                 for pod in &pods {
-                    links.push(link(self.shared.pools.unbound(attrs.nice, &cpus, pod, attrs.strict)?));
+                    links.push(link(self.shared.pools.unbound(attrs.nice, &cpus, pod, attrs.strict)));
                 }
                 // A CPU outside the queue's CPUs queues to some pod of it.
                 let by_slot = (0..self.cpus().len())
@@ -443,12 +443,17 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Builds the runtime and starts its first workers (one idle worker per pool).
+    /// Builds the runtime and starts its manager, monitor and timer threads.
+    /// Pools start without workers: the first item queued to a pool asks
+    /// the manager for one (and an idle reserve after it), so an unused
+    /// pool costs no thread.
     ///
     /// # Errors
     /// [`Error::NoCpus`] or [`Error::InvalidCpu`] for a bad CPU set,
     /// [`Error::InvalidConfig`] for a zero timeout or a worker cap below
-    /// the number of pools, [`Error::Spawn`] if threads cannot be created.
+    /// the number of pools, [`Error::Spawn`] if the runtime's own threads
+    /// cannot be created (a worker that cannot be created delays its pool's
+    /// items, retried with backoff: see [`spawn_hook`](Self::spawn_hook)).
     pub fn build(self) -> Result<Runtime, Error> {
         let detected = Topology::detect();
         let topology = match &self.cpus {
@@ -468,7 +473,7 @@ impl RuntimeBuilder {
         let nr_pools = 2 * topology.cpus().len() + 2 * topology.pods(crate::Scope::Cache).len();
         if config.max_workers < nr_pools {
             return Err(Error::InvalidConfig(format!(
-                "max_workers {} is below the {nr_pools} workers the pools start with",
+                "max_workers {} is below {nr_pools}, one worker for each of the runtime's pools",
                 config.max_workers
             )));
         }
@@ -505,16 +510,7 @@ impl RuntimeBuilder {
         // From here on a failure drops `shared`, which stops what started.
         Manager::start(&core)?;
         core.monitor.start(shared.pools.all.clone(), core.clone())?;
-        shared.pools.start()?;
         let rt = Runtime { shared };
-        // The default unbound pools, so unbound queues start without delay.
-        for highpri in [false, true] {
-            let attrs = Attrs { nice: pools::nice_of(highpri), ..Attrs::default() };
-            let (cpus, pods) = attrs.pods(&rt, false)?;
-            for pod in &pods {
-                rt.shared.pools.unbound(attrs.nice, &cpus, pod, attrs.strict)?;
-            }
-        }
         if rt.shared.core.config.publish {
             match crate::publish::start(&rt) {
                 Ok(handle) => {

@@ -6,9 +6,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{spawn_worker, RtCore};
+use super::RtCore;
 use crate::pool::{Pool, PoolAttrs};
-use crate::Error;
 
 pub(crate) struct Pools {
     /// `bound[slot] = [normal, highpri]`.
@@ -26,7 +25,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pools {
-    /// Makes the bound pools of `cpus` (their workers start in `start`).
+    /// Makes the bound pools of `cpus`. A pool starts without workers: the
+    /// first item queued to it asks the manager for one, so a runtime costs
+    /// threads only for the pools its queues use.
     pub(crate) fn new(core: Arc<RtCore>, cpus: &[usize]) -> Pools {
         let next_id = AtomicUsize::new(0);
         let mut all = Vec::new();
@@ -45,22 +46,14 @@ impl Pools {
         Pools { bound, unbound: Mutex::new(Vec::new()), all: Arc::new(Mutex::new(all)), next_id, core }
     }
 
-    /// Starts the first (idle reserve) worker of every bound pool.
-    pub(crate) fn start(&self) -> Result<(), Error> {
-        for pool in self.bound.iter().flatten() {
-            spawn_worker(pool)?;
-        }
-        Ok(())
-    }
-
     /// Every pool, bound ones first.
     pub(crate) fn list(&self) -> Vec<Arc<Pool>> {
         lock(&self.all).clone()
     }
 
     /// The unbound pool for `pod` of a queue whose CPUs are `cpus`, made
-    /// (with its first worker) if no queue asked for it before.
-    pub(crate) fn unbound(&self, nice: i32, cpus: &[usize], pod: &[usize], strict: bool) -> Result<Arc<Pool>, Error> {
+    /// (without workers, like the bound ones) if no queue asked for it before.
+    pub(crate) fn unbound(&self, nice: i32, cpus: &[usize], pod: &[usize], strict: bool) -> Arc<Pool> {
         let attrs = PoolAttrs {
             cpu: None,
             highpri: nice < 0,
@@ -72,13 +65,12 @@ impl Pools {
         };
         let mut unbound = lock(&self.unbound);
         if let Some(p) = unbound.iter().find(|p| p.attrs == attrs) {
-            return Ok(p.clone());
+            return p.clone();
         }
         let pool = Pool::new(self.core.clone(), self.next_id.fetch_add(1, SeqCst), attrs);
-        spawn_worker(&pool)?;
         unbound.push(pool.clone());
         lock(&self.all).push(pool.clone());
-        Ok(pool)
+        pool
     }
 }
 

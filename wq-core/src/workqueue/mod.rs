@@ -540,8 +540,7 @@ impl Workqueue {
     /// [`Error::ConflictingFlags`] for a bound or an ordered queue (more than
     /// one pod would break its ordering, as in the kernel);
     /// [`Error::InvalidConfig`], [`Error::NoCpus`], [`Error::InvalidCpu`] for
-    /// bad attributes; [`Error::Destroyed`]; [`Error::Spawn`] if a new pool's
-    /// first worker cannot start.
+    /// bad attributes; [`Error::Destroyed`].
     pub fn apply_attrs(&self, attrs: Attrs) -> Result<(), Error> {
         let core = &self.shared.core;
         if !core.flags.contains(Flags::UNBOUND) {

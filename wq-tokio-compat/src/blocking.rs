@@ -16,15 +16,16 @@ use wq_futures::{JoinHandle, WorkqueueExt};
 /// Name of the queue behind [`spawn_blocking`].
 pub const BLOCKING_QUEUE_NAME: &str = "tokio_blocking";
 
-/// The queue [`spawn_blocking`] uses: a bound, concurrency-managed queue
-/// (like the kernel's `system_long_wq`) named [`BLOCKING_QUEUE_NAME`],
-/// built on the global runtime the first time it is needed.
+/// The queue [`spawn_blocking`] uses: an unbound, concurrency-managed
+/// queue named [`BLOCKING_QUEUE_NAME`], built on the global runtime the
+/// first time it is needed.
 ///
-/// Bound and concurrency-managed rather than one thread per call: a closure
-/// that burns CPU keeps its worker and no extra thread starts for it; a
-/// closure that sleeps (detected by the runtime, or declared with
-/// [`block_in_place`]) lets the pool start another worker. `max_active` is
-/// the default (1024 closures in flight per CPU).
+/// Unbound like tokio's blocking pool, so a burst of calls from one task
+/// spreads over every CPU; concurrency-managed rather than one thread per
+/// call: closures that burn CPU keep about one worker per CPU busy and no
+/// extra thread starts for them; a closure that sleeps (detected by the
+/// runtime, or declared with [`block_in_place`]) lets the pool start
+/// another worker. `max_active` is the default (1024 closures in flight).
 pub fn blocking_queue() -> &'static Workqueue {
     static QUEUE: OnceLock<Workqueue> = OnceLock::new();
     QUEUE.get_or_init(|| {
@@ -39,7 +40,7 @@ pub fn blocking_queue() -> &'static Workqueue {
 /// `rt`: for embedding, tests and benchmarks that want `spawn_blocking`'s
 /// behaviour on a runtime of their own (use it with [`spawn_blocking_on`]).
 pub fn blocking_queue_on(rt: &Runtime) -> Result<Workqueue, Error> {
-    rt.workqueue(BLOCKING_QUEUE_NAME).build()
+    rt.workqueue(BLOCKING_QUEUE_NAME).flags(wq_core::Flags::UNBOUND).build()
 }
 
 /// Runs a closure once, at its first poll: the whole blocking call is a

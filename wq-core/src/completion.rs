@@ -48,8 +48,9 @@ impl<T> CompletionShared<T> {
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The worker's side: runs `f` unless cancelled and publishes its result.
-    pub(crate) fn run(self: Arc<Self>, f: impl FnOnce() -> T) -> Outcome {
+    /// The worker's side: runs `f` unless cancelled and publishes its
+    /// result. `detached()` says whether the `Completion` is gone.
+    fn run(&self, f: impl FnOnce() -> T, detached: impl FnOnce() -> bool) -> Outcome {
         if self.state.compare_exchange(QUEUED, STARTED, SeqCst, SeqCst).is_err() {
             // Cancelled: the closure is dropped unrun (its captures' Drop may panic).
             drop_quietly(f);
@@ -57,8 +58,8 @@ impl<T> CompletionShared<T> {
         }
         let result = catch_unwind(AssertUnwindSafe(f)).map_err(Panicked::new);
         let outcome = if result.is_err() { Outcome::Panicked } else { Outcome::Ran };
-        if Arc::strong_count(&self) == 1 {
-            // The Completion was dropped (detached): nobody wants the value.
+        if detached() {
+            // Nobody wants the value.
             drop_quietly(result);
             return outcome;
         }
@@ -74,6 +75,56 @@ impl<T> CompletionShared<T> {
             w.wake();
         }
         outcome
+    }
+}
+
+/// A submitted closure and its result slot in one allocation, shared by
+/// the queued entry and the [`Completion`]: one allocation per `submit`.
+pub(crate) struct Task<T, F> {
+    shared: CompletionShared<T>,
+    /// Taken by the one `run` (the queued entry owns the only `Runnable`
+    /// handle and `run` consumes it); a task dropped unrun drops it here.
+    f: Mutex<Option<F>>,
+}
+
+impl<T, F> Task<T, F>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    /// The task to queue and the handle to its result.
+    pub(crate) fn split(f: F) -> (Arc<dyn Runnable>, Completion<T>) {
+        let task = Arc::new(Task { shared: CompletionShared::new(), f: Mutex::new(Some(f)) });
+        (task.clone(), Completion { shared: task })
+    }
+}
+
+/// What a worker runs for a submitted closure.
+pub(crate) trait Runnable: Send + Sync {
+    fn run(self: Arc<Self>) -> Outcome;
+}
+
+impl<T, F> Runnable for Task<T, F>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(self: Arc<Self>) -> Outcome {
+        let f = self.f.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(f) = f else { return Outcome::Skipped };
+        // Only the Completion can hold the other reference.
+        self.shared.run(f, || Arc::strong_count(&self) == 1)
+    }
+}
+
+/// The result side of a [`Task`], whatever its closure's type.
+trait HasResult<T>: Send + Sync {
+    fn shared(&self) -> &CompletionShared<T>;
+}
+
+impl<T: Send, F: Send> HasResult<T> for Task<T, F> {
+    fn shared(&self) -> &CompletionShared<T> {
+        &self.shared
     }
 }
 
@@ -93,24 +144,20 @@ impl<T> CompletionShared<T> {
 /// ```
 #[must_use = "dropping a Completion detaches the work; call .wait() or .await it to get the result"]
 pub struct Completion<T> {
-    shared: Arc<CompletionShared<T>>,
+    shared: Arc<dyn HasResult<T>>,
 }
 
 impl<T> Completion<T> {
-    pub(crate) fn new(shared: Arc<CompletionShared<T>>) -> Completion<T> {
-        Completion { shared }
-    }
-
     /// Blocks until the closure finished; gives its value, or the panic
     /// that ended it.
     pub fn wait(self) -> Result<T, Panicked> {
-        let mut slot = self.shared.lock();
+        let mut slot = self.shared.shared().lock();
         loop {
             if let Some(result) = slot.result.take() {
                 return result;
             }
             slot.sleepers += 1;
-            slot = self.shared.cv.wait(slot).unwrap_or_else(|e| e.into_inner());
+            slot = self.shared.shared().cv.wait(slot).unwrap_or_else(|e| e.into_inner());
             slot.sleepers -= 1;
         }
     }
@@ -119,7 +166,7 @@ impl<T> Completion<T> {
     /// whether it finished (then [`wait`](Completion::wait) returns at once).
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now().checked_add(timeout);
-        let mut slot = self.shared.lock();
+        let mut slot = self.shared.shared().lock();
         loop {
             if slot.result.is_some() {
                 return true;
@@ -132,20 +179,20 @@ impl<T> Completion<T> {
                 return false;
             }
             slot.sleepers += 1;
-            slot = self.shared.cv.wait_timeout(slot, left).unwrap_or_else(|e| e.into_inner()).0;
+            slot = self.shared.shared().cv.wait_timeout(slot, left).unwrap_or_else(|e| e.into_inner()).0;
             slot.sleepers -= 1;
         }
     }
 
     /// Whether the closure finished (its result is ready).
     pub fn is_finished(&self) -> bool {
-        self.shared.lock().result.is_some()
+        self.shared.shared().lock().result.is_some()
     }
 
     /// Cancels the closure if no worker started it yet: it is then dropped
     /// without running. Gives the handle back if it already started.
     pub fn cancel(self) -> Result<(), Completion<T>> {
-        match self.shared.state.compare_exchange(QUEUED, CANCELLED, SeqCst, SeqCst) {
+        match self.shared.shared().state.compare_exchange(QUEUED, CANCELLED, SeqCst, SeqCst) {
             Ok(_) => Ok(()),
             Err(_) => Err(self),
         }
@@ -158,12 +205,12 @@ impl<T> Future for Completion<T> {
     /// # Panics
     /// If polled again after it returned `Ready` (the result was moved out).
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut slot = self.shared.lock();
+        let mut slot = self.shared.shared().lock();
         if let Some(result) = slot.result.take() {
             slot.waker = None;
             return Poll::Ready(result);
         }
-        assert!(self.shared.state.load(SeqCst) != CANCELLED, "Completion polled after it was cancelled");
+        assert!(self.shared.shared().state.load(SeqCst) != CANCELLED, "Completion polled after it was cancelled");
         match &mut slot.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             w => *w = Some(cx.waker().clone()),

@@ -524,6 +524,10 @@ fn spin_until_woken(me: &WorkerShared) {
 fn process_one(pool: &Arc<Pool>, me: &WorkerShared, meter: &mut CpuMeter, entry: Entry, done: &mut Vec<Done>) {
     let Entry { pwq: link, color, job } = entry;
     match job {
+        Job::Task(task) => {
+            let (link, outcome, cpu_time) = execute(pool, me, meter, link, None, || task.run());
+            finish_entry(pool, Done { link, color, outcome, cpu_time }, done);
+        }
         Job::Once(f) => {
             let (link, outcome, cpu_time) = execute(pool, me, meter, link, None, f);
             finish_entry(pool, Done { link, color, outcome, cpu_time }, done);

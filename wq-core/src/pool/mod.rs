@@ -43,6 +43,8 @@ pub(crate) enum Job {
     Work { work: Arc<WorkShared>, gen: u64 },
     /// A one-shot closure.
     Once(Box<dyn FnOnce() -> Outcome + Send>),
+    /// A submitted closure with its result slot.
+    Task(Arc<dyn crate::completion::Runnable>),
 }
 
 /// How the user code of one entry ended.

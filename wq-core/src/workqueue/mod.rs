@@ -20,7 +20,7 @@ pub use attrs::Attrs;
 pub(crate) use attrs::{Limit, PwqSet};
 pub use builder::WorkqueueBuilder;
 
-use crate::completion::{Completion, CompletionShared};
+use crate::completion::{Completion, Task};
 use crate::delayed::DelayedWork;
 use crate::pool::{Entry, Job, Outcome, PwqLink};
 use crate::rescuer::Rescuer;
@@ -338,11 +338,9 @@ impl Workqueue {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let shared = Arc::new(CompletionShared::new());
-        let job_shared = shared.clone();
-        let job = Job::Once(Box::new(move || job_shared.run(f)));
-        self.queue_job(job, self.shared.rt.local_slot())?;
-        Ok(Completion::new(shared))
+        let (task, completion) = Task::split(f);
+        self.queue_job(Job::Task(task), self.shared.rt.local_slot())?;
+        Ok(completion)
     }
 
     /// Runs `f` once on this queue without a handle: the cheapest way to

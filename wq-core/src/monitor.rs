@@ -45,11 +45,14 @@ const HOG_TICK_MAX: Duration = Duration::from_millis(1);
 /// How long the monitor keeps ticking after the last pending work (a few
 /// ticks: parking and being poked again costs a futex call each way).
 const LINGER: Duration = Duration::from_micros(200);
-/// A sleep shorter than this is not acted on: waking a worker for it
-/// would only make that worker go idle again (XNU uses ~200 µs). Kept
-/// short because an unbound pool's spare runner covers most of the
-/// CPUs' idle time while a sleep waits out this delay.
+/// A sleep shorter than this is not acted on: a thread started for it
+/// would only go idle again (XNU counts a worker blocked less than ~200 µs
+/// ago as still busy).
 pub(crate) const SLEEP_HYSTERESIS: Duration = Duration::from_micros(50);
+/// The same when an idle worker can take over: waking it is a futex call,
+/// undone cheaply if the sleep was short, so only blips (a page fault, a
+/// briefly contended lock) are filtered out.
+const SLEEP_HYSTERESIS_IDLE: Duration = Duration::from_micros(20);
 
 pub(crate) struct Monitor {
     parked: AtomicBool,
@@ -225,8 +228,9 @@ fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration, hog
         ThreadState::Sleeping { since } if flags & (SLEEPING | IGNORE_SLEEPS) == 0 => {
             // The kernel's wq_worker_sleeping(): stop counting it, kick the pool.
             let min_futex = Duration::from_nanos(w.min_sleep_ns.load(Relaxed));
-            let long_enough = since.elapsed() >= SLEEP_HYSTERESIS
-                && (min_futex.is_zero() || since.elapsed() >= min_futex || w.in_futex_wait() == Some(false));
+            let slept = since.elapsed();
+            let long_enough = (slept >= SLEEP_HYSTERESIS || (slept >= SLEEP_HYSTERESIS_IDLE && pool.has_idle_worker()))
+                && (min_futex.is_zero() || slept >= min_futex || w.in_futex_wait() == Some(false));
             if long_enough && w.set_flags(pool, SLEEPING) {
                 w.trace(pool, TraceKind::Sleep);
                 if pool.worker_stopped_running() {

@@ -265,6 +265,12 @@ impl Pool {
         }
     }
 
+    /// Whether a worker waits on the idle list: waking it costs a futex
+    /// call, not a thread creation.
+    pub(crate) fn has_idle_worker(&self) -> bool {
+        !self.lock().idle.is_empty()
+    }
+
     /// Asks the runtime's manager thread to create a worker for this pool.
     pub(crate) fn request_worker(self: &Arc<Self>, inner: &mut PoolInner) {
         if !inner.want_worker && !inner.dying {

@@ -164,3 +164,52 @@ fn interlocked_blocking_items_always_get_their_workers() {
         }
     }
 }
+
+/// Pools start without workers; a pool gets its first worker (and an idle
+/// reserve) from its first item, and the others stay empty.
+#[test]
+fn pools_start_without_workers_until_their_first_item() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    assert!(rt.stats().pools.iter().all(|p| p.workers == 0), "{}", rt.dump());
+    let wq = rt.workqueue("first").build().unwrap();
+    assert_eq!(wq.submit(|| 7).unwrap().wait().unwrap(), 7);
+    let stats = rt.stats();
+    let normal = stats.pools.iter().find(|p| p.cpu == Some(0) && !p.highpri).unwrap();
+    assert!(normal.workers >= 1, "{}", rt.dump());
+    assert!(
+        stats.pools.iter().filter(|p| p.highpri || p.cpu.is_none()).all(|p| p.workers == 0),
+        "pools nobody used started workers:\n{}",
+        rt.dump()
+    );
+}
+
+/// An unbound pool keeps one runner per CPU plus a spare: on one CPU, two
+/// items that never sleep run at once, and a third waits for one of them.
+#[test]
+fn an_unbound_pool_runs_one_spare_beyond_its_cpus() {
+    let rt = Runtime::builder()
+        .cpus([0])
+        .detector(wq_core::Detector::ExplicitOnly)
+        .cpu_hog_threshold(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let wq = rt.workqueue("spare").flags(Flags::UNBOUND).build().unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let items: Vec<_> = (0..3)
+        .map(|_| {
+            let (running, peak) = (running.clone(), peak.clone());
+            wq.submit(move || {
+                let now = running.fetch_add(1, SeqCst) + 1;
+                peak.fetch_max(now, SeqCst);
+                common::burn(Duration::from_millis(40));
+                running.fetch_sub(1, SeqCst);
+            })
+            .unwrap()
+        })
+        .collect();
+    for item in items {
+        item.wait().unwrap();
+    }
+    assert_eq!(peak.load(SeqCst), 2, "one runner for the CPU plus the spare");
+}

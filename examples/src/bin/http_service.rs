@@ -133,6 +133,9 @@ struct App {
     /// Numbers log lines in the order their writes are queued; held while queueing so that
     /// number order and queue order agree.
     log_seq: Mutex<u64>,
+    /// The tokio build's detached log writes: a runtime that shuts down drops
+    /// blocking tasks that have not started, so they are awaited before it does.
+    log_writes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     requests: AtomicU64,
     io_latency: Duration,
     hash_rounds: usize,
@@ -172,7 +175,7 @@ impl App {
         };
         match (&self.queues, self.backend) {
             (Some(q), Backend::Wq) => drop(wq_tokio_compat::spawn_blocking_on(&q.log, write)),
-            _ => drop(tokio::task::spawn_blocking(write)),
+            _ => self.log_writes.lock().unwrap_or_else(|e| e.into_inner()).push(tokio::task::spawn_blocking(write)),
         }
     }
 
@@ -347,6 +350,7 @@ fn run_one(backend: Backend, cfg: &Config) -> Result<(), BoxError> {
         data_path,
         log: Arc::new(Mutex::new(log)),
         log_seq: Mutex::new(0),
+        log_writes: Mutex::new(Vec::new()),
         requests: AtomicU64::new(0),
         io_latency: cfg.io_latency,
         hash_rounds: cfg.hash_rounds,
@@ -381,6 +385,10 @@ fn run_one(backend: Backend, cfg: &Config) -> Result<(), BoxError> {
         }
         let elapsed = start.elapsed();
         server.abort();
+        let writes = std::mem::take(&mut *app.log_writes.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in writes {
+            w.await?;
+        }
         Ok::<_, BoxError>((elapsed, latencies))
     })?;
     // Let the detached log writes land before counting lines.

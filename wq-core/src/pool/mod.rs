@@ -467,10 +467,21 @@ impl Pool {
     fn drain_orphans(self: &Arc<Self>) {
         let Err(err) = crate::runtime::spawn_worker(self) else { return };
         tracing::warn!(target: "wq", pool = %self.label(), %err, "no worker for work left at shutdown; running it here");
-        let entries: Vec<Entry> = std::mem::take(&mut self.lock().worklist).into();
-        self.publish_pending(&self.lock());
         let me = Arc::new(WorkerShared::new(format!("wq/{}:drain", self.label())));
-        crate::worker::rescue(self, &me, entries);
+        // Completing entries activates those waiting under max_active: run
+        // until nothing is left.
+        loop {
+            let entries: Vec<Entry> = {
+                let mut inner = self.lock();
+                let entries = std::mem::take(&mut inner.worklist).into();
+                self.publish_pending(&inner);
+                entries
+            };
+            if entries.is_empty() {
+                return;
+            }
+            crate::worker::rescue(self, &me, entries);
+        }
     }
 
     /// Snapshot for stats and dumps.

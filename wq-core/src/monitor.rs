@@ -115,6 +115,7 @@ impl Monitor {
         // Hogs are caught to within an eighth of the threshold; sleeps need the fine tick.
         let hog_period = (hog_threshold / 8).clamp(TICK, HOG_TICK_MAX);
         let mut last_hog_tick = Instant::now();
+        let started = Instant::now();
         let mut quiet_ticks: u32 = 0;
         while !self.shutdown.load(SeqCst) {
             pools.clear();
@@ -122,10 +123,11 @@ impl Monitor {
             watch.resize_with(pools.len(), Watch::new);
             let mut any_pending = false;
             let mut saw_sleeper = false;
-            let hog_tick = last_hog_tick.elapsed() >= hog_period;
-            if hog_tick {
+            // On hog ticks: the monitor's clock, for telling waits from work.
+            let hog_tick = (last_hog_tick.elapsed() >= hog_period).then(|| {
                 last_hog_tick = Instant::now();
-            }
+                u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+            });
             for (pool, watch) in pools.iter().zip(&mut watch) {
                 if pool.nr_pending.load(SeqCst) == 0 {
                     watch.progress(None);
@@ -218,7 +220,7 @@ fn report_stall(pool: &Pool, busy: &[Arc<WorkerShared>], stalled: Duration, core
 /// One busy worker of a pool with pending work: did it sleep, wake, or
 /// run past the CPU-hog threshold? Returns whether it was seen asleep
 /// unannounced (not inside `blocking` or `ignore_sleeps`).
-fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration, hog_tick: bool) -> bool {
+fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration, hog_tick: Option<u64>) -> bool {
     let flags = w.flags();
     let state = match w.probe.lock() {
         Ok(mut probe) => probe.as_mut().map_or(ThreadState::Unknown, |p| p.poll()),
@@ -255,10 +257,8 @@ fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration, hog
         w.mon_slept.store(true, Relaxed);
     }
     let unannounced = asleep && flags & (BLOCKING | IGNORE_SLEEPS) == 0;
-    if slept || !hog_tick {
-        return unannounced;
-    }
-    let (item, used) = w.cpu_time_since_base(w.mon_slept.swap(false, Relaxed));
+    let Some(wall_ns) = hog_tick.filter(|_| !slept) else { return unannounced };
+    let (item, used) = w.cpu_time_since_base(w.mon_slept.swap(false, Relaxed), wall_ns);
     if flags & CPU_INTENSIVE == 0 && used >= hog_threshold && w.items_started.load(SeqCst) == item {
         w.hog_marked.store(true, Relaxed);
         if w.set_flags(pool, CPU_INTENSIVE) {

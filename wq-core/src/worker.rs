@@ -56,7 +56,13 @@ pub(crate) struct WorkerShared {
     /// hog threshold counts from there.
     mon_item: AtomicU64,
     cpu_base_ns: AtomicU64,
-    /// Monitor-only: it saw the worker sleep since its last CPU-clock reading.
+    /// Monitor-only: the worker's CPU time and the monitor's clock (ns) at
+    /// its last CPU-clock reading.
+    mon_cpu_ns: AtomicU64,
+    mon_wall_ns: AtomicU64,
+    /// The worker slept since the monitor's last CPU-clock reading: seen
+    /// by the monitor, or a wait inside `ignore_sleeps` (set as it ends).
+    /// Restarts the hog count, which counts CPU time "without sleeping".
     pub(crate) mon_slept: AtomicBool,
     /// The monitor marked the current item as a CPU hog.
     pub(crate) hog_marked: AtomicBool,
@@ -85,6 +91,8 @@ impl WorkerShared {
             cpu_clock: OnceLock::new(),
             mon_item: AtomicU64::new(0),
             cpu_base_ns: AtomicU64::new(0),
+            mon_cpu_ns: AtomicU64::new(0),
+            mon_wall_ns: AtomicU64::new(0),
             mon_slept: AtomicBool::new(false),
             hog_marked: AtomicBool::new(false),
             cm_wakeups: AtomicU64::new(0),
@@ -115,12 +123,22 @@ impl WorkerShared {
 
     /// Monitor side of hog detection: CPU time the current item used since
     /// it started or last slept, as far as the monitor has seen. `slept`
-    /// restarts the count (the kernel counts "without sleeping").
-    pub(crate) fn cpu_time_since_base(&self, slept: bool) -> (u64, Duration) {
+    /// restarts the count (the kernel counts "without sleeping"), and so
+    /// does a reading `wall_ns` after the previous one (on the monitor's
+    /// clock) that finds the thread got under `1 / MOSTLY_WAITED` of a CPU
+    /// meanwhile: it spent that time blocked, in waits no probe reported
+    /// (the explicit-only detector, or a contended lock's wake-ups inside
+    /// `ignore_sleeps`), and a hog keeps its CPU busy.
+    pub(crate) fn cpu_time_since_base(&self, slept: bool, wall_ns: u64) -> (u64, Duration) {
+        const MOSTLY_WAITED: u64 = 4;
         let item = self.items_started.load(SeqCst);
         let now = self.cpu_time();
-        if slept || self.mon_item.swap(item, Relaxed) != item {
-            self.cpu_base_ns.store(now.as_nanos() as u64, Relaxed);
+        let now_ns = now.as_nanos() as u64;
+        let cpu_step = now_ns.saturating_sub(self.mon_cpu_ns.swap(now_ns, Relaxed));
+        let wall_step = wall_ns.saturating_sub(self.mon_wall_ns.swap(wall_ns, Relaxed));
+        let waited = cpu_step.saturating_mul(MOSTLY_WAITED) < wall_step;
+        if slept || waited || self.mon_item.swap(item, Relaxed) != item {
+            self.cpu_base_ns.store(now_ns, Relaxed);
             return (item, Duration::ZERO);
         }
         (item, now.saturating_sub(Duration::from_nanos(self.cpu_base_ns.load(Relaxed))))
@@ -232,6 +250,8 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
 
 /// Runs `f` telling the sleep detector that the calling worker's sleeps
 /// inside it are not worth another worker: it keeps counting as running.
+/// For CPU-hog detection the section counts as a sleep: the hog threshold
+/// counts the CPU time used after it.
 ///
 /// For waits that another worker could not shorten because it would wait
 /// on the same thing — a Python worker taking the GIL is the case it was
@@ -286,6 +306,10 @@ impl Drop for IgnoreSleepsGuard {
     fn drop(&mut self) {
         if let Some((_, me)) = self.0.take() {
             me.mark(IGNORE_SLEEPS, false);
+            // The wait is not worth another worker, but it is a wait: the
+            // CPU the thread used while making it (a contended lock's
+            // wake-ups) is not the item hogging the CPU.
+            me.mon_slept.store(true, Relaxed);
         }
     }
 }

@@ -16,6 +16,7 @@ sleep)" relies on automatic sleep detection instead. Run:
 
     python benches/python/bench_executors.py            # full run (a few minutes)
     python benches/python/bench_executors.py --quick    # smoke run
+    python benches/python/bench_executors.py --scenarios throughput --peers cmwq,ThreadPoolExecutor()
 """
 
 import argparse
@@ -168,8 +169,8 @@ def mixed(peer, n, burn_s, sleep_s):
 # ---------------------------------------------------------------- driver
 
 
-def run(rounds, scenario, fn):
-    ps = peers()
+def run(rounds, scenario, fn, only=None):
+    ps = [p for p in peers() if only is None or p.name.split(" (")[0] in only or p.name in only]
     results = {p.name: [] for p in ps}
     for r in range(rounds):
         order = ps[r % len(ps):] + ps[: r % len(ps)]
@@ -200,9 +201,21 @@ def table(title, rows, columns, baseline=None, key=None, higher_is_better=True):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="few rounds and small sizes (smoke run)")
+    ap.add_argument("--scenarios", default="latency,throughput,mixed",
+                    help="comma-separated subset of latency,throughput,mixed (default: all)")
+    ap.add_argument("--peers", default=None,
+                    help="comma-separated peer names to run (a name before ' (' selects it), "
+                         "e.g. 'cmwq,ThreadPoolExecutor()'; the ThreadPoolExecutor() baseline is "
+                         "always kept")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per scenario")
+    ap.add_argument("--tiny", type=int, default=None, help="items in the throughput scenario")
     args = ap.parse_args()
-    rounds = 2 if args.quick else 5
-    n_tiny = 10_000 if args.quick else 100_000
+    scenarios = set(args.scenarios.split(","))
+    unknown = scenarios - {"latency", "throughput", "mixed"}
+    if unknown:
+        ap.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    rounds = args.rounds or (2 if args.quick else 5)
+    n_tiny = args.tiny or (10_000 if args.quick else 100_000)
     n_lat = 200 if args.quick else 2000
     n_mixed, burn_s, sleep_s = (100, 0.001, 0.02) if args.quick else (400, 0.001, 0.02)
 
@@ -211,22 +224,31 @@ def main():
           + next((ln.strip() for ln in cmwq.dump().splitlines() if "detector" in ln.lower()), "?"))
     base = next(p.name for p in peers() if p.name.startswith("ThreadPoolExecutor()"))
 
-    lat = run(rounds, "latency", lambda p: latency(p, n_lat))
-    table(f"submit-to-start latency ({n_lat} sequential items, median of {rounds} rounds)", lat,
-          [("p50_us", "{:.1f} µs"), ("p99_us", "{:.1f} µs")], base, "p50_us", False)
+    only = None
+    if args.peers:
+        only = set(args.peers.split(",")) | {base}
+        names = {p.name for p in peers()} | {p.name.split(" (")[0] for p in peers()}
+        if only - names:
+            ap.error(f"unknown peers: {', '.join(sorted(only - names))}")
 
-    thr = run(rounds, "throughput",
-              lambda p: throughput(p, n_tiny if p.make is not None else max(n_tiny // 5, 1000)))
-    table(f"throughput of {n_tiny} tiny callables (asyncio.to_thread: {max(n_tiny // 5, 1000)}), "
-          f"median of {rounds} rounds", thr,
-          [("items_per_s", "{:,.0f}/s"), ("submit_us", "{:.2f} µs")], base, "items_per_s", True)
+    if "latency" in scenarios:
+        lat = run(rounds, "latency", lambda p: latency(p, n_lat), only)
+        table(f"submit-to-start latency ({n_lat} sequential items, median of {rounds} rounds)", lat,
+              [("p50_us", "{:.1f} µs"), ("p99_us", "{:.1f} µs")], base, "p50_us", False)
 
-    mix_rounds = max(rounds - 2, 2)
-    mix = run(mix_rounds, "mixed", lambda p: mixed(p, n_mixed, burn_s, sleep_s))
-    table(f"mixed: {n_mixed} items of {burn_s * 1e3:g} ms pure-Python burn + {sleep_s * 1e3:g} ms "
-          f"sleep (ideal {n_mixed * burn_s + sleep_s:.3f} s), median of {mix_rounds} rounds", mix,
-          [("makespan_s", "{:.3f} s"), ("x_ideal", "{:.2f}x"), ("peak_threads", "{:.0f}")])
+    if "throughput" in scenarios:
+        thr = run(rounds, "throughput",
+                  lambda p: throughput(p, n_tiny if p.make is not None else max(n_tiny // 5, 1000)), only)
+        table(f"throughput of {n_tiny} tiny callables (asyncio.to_thread: {max(n_tiny // 5, 1000)}), "
+              f"median of {rounds} rounds", thr,
+              [("items_per_s", "{:,.0f}/s"), ("submit_us", "{:.2f} µs")], base, "items_per_s", True)
 
+    if "mixed" in scenarios:
+        mix_rounds = args.rounds or max(rounds - 2, 2)
+        mix = run(mix_rounds, "mixed", lambda p: mixed(p, n_mixed, burn_s, sleep_s), only)
+        table(f"mixed: {n_mixed} items of {burn_s * 1e3:g} ms pure-Python burn + {sleep_s * 1e3:g} ms "
+              f"sleep (ideal {n_mixed * burn_s + sleep_s:.3f} s), median of {mix_rounds} rounds", mix,
+              [("makespan_s", "{:.3f} s"), ("x_ideal", "{:.2f}x"), ("peak_threads", "{:.0f}")])
 
 if __name__ == "__main__":
     main()

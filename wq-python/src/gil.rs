@@ -6,7 +6,7 @@
 //! CPython < 3.13 a thread that takes the GIL during finalization is ended with
 //! `pthread_exit`, which must never happen to a Rust worker thread).
 //!
-//! Two details matter for speed and for cmwq's accounting:
+//! Details that matter for speed and for cmwq's accounting:
 //! - Each worker thread keeps one Python thread state for its whole life, as a
 //!   `ThreadPoolExecutor` thread does. Otherwise every item would create and destroy a thread
 //!   state; that measured as the largest per-item cost of the worker side (about 3x slower
@@ -15,13 +15,18 @@
 //!   Python either, so that wait must not make the pool start one. The callable itself runs
 //!   outside it, so a callable that blocks with the GIL released (I/O, `time.sleep`) counts as
 //!   asleep and another worker takes over.
+//! - A worker about to take the GIL for a new call first yields its CPU when other workers are
+//!   inside a call: those coming back from a sleep need the GIL only to finish their item,
+//!   and on a bound pool they share the CPU with this worker. Without it, each new call won the
+//!   GIL and the items waiting after their sleep piled up (about 5 ms each, a switch interval),
+//!   each holding a worker thread: 29-33 threads for a workload that needs 21.
 //! - Inside the callable, CPython makes a thread hand the GIL over every switch interval
 //!   (5 ms) when another thread asks for it, and the wait to get it back looks like a sleep.
 //!   The call runs under [`wq_core::min_sleep`] of the switch interval plus 1 ms: the detector
 //!   then acts only on sleeps longer than such a hand-over, which real I/O waits are.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pyo3::ffi;
@@ -41,9 +46,37 @@ pub(crate) fn read_switch_interval(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
+/// The interpreter's switch interval: how long a worker keeps running queued calls in one
+/// attachment, as CPython would let a thread keep the GIL.
+pub(crate) fn switch_interval() -> Duration {
+    Duration::from_nanos(SWITCH_INTERVAL_NS.load(Ordering::Relaxed))
+}
+
 /// The shortest sleep inside a Python call that is worth another worker.
 fn min_sleep() -> Duration {
-    Duration::from_nanos(SWITCH_INTERVAL_NS.load(Ordering::Relaxed)) + Duration::from_millis(1)
+    switch_interval() + Duration::from_millis(1)
+}
+
+/// Worker threads inside a Python call (see [`CallSection`]).
+static IN_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts the calling worker as inside a Python call until dropped. Only one thread holds the
+/// GIL at a time, so the others counted here are blocked (a sleep, I/O) or waiting for the GIL,
+/// and each needs the GIL again to finish its item.
+pub(crate) struct CallSection(());
+
+impl CallSection {
+    /// Enters the section.
+    pub(crate) fn enter() -> CallSection {
+        IN_CALLS.fetch_add(1, Ordering::Relaxed);
+        CallSection(())
+    }
+}
+
+impl Drop for CallSection {
+    fn drop(&mut self) {
+        IN_CALLS.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 thread_local! {
@@ -60,6 +93,14 @@ impl GilHold {
         // SAFETY: `Py_IsInitialized` may be called at any time.
         if unsafe { ffi::Py_IsInitialized() } == 0 || tracker::python_abandoned() {
             return None;
+        }
+        if IN_CALLS.load(Ordering::Relaxed) > 0 {
+            // Workers coming back from a blocking call (a sleep, I/O) wait for the GIL to
+            // finish their item; they share this CPU on a bound pool. Let them take the GIL
+            // first: each needs it only briefly, while this worker is about to start a new
+            // call. Otherwise new calls win the GIL over and over and the items waiting for it
+            // after their sleep pile up, each holding a worker thread.
+            std::thread::yield_now();
         }
         // SAFETY: the interpreter is initialized and, by the exit hook's contract (no work item
         // exists once it returned), not finalizing while a worker holds an item. The state is

@@ -17,7 +17,9 @@
 //! call Python, with `Python::try_attach` behind the exit hook's gate; exceptions reach the
 //! future with their traceback; bad input raises `TypeError`/`ValueError`/`RuntimeError`.
 
+mod cond;
 mod errors;
+mod future;
 mod gil;
 mod queue;
 mod runtime;
@@ -32,6 +34,8 @@ mod _cmwq {
     use wq_core::Flags;
 
     #[pymodule_export]
+    use crate::cond::FutureCondition;
+    #[pymodule_export]
     use crate::queue::{_python_exit, blocking, is_worker_thread, NativeQueue};
     #[pymodule_export]
     use crate::runtime::{dump, PyRuntime};
@@ -40,6 +44,7 @@ mod _cmwq {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         crate::gil::read_switch_interval(m.py())?;
+        crate::future::init(m.py())?;
         m.add("HIGHPRI", Flags::HIGHPRI.bits())?;
         m.add("CPU_INTENSIVE", Flags::CPU_INTENSIVE.bits())?;
         m.add("UNBOUND", Flags::UNBOUND.bits())?;

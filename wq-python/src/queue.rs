@@ -1,11 +1,17 @@
 //! The native half of `cmwq.Workqueue`: submitting Python callables as wq-core work items.
 //!
-//! The Python class creates each `concurrent.futures.Future` and hands `(fn, args, kwargs,
-//! future)` here; a wq worker claims the item in Rust (no GIL needed, so
-//! `shutdown(cancel_futures=True)` sees prompt pickup), then takes the GIL just long enough to
-//! run it and complete the future with `set_result` / `set_exception`.
+//! `submit` creates the `concurrent.futures.Future`, queues the call in the queue's
+//! [`Tracker`] and puts one token per call on the wq-core workqueue. A wq worker runs a token in
+//! Rust (no GIL needed, so `shutdown(cancel_futures=True)` sees prompt pickup): it takes the
+//! oldest queued call, attaches to the interpreter, runs the call and completes its future. If
+//! more calls are queued it runs those too before detaching, for up to a fifth of the switch
+//! interval, as a `ThreadPoolExecutor` thread keeps the GIL while its queue has work: attaching
+//! once per call made the GIL hand-offs the largest per-item cost. (A whole switch interval
+//! starved the other GIL waiters past the detector's futex threshold, so they counted as asleep
+//! and the pool grew.) The tokens of calls run that way find the queue empty and return at once.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
@@ -14,73 +20,83 @@ use pyo3::types::{PyDict, PyInt, PyTuple};
 use wq_core::Flags;
 
 use crate::errors::to_py;
-use crate::gil::attach_worker;
+use crate::future::{self, Outcome};
+use crate::gil::{attach_worker, switch_interval, CallSection};
 use crate::runtime::PyRuntime;
-use crate::tracker::{Entry, RunningGuard, Tracker};
+use crate::tracker::{python_abandoned, Item, RunningGuard, Tracker};
 
-/// The Python side of one item: what to call.
-struct Call {
-    func: Py<PyAny>,
-    args: Py<PyTuple>,
-    kwargs: Option<Py<PyDict>>,
-}
-
-/// One Python call waiting in (or running on) a workqueue.
-struct Job {
-    /// Taken when the job runs; still here on drop means wq-core dropped it unrun.
-    item: Option<(Call, Arc<Entry>)>,
-    seq: u64,
+/// wq-core's handle on one submitted call: whichever token runs takes the oldest queued call.
+struct Token {
     tracker: Arc<Tracker>,
+    /// False until the token runs; a token dropped unrun fails one call instead.
+    ran: bool,
 }
 
-impl Job {
+impl Token {
     /// Runs on a wq worker thread, not attached to Python.
     fn run(mut self) {
-        let Some((call, entry)) = self.item.take() else { return };
-        if !entry.claim() {
-            // Cancelled by shutdown(cancel_futures=True), which already completed the future and
-            // unregistered the item; the Python references are released at the next attach.
-            return;
-        }
-        let (tracker, seq) = (&self.tracker, self.seq);
-        let ran = attach_worker(|py| {
-            {
-                let _running = RunningGuard::enter(tracker, seq);
-                call_into_future(py, &call, entry.future());
+        self.ran = true;
+        let tracker = &self.tracker;
+        // Taking the call happens here, before waiting for the GIL: `cancel_futures` then finds
+        // only calls no worker has picked up.
+        let Some(first) = tracker.take() else { return };
+        let first_seq = first.seq;
+        let ran = attach_worker(move |py| {
+            // Well inside the time CPython lets a thread keep the GIL before handing it over.
+            let deadline = Instant::now() + switch_interval() / 5;
+            let mut item = first;
+            loop {
+                {
+                    let _running = RunningGuard::enter(tracker, item.seq);
+                    run_item(py, &item);
+                }
+                let seq = item.seq;
+                // Release the callable, its arguments and the future while attached.
+                drop(item);
+                // Once the exit hook gave up on the workers, take no further call.
+                let more = Instant::now() < deadline && !python_abandoned();
+                match tracker.finish(seq, more) {
+                    Some(next) => item = next,
+                    None => break,
+                }
             }
-            // Release the callable, its arguments and the future while attached.
-            drop((call, entry));
-            tracker.finish(seq);
         });
         if ran.is_none() {
-            // The interpreter is finalizing: the item cannot run, but waiters must not hang.
-            tracker.finish(seq);
+            // The interpreter is finalizing: the call cannot run, but waiters must not hang.
+            tracker.finish(first_seq, false);
         }
     }
 }
 
-impl Drop for Job {
+impl Drop for Token {
     fn drop(&mut self) {
-        let Some((call, entry)) = self.item.take() else { return };
-        // wq-core dropped the item without running it (it refused it, or its runtime went
-        // away): fail the future instead of leaving it pending forever.
-        attach_worker(|py| {
-            if entry.claim() {
-                let err = PyRuntimeError::new_err("the workqueue dropped this work item unrun");
-                // The future may have been cancelled meanwhile; then there is nothing to report.
-                let _ = entry.future().bind(py).call_method1(intern!(py, "set_exception"), (err.into_value(py),));
+        if self.ran {
+            return;
+        }
+        // wq-core dropped the token without running it (it refused it, or its runtime went
+        // away): fail one queued call instead of leaving it pending forever with no token left
+        // to run it.
+        let Some(item) = self.tracker.take() else { return };
+        let seq = item.seq;
+        attach_worker(move |py| {
+            let err = PyRuntimeError::new_err("the workqueue dropped this work item unrun");
+            let future = item.future.bind(py);
+            // The future may have been cancelled meanwhile; then there is nothing to report.
+            if future::start(future).unwrap_or(false) {
+                let _ = future::complete(future, Outcome::Raised(err.into_value(py).into_bound(py).into_any()));
             }
-            drop((call, entry));
+            drop(item);
         });
-        self.tracker.finish(self.seq);
+        self.tracker.finish(seq, false);
     }
 }
 
-/// Runs `func(*args, **kwargs)` for `future` with `concurrent.futures` semantics: skipped if the
-/// future was cancelled, result or exception (with its traceback) stored in it.
-fn call_into_future(py: Python<'_>, call: &Call, future: &Py<PyAny>) {
-    let future = future.bind(py);
-    match future.call_method0(intern!(py, "set_running_or_notify_cancel")).and_then(|started| started.is_truthy()) {
+/// Runs `func(*args, **kwargs)` for its future with `concurrent.futures` semantics: skipped if
+/// the future was cancelled, result or exception (with its traceback) stored in it.
+fn run_item(py: Python<'_>, item: &Item) {
+    let _in_call = CallSection::enter();
+    let future = item.future.bind(py);
+    match future::start(future) {
         Ok(true) => {}
         Ok(false) => return,
         Err(err) => {
@@ -90,11 +106,11 @@ fn call_into_future(py: Python<'_>, call: &Call, future: &Py<PyAny>) {
             return;
         }
     }
-    let outcome = match call.func.bind(py).call(call.args.bind(py), call.kwargs.as_ref().map(|k| k.bind(py))) {
-        Ok(value) => future.call_method1(intern!(py, "set_result"), (value,)),
-        Err(err) => future.call_method1(intern!(py, "set_exception"), (err.into_value(py),)),
+    let outcome = match item.func.bind(py).call(item.args.bind(py), item.kwargs.as_ref().map(|k| k.bind(py))) {
+        Ok(value) => Outcome::Returned(value),
+        Err(err) => Outcome::Raised(err.into_value(py).into_bound(py).into_any()),
     };
-    if let Err(err) = outcome {
+    if let Err(err) = future::complete(future, outcome) {
         err.write_unraisable(py, Some(future.as_any()));
     }
 }
@@ -192,32 +208,55 @@ impl NativeQueue {
             .ok_or_else(|| PyValueError::new_err(format!("no system workqueue named {name:?}")))
     }
 
-    /// Queues `func(*args, **kwargs)`; `future` receives the outcome.
-    #[pyo3(signature = (func, args, kwargs, future))]
-    fn submit(
+    /// Queues `func(*args, **kwargs)` and returns the `concurrent.futures.Future` that receives
+    /// its outcome.
+    #[pyo3(signature = (func, /, *args, **kwargs))]
+    fn submit<'py>(
         &self,
-        func: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        kwargs: Option<&Bound<'_, PyDict>>,
-        future: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
+        func: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         if !func.is_callable() {
             return Err(PyTypeError::new_err(format!("submit() needs a callable, got a {} object", type_name(func))));
         }
-        let (seq, entry) = self.tracker.register(future.clone().unbind())?;
-        let call = Call {
+        let py = func.py();
+        let future = future::new_future(py)?;
+        let (seq, lone) = self.tracker.push(|seq| Item {
+            seq,
             func: func.clone().unbind(),
             args: args.clone().unbind(),
             kwargs: kwargs.filter(|k| !k.is_empty()).map(|k| k.clone().unbind()),
-        };
-        let job = Job { item: Some((call, entry)), seq, tracker: Arc::clone(&self.tracker) };
+            future: future.clone().unbind(),
+        })?;
+        let token = Token { tracker: Arc::clone(&self.tracker), ran: false };
         // Queueing never waits: wq-core only links the item into a worklist and may wake a worker.
-        match self.wq.execute(move || job.run()) {
-            Ok(()) => Ok(()),
-            Err(err) => {
-                self.tracker.finish(seq);
-                Err(to_py(err))
-            }
+        // A lone item (an idle queue, not part of a burst) wakes one, which on a bound queue is
+        // pinned to this CPU: release the GIL meanwhile and yield the CPU once, so that the
+        // worker starts the call at once (that hand-over was half the submit-to-start latency)
+        // instead of after this thread blocks in `result()`. In a burst the GIL stays with the
+        // submitter: handing it over for every item would make each submit a context switch.
+        let wq = &self.wq;
+        let queued = if lone {
+            py.detach(move || {
+                let queued = wq.execute(move || token.run());
+                std::thread::yield_now();
+                queued
+            })
+        } else {
+            wq.execute(move || token.run())
+        };
+        match queued {
+            Ok(()) => Ok(future),
+            Err(err) => match self.tracker.unqueue(seq) {
+                Some(item) => {
+                    drop(item);
+                    Err(to_py(err))
+                }
+                // A worker already took the call (the refused token's drop or another token's
+                // batch): the future reports what became of it.
+                None => Ok(future),
+            },
         }
     }
 
@@ -229,8 +268,8 @@ impl NativeQueue {
             self.tracker.close();
         }
         if cancel_futures {
-            for entry in self.tracker.cancel_queued() {
-                entry.future().bind(py).call_method0(intern!(py, "cancel"))?;
+            for item in self.tracker.cancel_queued() {
+                item.future.bind(py).call_method0(intern!(py, "cancel"))?;
             }
         }
         if wait {

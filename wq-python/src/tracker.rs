@@ -3,28 +3,23 @@
 //! wq-core runs closures; Python's `Executor` contract needs more: `shutdown(cancel_futures=True)`
 //! must find the items that have not started, `shutdown(wait=True)`, `flush()` and the interpreter
 //! exit hook must wait for the ones that have. Each `cmwq` queue object therefore keeps a
-//! [`Tracker`]: a sequence-numbered registry of its unfinished items. Every blocking wait here
+//! [`Tracker`]: the queue of its submitted items no worker has taken yet, in submission order,
+//! and the sequence numbers of the ones running. Every blocking wait here
 //! releases the GIL and wakes every [`SIGNAL_CHECK`] to run Python's signal handlers, so Ctrl-C
 //! reaches the main thread as `KeyboardInterrupt`.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
 
 /// How often a blocked wait wakes up to let Python handle signals.
 pub(crate) const SIGNAL_CHECK: Duration = Duration::from_millis(50);
-
-/// The item sits in the workqueue; nobody has claimed it.
-const QUEUED: u8 = 0;
-/// A worker claimed the item: it will run (or find its future cancelled from Python).
-const CLAIMED: u8 = 1;
-/// `shutdown(cancel_futures=True)` won the race: the item never runs.
-const CANCELLED: u8 = 2;
 
 /// Set by the interpreter-exit hook: every queue refuses new work from then on.
 static EXITING: AtomicBool = AtomicBool::new(false);
@@ -51,27 +46,14 @@ pub(crate) fn python_abandoned() -> bool {
     ABANDONED.load(Ordering::Acquire)
 }
 
-/// One submitted item as the registry sees it.
-pub(crate) struct Entry {
-    state: AtomicU8,
-    /// The item's `concurrent.futures.Future`, for `cancel_futures`.
-    future: Py<PyAny>,
-}
-
-impl Entry {
-    /// Claims the item for running; false if it was cancelled first.
-    pub(crate) fn claim(&self) -> bool {
-        self.state.compare_exchange(QUEUED, CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_ok()
-    }
-
-    fn cancel(&self) -> bool {
-        self.state.compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok()
-    }
-
-    /// The item's future.
-    pub(crate) fn future(&self) -> &Py<PyAny> {
-        &self.future
-    }
+/// One submitted Python call: what to call and the future that receives the outcome.
+pub(crate) struct Item {
+    /// Submission order within its tracker.
+    pub(crate) seq: u64,
+    pub(crate) func: Py<PyAny>,
+    pub(crate) args: Py<PyTuple>,
+    pub(crate) kwargs: Option<Py<PyDict>>,
+    pub(crate) future: Py<PyAny>,
 }
 
 /// Why a tracker takes no more items.
@@ -83,13 +65,31 @@ enum Closed {
 
 struct State {
     next_seq: u64,
-    items: BTreeMap<u64, Arc<Entry>>,
+    /// Submitted items no worker has taken, oldest first (so in `seq` order).
+    queued: VecDeque<Item>,
+    /// Sequence numbers of the items workers have taken and not finished (at most one per
+    /// worker, so a short list).
+    running: Vec<u64>,
     closed: Closed,
     /// Threads blocked in [`Tracker::wait_until`]; finishing items notify only when non-zero.
     waiters: usize,
+    /// When the last item was pushed.
+    last_push: Option<Instant>,
 }
 
-/// The unfinished Python items of one queue object.
+/// A push this long after the previous one, onto an idle queue, is "lone" (see
+/// [`Tracker::push`]): not part of a burst.
+const LONE_GAP: Duration = Duration::from_micros(50);
+
+/// The unfinished Python items of one queue object, and the queue of the ones not started.
+///
+/// Each submitted item also puts one wq-core work item (a token) on the workqueue; a token that
+/// runs takes the *oldest* queued item, not a particular one, and a worker that has just run an
+/// item may take the next one right away while it is still attached to the interpreter. Every
+/// item is pushed before its token is queued and every token takes an item if one is queued, so
+/// there are always at least as many tokens in wq-core as items here: none is left behind, and
+/// none runs twice (taking happens under the lock). wq-core still sees one work item per Python
+/// call, so its concurrency management, `max_active` and ordering apply as before.
 pub(crate) struct Tracker {
     state: Mutex<State>,
     cond: Condvar,
@@ -99,7 +99,14 @@ impl Tracker {
     /// A new, open tracker, registered for the exit hook.
     pub(crate) fn new() -> Arc<Tracker> {
         let tracker = Arc::new(Tracker {
-            state: Mutex::new(State { next_seq: 0, items: BTreeMap::new(), closed: Closed::Open, waiters: 0 }),
+            state: Mutex::new(State {
+                next_seq: 0,
+                queued: VecDeque::new(),
+                running: Vec::new(),
+                closed: Closed::Open,
+                waiters: 0,
+                last_push: None,
+            }),
             cond: Condvar::new(),
         });
         let mut all = lock(&TRACKERS);
@@ -112,9 +119,11 @@ impl Tracker {
         self as *const Tracker as usize
     }
 
-    /// Registers a new item; refuses it after shutdown or interpreter exit, with the messages
-    /// `ThreadPoolExecutor` uses.
-    pub(crate) fn register(&self, future: Py<PyAny>) -> PyResult<(u64, Arc<Entry>)> {
+    /// Queues the item `make` builds from its sequence number; refuses it after shutdown or
+    /// interpreter exit, with the messages `ThreadPoolExecutor` uses. Returns the sequence
+    /// number and whether the item is "lone": the queue was idle (nothing queued or running)
+    /// and the previous push was at least [`LONE_GAP`] ago, so it is not one of a burst.
+    pub(crate) fn push(&self, make: impl FnOnce(u64) -> Item) -> PyResult<(u64, bool)> {
         let mut st = lock(&self.state);
         if st.closed == Closed::Shutdown {
             return Err(PyRuntimeError::new_err("cannot schedule new futures after shutdown"));
@@ -124,23 +133,53 @@ impl Tracker {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        let entry = Arc::new(Entry { state: AtomicU8::new(QUEUED), future });
-        st.items.insert(seq, Arc::clone(&entry));
-        Ok((seq, entry))
+        let now = Instant::now();
+        let lone = st.queued.is_empty()
+            && st.running.is_empty()
+            && st.last_push.is_none_or(|last| now.saturating_duration_since(last) >= LONE_GAP);
+        st.last_push = Some(now);
+        st.queued.push_back(make(seq));
+        Ok((seq, lone))
     }
 
-    /// Forgets an item that finished, or that the workqueue refused.
-    pub(crate) fn finish(&self, seq: u64) {
+    /// Takes the oldest queued item for running, if any.
+    pub(crate) fn take(&self) -> Option<Item> {
         let mut st = lock(&self.state);
-        let removed = st.items.remove(&seq);
+        let item = st.queued.pop_front()?;
+        st.running.push(item.seq);
+        Some(item)
+    }
+
+    /// Removes item `seq` if no worker has taken it (its token was refused).
+    pub(crate) fn unqueue(&self, seq: u64) -> Option<Item> {
+        let mut st = lock(&self.state);
+        let at = st.queued.iter().rposition(|item| item.seq == seq)?;
+        let item = st.queued.remove(at);
         let notify = st.waiters > 0;
         drop(st);
-        // The entry holds a Python reference: drop it after unlocking (the caller is normally
-        // attached, so the decref happens right here).
-        drop(removed);
         if notify {
             self.cond.notify_all();
         }
+        item
+    }
+
+    /// Forgets the taken item `seq`, which has finished; with `take_next`, also takes the oldest
+    /// queued item in the same critical section.
+    pub(crate) fn finish(&self, seq: u64, take_next: bool) -> Option<Item> {
+        let mut st = lock(&self.state);
+        if let Some(at) = st.running.iter().position(|&s| s == seq) {
+            st.running.swap_remove(at);
+        }
+        let next = if take_next { st.queued.pop_front() } else { None };
+        if let Some(item) = &next {
+            st.running.push(item.seq);
+        }
+        let notify = st.waiters > 0;
+        drop(st);
+        if notify {
+            self.cond.notify_all();
+        }
+        next
     }
 
     /// Refuses new items from now on.
@@ -155,22 +194,15 @@ impl Tracker {
 
     /// Number of items submitted and not finished.
     pub(crate) fn pending(&self) -> usize {
-        lock(&self.state).items.len()
+        let st = lock(&self.state);
+        st.queued.len() + st.running.len()
     }
 
-    /// Marks every unclaimed item cancelled and returns their futures, to be cancelled by the
-    /// caller with the GIL held and no lock of ours held (`Future.cancel` runs callbacks).
-    pub(crate) fn cancel_queued(&self) -> Vec<Arc<Entry>> {
+    /// Removes every item no worker has taken and returns them, for the caller to cancel their
+    /// futures with the GIL held and no lock of ours held (`Future.cancel` runs callbacks).
+    pub(crate) fn cancel_queued(&self) -> Vec<Item> {
         let mut st = lock(&self.state);
-        let mut cancelled = Vec::new();
-        st.items.retain(|_, entry| {
-            if entry.cancel() {
-                cancelled.push(Arc::clone(entry));
-                false
-            } else {
-                true
-            }
-        });
+        let cancelled: Vec<Item> = st.queued.drain(..).collect();
         let notify = st.waiters > 0;
         drop(st);
         if notify {
@@ -194,13 +226,15 @@ impl Tracker {
     pub(crate) fn flush(&self, py: Python<'_>) -> PyResult<()> {
         let before = lock(&self.state).next_seq;
         self.refuse_self_wait(before, "flush()")?;
-        self.wait_until(py, move |st| st.items.keys().next().is_none_or(|&first| first >= before))
+        self.wait_until(py, move |st| {
+            st.queued.front().is_none_or(|item| item.seq >= before) && st.running.iter().all(|&seq| seq >= before)
+        })
     }
 
     /// Waits until no item is in flight.
     pub(crate) fn wait_idle(&self, py: Python<'_>, what: &str) -> PyResult<()> {
         self.refuse_self_wait(u64::MAX, what)?;
-        self.wait_until(py, |st| st.items.is_empty())
+        self.wait_until(py, |st| st.queued.is_empty() && st.running.is_empty())
     }
 
     /// Blocks until `done` holds, with the GIL released and signal handlers run every
@@ -270,9 +304,9 @@ pub(crate) fn exit_hook(py: Python<'_>) -> PyResult<()> {
         return Ok(());
     };
     for tracker in &trackers {
-        for entry in tracker.cancel_queued() {
+        for item in tracker.cancel_queued() {
             // Best effort: the interpreter is going away and `first` says why.
-            let _ = entry.future.bind(py).call_method0("cancel");
+            let _ = item.future.bind(py).call_method0("cancel");
         }
     }
     for tracker in &trackers {

@@ -65,9 +65,6 @@ __all__ = [
     "system_power_efficient_wq",
 ]
 
-_Future = _futures.Future
-
-
 class Workqueue(_futures.Executor):
     """A named cmwq workqueue, usable wherever a ``concurrent.futures.Executor`` is.
 
@@ -82,15 +79,20 @@ class Workqueue(_futures.Executor):
     """
 
     def __init__(self, name, flags=0, max_active=0, ordered=False, *, runtime=None):
-        self._q = _cmwq._Queue(name, flags, max_active, ordered, runtime)
-        self._native_submit = self._q.submit
+        self._attach(_cmwq._Queue(name, flags, max_active, ordered, runtime))
 
     @classmethod
     def _wrap(cls, native):
         self = cls.__new__(cls)
-        self._q = native
-        self._native_submit = native.submit
+        self._attach(native)
         return self
+
+    def _attach(self, native):
+        self._q = native
+        if type(self).submit is Workqueue.submit:
+            # The native method has the same signature and behaviour; calling it directly saves
+            # a Python frame per submit. A subclass that overrides submit keeps its override.
+            self.submit = native.submit
 
     def submit(self, fn, /, *args, **kwargs):
         """Schedules ``fn(*args, **kwargs)``; returns its ``concurrent.futures.Future``.
@@ -98,9 +100,7 @@ class Workqueue(_futures.Executor):
         Raises ``TypeError`` if ``fn`` is not callable and ``RuntimeError`` after
         :meth:`shutdown` or once the interpreter is exiting.
         """
-        future = _Future()
-        self._native_submit(fn, args, kwargs, future)
-        return future
+        return self._q.submit(fn, *args, **kwargs)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """Stops taking work, as ``ThreadPoolExecutor.shutdown`` does.

@@ -230,9 +230,10 @@ fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration, hog
         ThreadState::Sleeping { since } if flags & (SLEEPING | IGNORE_SLEEPS) == 0 => {
             // The kernel's wq_worker_sleeping(): stop counting it, kick the pool.
             let min_futex = Duration::from_nanos(w.min_sleep_ns.load(Relaxed));
-            let slept = since.elapsed();
-            let long_enough = (slept >= SLEEP_HYSTERESIS || (slept >= SLEEP_HYSTERESIS_IDLE && pool.has_idle_worker()))
-                && (min_futex.is_zero() || slept >= min_futex || w.in_futex_wait() == Some(false));
+            let asleep_for = since.elapsed();
+            let long_enough = (asleep_for >= SLEEP_HYSTERESIS
+                || (asleep_for >= SLEEP_HYSTERESIS_IDLE && pool.has_idle_worker()))
+                && (min_futex.is_zero() || asleep_for >= min_futex || w.in_futex_wait() == Some(false));
             if long_enough && w.set_flags(pool, SLEEPING) {
                 w.trace(pool, TraceKind::Sleep);
                 if pool.worker_stopped_running() {

@@ -34,6 +34,21 @@ pub trait WorkqueueExt {
         F: Future + Send + 'static,
         F::Output: Send + 'static;
 
+    /// Runs the blocking closure `f` as one work item on the queue and
+    /// returns a handle to its result, like `tokio::task::spawn_blocking`.
+    ///
+    /// Cheaper than spawning a future that calls `f`: the closure, its
+    /// result and the awaiting task's waker share one allocation. The
+    /// handle is the same [`JoinHandle`]: a panic comes back as a
+    /// [`JoinError`](crate::JoinError), `abort` cancels `f` if it has not
+    /// started, dropping the handle detaches `f`. If the queue refuses `f`
+    /// (it was destroyed), `f` is dropped unrun and the handle gives a
+    /// cancelled error.
+    fn spawn_blocking<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static;
+
     /// An [`Executor`] handle for libraries that take a
     /// `futures::task::Spawn`.
     fn executor(&self) -> Executor;
@@ -54,6 +69,14 @@ impl WorkqueueExt for Workqueue {
         F::Output: Send + 'static,
     {
         task::try_spawn(self, fut)
+    }
+
+    fn spawn_blocking<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        crate::call::spawn_blocking(self, f)
     }
 
     fn executor(&self) -> Executor {

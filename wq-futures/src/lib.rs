@@ -15,6 +15,9 @@
 //! - [`WorkqueueExt::spawn`] → [`JoinHandle`], with tokio's semantics:
 //!   dropping it detaches the task, [`JoinHandle::abort`] cancels it, a panic
 //!   becomes a [`JoinError`] and the worker survives.
+//! - [`WorkqueueExt::spawn_blocking`] → the same [`JoinHandle`] for a
+//!   blocking closure run as one work item (one allocation per call; the
+//!   engine of `wq_tokio_compat::spawn_blocking`).
 //! - [`Executor`], a `futures::task::Spawn` implementation, for libraries
 //!   that take a spawner.
 //! - [`block_on`] for `main` functions and tests.
@@ -54,6 +57,7 @@
 //! ```
 
 mod block_on;
+mod call;
 mod executor;
 mod task;
 mod unblock;

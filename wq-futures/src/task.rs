@@ -23,6 +23,8 @@ use futures::task::AtomicWaker;
 use pin_project_lite::pin_project;
 use wq_core::{Error, Workqueue};
 
+use crate::call::CallHandle;
+
 /// What a task's wrapper future produces.
 enum Outcome<T> {
     /// The future completed with this value.
@@ -46,10 +48,21 @@ struct Shared {
     waker: AtomicWaker,
 }
 
-impl Shared {
+/// What an [`AbortHandle`] can do to a task or a blocking call.
+pub(crate) trait Abort: Send + Sync {
+    fn abort(&self);
+    fn is_finished(&self) -> bool;
+}
+
+impl Abort for Shared {
     fn abort(&self) {
         self.aborted.store(true, Ordering::Release);
         self.waker.wake();
+    }
+
+    /// The task's future is gone (completed, panicked or cancelled).
+    fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
     }
 }
 
@@ -134,7 +147,7 @@ where
         let _ = queue_poll(&sched_wq, runnable);
     };
     let (runnable, task) = async_task::spawn(guarded, schedule);
-    let handle = JoinHandle { task: Some(task.fallible()), shared };
+    let handle = JoinHandle { awaits: Awaits::Task { task: Some(task.fallible()), shared } };
     (runnable, handle)
 }
 
@@ -162,7 +175,8 @@ where
     handle
 }
 
-/// An owned permission to await a task spawned on a workqueue.
+/// An owned permission to await a task spawned on a workqueue, or a
+/// blocking closure sent to one.
 ///
 /// It mirrors `tokio::task::JoinHandle`: awaiting it gives
 /// `Ok(output)`, or a [`JoinError`] if the task panicked or was cancelled.
@@ -173,14 +187,27 @@ where
 /// to run one of its polls: after `Workqueue::destroy`, or while the queue
 /// drains if the wake-up came from outside the queue. The future is then
 /// dropped without being polled again and the handle reports
-/// [`JoinError::is_cancelled`].
+/// [`JoinError::is_cancelled`]. A blocking closure
+/// ([`WorkqueueExt::spawn_blocking`](crate::WorkqueueExt::spawn_blocking)) is
+/// cancelled the same ways, but only before it starts: once running it
+/// finishes, as in tokio.
 pub struct JoinHandle<T> {
-    /// `None` once the output was taken.
-    task: Option<FallibleTask<Outcome<T>>>,
-    shared: Arc<Shared>,
+    awaits: Awaits<T>,
+}
+
+/// What a handle awaits.
+enum Awaits<T> {
+    /// A future: `task` is `None` once the output was taken.
+    Task { task: Option<FallibleTask<Outcome<T>>>, shared: Arc<Shared> },
+    /// A blocking closure: `None` once the output was taken.
+    Call(Option<Arc<dyn CallHandle<T>>>),
 }
 
 impl<T> JoinHandle<T> {
+    pub(crate) fn from_call(call: Arc<dyn CallHandle<T>>) -> JoinHandle<T> {
+        JoinHandle { awaits: Awaits::Call(Some(call)) }
+    }
+
     /// Asks the task to stop.
     ///
     /// If the task has not finished, its future is dropped at its next
@@ -188,22 +215,45 @@ impl<T> JoinHandle<T> {
     /// the handle gives [`JoinError::is_cancelled`]. A poll that is running
     /// right now finishes first; if that poll completes the future, the
     /// output wins, as in tokio. Aborting a finished task does nothing.
+    ///
+    /// A blocking closure is cancelled if it has not started (it is dropped
+    /// unrun); once it runs, it finishes and the handle gives its result.
     pub fn abort(&self) {
-        self.shared.abort();
+        match &self.awaits {
+            Awaits::Task { shared, .. } => shared.abort(),
+            Awaits::Call(Some(call)) => call.abort(),
+            Awaits::Call(None) => {}
+        }
     }
 
     /// Whether the task has finished: completed, panicked or cancelled.
     /// Awaiting the handle then does not wait.
     pub fn is_finished(&self) -> bool {
-        match &self.task {
-            Some(task) => task.is_finished(),
-            None => true,
+        match &self.awaits {
+            Awaits::Task { task: Some(task), .. } => task.is_finished(),
+            Awaits::Call(Some(call)) => call.is_finished(),
+            Awaits::Task { task: None, .. } | Awaits::Call(None) => true,
         }
     }
 
     /// A handle that can abort the task without owning its output.
     pub fn abort_handle(&self) -> AbortHandle {
-        AbortHandle { shared: Arc::clone(&self.shared) }
+        match &self.awaits {
+            Awaits::Task { shared, .. } => AbortHandle { target: Arc::clone(shared) as Arc<dyn Abort> },
+            Awaits::Call(Some(call)) => AbortHandle { target: Arc::clone(call) as Arc<dyn Abort> },
+            Awaits::Call(None) => AbortHandle { target: Arc::new(Finished) },
+        }
+    }
+}
+
+/// The abort target of a call whose output was already taken.
+struct Finished;
+
+impl Abort for Finished {
+    fn abort(&self) {}
+
+    fn is_finished(&self) -> bool {
+        true
     }
 }
 
@@ -211,24 +261,36 @@ impl<T> Future for JoinHandle<T> {
     type Output = Result<T, JoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let task = self.task.as_mut().expect("JoinHandle polled after it returned its result");
-        let outcome = match Pin::new(task).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(outcome) => outcome,
-        };
-        self.task = None;
-        Poll::Ready(match outcome {
-            Some(Outcome::Done(value)) => Ok(value),
-            Some(Outcome::Panicked(payload)) => Err(JoinError::panic(payload)),
-            Some(Outcome::Aborted) | None => Err(JoinError::cancelled()),
-        })
+        match &mut self.awaits {
+            Awaits::Task { task, .. } => {
+                let running = task.as_mut().expect("JoinHandle polled after it returned its result");
+                let outcome = match Pin::new(running).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(outcome) => outcome,
+                };
+                *task = None;
+                Poll::Ready(match outcome {
+                    Some(Outcome::Done(value)) => Ok(value),
+                    Some(Outcome::Panicked(payload)) => Err(JoinError::panic(payload)),
+                    Some(Outcome::Aborted) | None => Err(JoinError::cancelled()),
+                })
+            }
+            Awaits::Call(slot) => {
+                let call = slot.as_ref().expect("JoinHandle polled after it returned its result");
+                let result = std::task::ready!(call.shared().poll_result(cx));
+                *slot = None;
+                Poll::Ready(result)
+            }
+        }
     }
 }
 
 impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.detach();
+        if let Awaits::Task { task, .. } = &mut self.awaits {
+            if let Some(task) = task.take() {
+                task.detach();
+            }
         }
     }
 }
@@ -243,18 +305,19 @@ impl<T> fmt::Debug for JoinHandle<T> {
 /// Mirrors `tokio::task::AbortHandle`.
 #[derive(Clone)]
 pub struct AbortHandle {
-    shared: Arc<Shared>,
+    target: Arc<dyn Abort>,
 }
 
 impl AbortHandle {
     /// Same as [`JoinHandle::abort`].
     pub fn abort(&self) {
-        self.shared.abort();
+        self.target.abort();
     }
 
-    /// Whether the task's future is gone (completed, panicked or cancelled).
+    /// Whether the task's future is gone, or the blocking closure finished
+    /// or was cancelled.
     pub fn is_finished(&self) -> bool {
-        self.shared.finished.load(Ordering::Acquire)
+        self.target.is_finished()
     }
 }
 

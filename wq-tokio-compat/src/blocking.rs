@@ -1,11 +1,8 @@
 //! `spawn_blocking`, `block_in_place` and queue shutdown.
 
 use std::fmt;
-use std::future::Future;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::{mpsc, OnceLock};
-use std::task::{Context, Poll};
 use std::thread;
 use std::time::Duration;
 
@@ -41,22 +38,6 @@ pub fn blocking_queue() -> &'static Workqueue {
 /// behaviour on a runtime of their own (use it with [`spawn_blocking_on`]).
 pub fn blocking_queue_on(rt: &Runtime) -> Result<Workqueue, Error> {
     rt.workqueue(BLOCKING_QUEUE_NAME).flags(wq_core::Flags::UNBOUND).build()
-}
-
-/// Runs a closure once, at its first poll: the whole blocking call is a
-/// single work item.
-struct BlockingTask<F>(Option<F>);
-
-// The closure is never pinned: it is moved out before it runs.
-impl<F> Unpin for BlockingTask<F> {}
-
-impl<F: FnOnce() -> R, R> Future for BlockingTask<F> {
-    type Output = R;
-
-    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<R> {
-        let f = self.0.take().expect("a blocking task is polled once: it completes at its first poll");
-        Poll::Ready(f())
-    }
 }
 
 /// Runs `f` on the [`blocking_queue`] and returns a handle to its result;
@@ -99,7 +80,7 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    wq.spawn(BlockingTask(Some(f)))
+    wq.spawn_blocking(f)
 }
 
 /// Runs a blocking closure in place, telling whoever schedules this thread

@@ -1,0 +1,132 @@
+//! Blocking closures sent with `WorkqueueExt::spawn_blocking`: the one-item
+//! path behind `wq_tokio_compat::spawn_blocking`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use wq_core::Workqueue;
+use wq_futures::{block_on, WorkqueueExt};
+
+fn queue(name: &str) -> Workqueue {
+    Workqueue::builder(name).build().expect("queue builds")
+}
+
+/// Sets its flag when dropped: tells whether a closure's captures were dropped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn every_call_runs_once_and_every_result_comes_back() {
+    let wq = Workqueue::builder("fut_call_count").flags(wq_core::Flags::UNBOUND).build().unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let submitters: Vec<_> = (0..2u64)
+        .map(|s| {
+            let wq = wq.clone();
+            let runs = runs.clone();
+            thread::spawn(move || {
+                let handles: Vec<_> = (0..5_000u64)
+                    .map(|i| {
+                        let runs = runs.clone();
+                        wq.spawn_blocking(move || {
+                            runs.fetch_add(1, Ordering::Relaxed);
+                            s * 1_000_000 + i
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| block_on(h).expect("call ran")).sum::<u64>()
+            })
+        })
+        .collect();
+    let total: u64 = submitters.into_iter().map(|t| t.join().unwrap()).sum();
+    let expected: u64 = (0..5_000u64).sum::<u64>() * 2 + 5_000 * 1_000_000;
+    assert_eq!(total, expected, "every handle gave its own call's value");
+    assert_eq!(runs.load(Ordering::SeqCst), 10_000, "every call ran exactly once");
+}
+
+#[test]
+fn abort_through_an_abort_handle_cancels_a_queued_call_and_drops_its_closure() {
+    let wq = Workqueue::builder("fut_call_abort").max_active(1).build().unwrap();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let blocker = wq.spawn_blocking(move || {
+        started_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+    });
+    started_rx.recv().unwrap();
+    // max_active 1: this call waits behind the blocker.
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = DropFlag(dropped.clone());
+    let ran = Arc::new(AtomicBool::new(false));
+    let ran2 = ran.clone();
+    let queued = wq.spawn_blocking(move || {
+        let _flag = &flag;
+        ran2.store(true, Ordering::SeqCst);
+    });
+    let abort = queued.abort_handle();
+    assert!(!abort.is_finished());
+    abort.abort();
+    assert!(abort.is_finished() && queued.is_finished(), "a cancelled call counts as finished");
+    assert!(dropped.load(Ordering::SeqCst), "the cancelled closure is dropped at once");
+    release_tx.send(()).unwrap();
+    block_on(blocker).unwrap();
+    assert!(block_on(queued).unwrap_err().is_cancelled());
+    wq.flush().unwrap();
+    assert!(!ran.load(Ordering::SeqCst), "a cancelled call never runs");
+}
+
+#[test]
+fn a_refused_call_is_dropped_unrun_and_reports_cancelled() {
+    let wq = queue("fut_call_refused");
+    wq.destroy().unwrap();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = DropFlag(dropped.clone());
+    let handle = wq.spawn_blocking(move || drop(flag));
+    assert!(dropped.load(Ordering::SeqCst));
+    assert!(handle.is_finished());
+    assert!(block_on(handle).unwrap_err().is_cancelled());
+}
+
+#[test]
+fn a_detached_result_whose_drop_panics_leaves_the_worker_serving() {
+    struct PanicOnDrop;
+    impl Drop for PanicOnDrop {
+        fn drop(&mut self) {
+            panic!("dropping the result");
+        }
+    }
+    let wq = queue("fut_call_detached");
+    drop(wq.spawn_blocking(|| PanicOnDrop));
+    wq.flush().unwrap();
+    assert_eq!(block_on(wq.spawn_blocking(|| 7)).unwrap(), 7);
+}
+
+#[test]
+fn a_panic_and_its_payload_come_back() {
+    let wq = queue("fut_call_panic");
+    let err = block_on(wq.spawn_blocking(|| -> u8 { std::panic::panic_any(42u32) })).unwrap_err();
+    assert!(err.is_panic());
+    assert_eq!(*err.into_panic().downcast::<u32>().unwrap(), 42);
+}
+
+#[test]
+fn an_awaiting_task_is_woken_by_the_result() {
+    let wq = Workqueue::builder("fut_call_wake").flags(wq_core::Flags::UNBOUND).build().unwrap();
+    let barrier = Arc::new(Barrier::new(2));
+    let b = barrier.clone();
+    let handle = wq.spawn_blocking(move || {
+        b.wait();
+        thread::sleep(Duration::from_millis(20));
+        "late"
+    });
+    // The handle is polled (and parks its waker) before the call finishes.
+    let waiter = thread::spawn(move || block_on(handle));
+    barrier.wait();
+    assert_eq!(waiter.join().unwrap().unwrap(), "late");
+}

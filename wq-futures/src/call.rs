@@ -153,12 +153,41 @@ where
         shared: CallState { state: AtomicU8::new(QUEUED), result: Mutex::new(None), waker: AtomicWaker::new() },
         f: Mutex::new(Some(f)),
     });
-    let queued = Arc::clone(&call);
-    if wq.execute(move || queued.run()).is_err() {
-        // The refused item (and its reference) is already dropped; the
-        // closure never runs, and the handle reports a cancellation, as
-        // tokio's does once its runtime shut down.
-        call.abort();
-    }
+    let queued = Queued(Some(Arc::clone(&call)));
+    // A refusal drops the item unrun: `Queued` then cancels the call, so
+    // the handle reports a cancellation, as tokio's does once its runtime
+    // shut down.
+    let _ = wq.execute(move || queued.run());
     JoinHandle::from_call(call)
+}
+
+/// The queued item's reference to its call. Dropped without running (the
+/// queue refused it, or anything else discarded it), it cancels the call,
+/// so no handle ever waits for a closure that will not run.
+struct Queued<T, F>(Option<Arc<Call<T, F>>>)
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static;
+
+impl<T, F> Queued<T, F>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(mut self) {
+        let call = self.0.take().expect("an item runs once");
+        call.run();
+    }
+}
+
+impl<T, F> Drop for Queued<T, F>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(call) = &self.0 {
+            call.abort();
+        }
+    }
 }

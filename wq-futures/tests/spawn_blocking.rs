@@ -130,3 +130,38 @@ fn an_awaiting_task_is_woken_by_the_result() {
     barrier.wait();
     assert_eq!(waiter.join().unwrap().unwrap(), "late");
 }
+
+#[test]
+fn racing_aborts_either_cancel_a_call_or_let_it_run_never_both() {
+    const CALLS: usize = 4_000;
+    let wq = Workqueue::builder("fut_call_race").flags(wq_core::Flags::UNBOUND).build().unwrap();
+    let ran: Arc<Vec<AtomicUsize>> = Arc::new((0..CALLS).map(|_| AtomicUsize::new(0)).collect());
+    let handles: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let ran = ran.clone();
+            wq.spawn_blocking(move || {
+                ran[i].fetch_add(1, Ordering::SeqCst);
+                i
+            })
+        })
+        .collect();
+    // Abort every other call from another thread while the workers take
+    // them: some aborts land before the start, some after.
+    let aborts: Vec<_> = handles.iter().step_by(2).map(|h| h.abort_handle()).collect();
+    let aborter = thread::spawn(move || aborts.iter().for_each(|a| a.abort()));
+    let mut cancelled = 0;
+    for (i, handle) in handles.into_iter().enumerate() {
+        match block_on(handle) {
+            Ok(v) => assert_eq!(v, i, "call {i} gave another call's value"),
+            Err(err) => {
+                assert!(err.is_cancelled() && i % 2 == 0, "call {i}: unexpected {err}");
+                cancelled += 1;
+            }
+        }
+    }
+    aborter.join().unwrap();
+    wq.flush().unwrap();
+    let runs: usize = ran.iter().map(|r| r.load(Ordering::SeqCst)).sum();
+    assert!(ran.iter().all(|r| r.load(Ordering::SeqCst) <= 1), "a call ran twice");
+    assert_eq!(runs + cancelled, CALLS, "every call either ran once or was cancelled");
+}

@@ -89,13 +89,39 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
     api(py).map(|_| ())
 }
 
-/// A new, pending `concurrent.futures.Future`.
-pub(crate) fn new_future(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    let api = api(py)?;
-    let class = api.class.bind(py);
-    if !api.fast {
-        return class.call0();
+/// A future cmwq made, and its `_condition` when that is a [`FutureCondition`]: the worker
+/// then reaches the lock without looking the attribute up (a dict lookup and a type check on
+/// memory that has usually gone cold by then). Nothing else replaces the private `_condition`
+/// of a future; the methods of `Future` use the same object.
+pub(crate) struct FutureHandle {
+    pub(crate) future: Py<PyAny>,
+    cond: Option<Py<FutureCondition>>,
+}
+
+impl FutureHandle {
+    /// A new, pending `concurrent.futures.Future`.
+    pub(crate) fn new(py: Python<'_>) -> PyResult<FutureHandle> {
+        let api = api(py)?;
+        let class = api.class.bind(py);
+        if !api.fast {
+            return Ok(FutureHandle { future: class.call0()?.unbind(), cond: None });
+        }
+        let (future, cond) = new_fast(py, api)?;
+        Ok(FutureHandle { future: future.unbind(), cond: Some(cond.unbind()) })
     }
+
+    fn cond<'py>(&self, future: &Bound<'py, PyAny>) -> PyResult<Cond<'py>> {
+        match &self.cond {
+            Some(native) => Ok(Cond::Native(native.bind(future.py()).clone())),
+            None => Cond::of(future),
+        }
+    }
+}
+
+/// `Future()` without running `Future.__init__` (see the module docs); also returns the
+/// condition it put in `_condition`.
+fn new_fast<'py>(py: Python<'py>, api: &FutureApi) -> PyResult<(Bound<'py, PyAny>, Bound<'py, FutureCondition>)> {
+    let class = api.class.bind(py);
     let future = api.new.bind(py).call1((class,))?;
     let cond = Bound::new(py, FutureCondition::new())?;
     // SAFETY: `cond` is a live object we hold a reference to. A `FutureCondition` holds no
@@ -103,13 +129,13 @@ pub(crate) fn new_future(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     // nothing to find through it; untracking only spares every collection a visit. (Its
     // deallocation untracks again, which is a no-op for an untracked object.)
     unsafe { ffi::PyObject_GC_UnTrack(cond.as_ptr().cast()) };
-    future.setattr(intern!(py, "_condition"), cond)?;
+    future.setattr(intern!(py, "_condition"), &cond)?;
     future.setattr(intern!(py, "_state"), api.pending.bind(py))?;
     future.setattr(intern!(py, "_result"), py.None())?;
     future.setattr(intern!(py, "_exception"), py.None())?;
     future.setattr(intern!(py, "_waiters"), PyList::empty(py))?;
     future.setattr(intern!(py, "_done_callbacks"), PyList::empty(py))?;
-    Ok(future)
+    Ok((future, cond))
 }
 
 /// A future's `_condition`: ours, handled in Rust, or a `threading.Condition` (or anything
@@ -174,11 +200,11 @@ impl<'py> Cond<'py> {
 
 /// `future.set_running_or_notify_cancel()`: true if the call should run, false if the future
 /// was cancelled (its waiters are then told, as the method does).
-pub(crate) fn start(future: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let py = future.py();
+pub(crate) fn start(py: Python<'_>, handle: &FutureHandle) -> PyResult<bool> {
+    let future = handle.future.bind(py);
     let api = api(py)?;
     if api.fast {
-        let cond = Cond::of(future)?;
+        let cond = handle.cond(future)?;
         let started = cond.with_lock(|| {
             if future.getattr(intern!(py, "_state"))?.is(&api.pending) {
                 future.setattr(intern!(py, "_state"), api.running.bind(py))?;
@@ -202,11 +228,11 @@ pub(crate) enum Outcome<'py> {
 }
 
 /// `future.set_result(value)` or `future.set_exception(exc)`.
-pub(crate) fn complete<'py>(future: &Bound<'py, PyAny>, outcome: Outcome<'py>) -> PyResult<()> {
-    let py = future.py();
+pub(crate) fn complete<'py>(py: Python<'py>, handle: &FutureHandle, outcome: Outcome<'py>) -> PyResult<()> {
+    let future = handle.future.bind(py);
     let api = api(py)?;
     if api.fast {
-        let cond = Cond::of(future)?;
+        let cond = handle.cond(future)?;
         let done = cond.with_lock(|| {
             let state = future.getattr(intern!(py, "_state"))?;
             if !(state.is(&api.running) || state.is(&api.pending)) {

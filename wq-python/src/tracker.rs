@@ -18,6 +18,8 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
+use crate::future::FutureHandle;
+
 /// How often a blocked wait wakes up to let Python handle signals.
 pub(crate) const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
@@ -53,7 +55,7 @@ pub(crate) struct Item {
     pub(crate) func: Py<PyAny>,
     pub(crate) args: Py<PyTuple>,
     pub(crate) kwargs: Option<Py<PyDict>>,
-    pub(crate) future: Py<PyAny>,
+    pub(crate) future: FutureHandle,
 }
 
 /// Why a tracker takes no more items.
@@ -306,7 +308,7 @@ pub(crate) fn exit_hook(py: Python<'_>) -> PyResult<()> {
     for tracker in &trackers {
         for item in tracker.cancel_queued() {
             // Best effort: the interpreter is going away and `first` says why.
-            let _ = item.future.bind(py).call_method0("cancel");
+            let _ = item.future.future.bind(py).call_method0("cancel");
         }
     }
     for tracker in &trackers {

@@ -267,6 +267,36 @@ def test_future_condition_is_not_tracked_by_the_collector(wq):
     assert fut.result(timeout=10) == 0
 
 
+def test_submits_on_an_idle_queue_get_fresh_futures(wq):
+    # A submit that finds the queue idle takes a future made after the previous such submit;
+    # each must still be a new, pending future of its own, waited on through its own condition.
+    futures = []
+    for i in range(4):
+        time.sleep(0.005)  # idle again, and not part of a burst
+        fut = wq.submit(pow, 2, i)
+        futures.append(fut)
+        assert fut.result(timeout=10) == 2**i
+    assert len({id(f) for f in futures}) == len(futures)
+    assert len({id(f._condition) for f in futures}) == len(futures)
+
+    event, item = gate()
+    time.sleep(0.005)
+    fut = wq.submit(item)
+    assert not fut.done() and fut not in futures
+    results = []
+    waiter = threading.Thread(target=lambda: results.append(fut.result(timeout=10)))
+    waiter.start()
+    time.sleep(0.05)
+    assert results == []
+    event.set()
+    waiter.join(10)
+    assert results == ["opened"]
+    # The next one is fresh again, not the one just completed.
+    time.sleep(0.005)
+    nxt = wq.submit(int, "3")
+    assert nxt is not fut and nxt.result(timeout=10) == 3
+
+
 def test_subclass_overriding_submit_keeps_its_override():
     calls = []
 

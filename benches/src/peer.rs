@@ -119,6 +119,8 @@ pub trait Runner: Send + Sync {
     fn timeline(&self, cfg: &TimelineConfig) -> Result<TimelineRun, RunError>;
     /// Scenario (e): sleep-to-next-start latency; `hooked` puts the sleep inside [`Peer::blocking`].
     fn detect(&self, cfg: &DetectConfig, hooked: bool) -> Result<DetectRun, RunError>;
+    /// Scenario (b) with one submitter kept off `pool_cpu`: the detectors' overhead.
+    fn detect_throughput(&self, cfg: &ThroughputConfig, pool_cpu: usize) -> Result<ThroughputRun, RunError>;
     /// See [`Peer::thread_prefixes`].
     fn thread_prefixes(&self) -> &'static [&'static str];
 }
@@ -138,6 +140,9 @@ impl<P: Peer> Runner for P {
     }
     fn detect(&self, cfg: &DetectConfig, hooked: bool) -> Result<DetectRun, RunError> {
         detect::run(self, cfg, hooked)
+    }
+    fn detect_throughput(&self, cfg: &ThroughputConfig, pool_cpu: usize) -> Result<ThroughputRun, RunError> {
+        detect::throughput_off_pool(self, cfg, pool_cpu)
     }
     fn thread_prefixes(&self) -> &'static [&'static str] {
         Peer::thread_prefixes(self)

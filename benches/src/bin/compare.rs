@@ -502,7 +502,7 @@ fn detect_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, b
         for _ in 0..DETECT_THROUGHPUT_RUNS {
             for (spec, row) in peers.iter().zip(tput.iter_mut()) {
                 let before = row.runs.len();
-                h.run(Scenario::Detect, round, spec, row, |p| p.throughput(&tcfg, 1));
+                h.run(Scenario::Detect, round, spec, row, |p| p.detect_throughput(&tcfg, cfg.pool_cpu));
                 if let Some(r) = row.runs.get(before) {
                     eprintln!("[detect {round}/{rounds}] {}: {}/s", row.name, rate(r.items_per_sec));
                 }
@@ -527,8 +527,9 @@ fn detect_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, b
         cfg.warmup,
     ));
     t.note(format!(
-        "Throughput: the throughput scenario's {} empty items `submit`ted by one thread to the same \
-         runtimes, {DETECT_THROUGHPUT_RUNS} runs per round (median [min–max] over all runs); \
+        "Throughput: the throughput scenario's {} empty items `submit`ted by one thread, kept off \
+         the pool's CPU, to the same runtimes, {DETECT_THROUGHPUT_RUNS} runs per round (median \
+         [min–max] over all runs); \
          `items/s / explicit-only` divides by the explicit-only row, so 0.95× is a 5% overhead.",
         tcfg.items
     ));

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::throughput;
+use super::{ThroughputConfig, ThroughputRun};
 use crate::peer::{Peer, PeerError, RunError};
 use crate::stats::percentile;
 use crate::sys::{now_ns, pin_current_thread};
@@ -196,6 +198,29 @@ fn sample<P: Peer>(
         thread::sleep(POLL);
     }
     Ok(true)
+}
+
+/// The throughput scenario with one submitter kept off the pool's CPU, for the detectors'
+/// overhead: a submitter free to land on the pool's own CPU turns some runs into same-CPU
+/// hand-offs and others into cross-CPU ones, which made one row's runs span 2.5x.
+pub fn throughput_off_pool<P: Peer>(
+    peer: &P,
+    cfg: &ThroughputConfig,
+    pool_cpu: usize,
+) -> Result<ThroughputRun, RunError> {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // The submitter thread the scenario starts inherits this affinity.
+                if let Some(cpu) = allowed_cpu_other_than(pool_cpu) {
+                    // Best effort: unpinned, the numbers are only noisier.
+                    let _ = pin_current_thread(cpu);
+                }
+                throughput::run(peer, cfg, 1)
+            })
+            .join()
+            .map_err(|_| RunError::Harness("detect throughput thread panicked".into()))?
+    })
 }
 
 /// The highest CPU the calling thread may run on other than `avoid`, if there is one.

@@ -123,3 +123,26 @@ def test_gil_bound_burst_does_not_grow_the_pool(detector):
     assert peak_running <= 1, (peak_running, peak_workers)
     assert peak_workers <= 1 + IDLE_RESERVE, (peak_running, peak_workers, runtime.dump())
 
+
+
+def test_polling_runtime_stats_does_not_starve_workers():
+    """A thread that holds the GIL and polls runtime.stats() between bursts of its own work must
+    not keep the workers waiting for the GIL. (stats() used to release the GIL for a few
+    microseconds; each release restarted the waiting worker's 5 ms wait before it may ask for a
+    switch, and the polling thread took the GIL back first, for seconds on end.)"""
+    import os
+
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    runtime = cmwq.Runtime(cpus=[cpu], detector="explicit")
+    wq = cmwq.Workqueue("stats_poll", runtime=runtime)
+    futs = [wq.submit(burn, 0.0005) for _ in range(200)]
+    polls = 0
+    while not any(f.done() for f in futs):
+        burn(0.002)  # hold the GIL like a busy main thread
+        runtime.stats()
+        polls += 1
+        # A worker gets the GIL within a switch interval or two: a few polls, not hundreds.
+        assert polls < 100, "no call finished while the main thread polled stats 100 times"
+    for f in futs:
+        f.result()
+    wq.shutdown()

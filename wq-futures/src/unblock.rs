@@ -76,8 +76,12 @@ impl<T> fmt::Debug for Unblock<T> {
     }
 }
 
-/// Runs a blocking closure on `system_long_wq` and returns a future for its
-/// result: a replacement for smol's `blocking::unblock`.
+/// Runs a blocking closure on `system_unbound_wq` and returns a future for
+/// its result: a replacement for smol's `blocking::unblock`.
+///
+/// Unbound like smol's blocking pool: a burst of closures from one task
+/// spreads over every CPU instead of queueing on the caller's (a bound queue
+/// keeps each item on the CPU that queued it).
 ///
 /// ```
 /// use wq_futures::{block_on, unblock};
@@ -90,7 +94,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    unblock_on(wq_core::system_long_wq(), f)
+    unblock_on(wq_core::system_unbound_wq(), f)
 }
 
 /// Runs a blocking closure on `wq` and returns a future for its result.

@@ -1,5 +1,7 @@
 //! Spawning, joining, aborting and detaching tasks on workqueues.
 
+mod common;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -7,6 +9,7 @@ use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use common::DropFlag;
 use futures::channel::oneshot;
 use futures::task::SpawnExt;
 use wq_core::{Error, Workqueue};
@@ -29,15 +32,6 @@ impl Future for YieldN {
         self.0 -= 1;
         cx.waker().wake_by_ref();
         Poll::Pending
-    }
-}
-
-/// Sets its flag when dropped: tells whether a task's future was dropped.
-struct DropFlag(Arc<AtomicBool>);
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
     }
 }
 

@@ -1,25 +1,19 @@
 //! Blocking closures sent with `WorkqueueExt::spawn_blocking`: the one-item
 //! path behind `wq_tokio_compat::spawn_blocking`.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
+use common::DropFlag;
 use wq_core::Workqueue;
 use wq_futures::{block_on, WorkqueueExt};
 
 fn queue(name: &str) -> Workqueue {
     Workqueue::builder(name).build().expect("queue builds")
-}
-
-/// Sets its flag when dropped: tells whether a closure's captures were dropped.
-struct DropFlag(Arc<AtomicBool>);
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
 }
 
 #[test]

@@ -98,10 +98,7 @@ pub fn run<P: Peer>(peer: &P, cfg: &DetectConfig, hooked: bool) -> Result<Detect
     let samples = thread::scope(|scope| {
         scope
             .spawn(|| -> Result<Vec<Arc<Sample>>, RunError> {
-                if let Some(cpu) = allowed_cpu_other_than(cfg.pool_cpu) {
-                    // Best effort: unpinned, the numbers are only noisier.
-                    let _ = pin_current_thread(cpu);
-                }
+                pin_off(cfg.pool_cpu);
                 let mut samples = Vec::with_capacity(total);
                 for k in 0..total {
                     let s = Arc::new(Sample::default());
@@ -212,15 +209,20 @@ pub fn throughput_off_pool<P: Peer>(
         scope
             .spawn(|| {
                 // The submitter thread the scenario starts inherits this affinity.
-                if let Some(cpu) = allowed_cpu_other_than(pool_cpu) {
-                    // Best effort: unpinned, the numbers are only noisier.
-                    let _ = pin_current_thread(cpu);
-                }
+                pin_off(pool_cpu);
                 throughput::run(peer, cfg, 1)
             })
             .join()
             .map_err(|_| RunError::Harness("detect throughput thread panicked".into()))?
     })
+}
+
+/// Pins the calling thread to an allowed CPU other than `pool_cpu`, if there is one. Best
+/// effort: unpinned, the numbers are only noisier.
+fn pin_off(pool_cpu: usize) {
+    if let Some(cpu) = allowed_cpu_other_than(pool_cpu) {
+        let _ = pin_current_thread(cpu);
+    }
 }
 
 /// The highest CPU the calling thread may run on other than `avoid`, if there is one.

@@ -1,14 +1,15 @@
 //! Loom models of the handshakes that span more than one state word:
 //! `queue` against `cancel_sync`, the `flush`/`cancel_sync` wait, the pool's
-//! `nr_running` wake-up and the monitor's parking.
+//! `nr_running` wake-up, the monitor's parking, and a worker's deferred
+//! accounting against `flush`.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p wq-core --lib loom --release`.
 //! Models (1) and (2) drive the real [`State`] (its atomics are loom's under
 //! `--cfg loom`); the helpers around it follow `WorkShared` in
 //! `work/mod.rs` step for step (plus the fences below), because `WorkShared`
-//! itself uses `std` locks. Models (3)
-//! and (4) restate protocols whose real code uses `std` types throughout
-//! (`pool/mod.rs`, `monitor.rs`); each names the code it follows, and a
+//! itself uses `std` locks. Models (3) to (5) restate protocols whose real
+//! code uses `std` types throughout (`pool/mod.rs`, `monitor.rs`,
+//! `pool/batch.rs`); each names the code it follows, and a
 //! change to that code must be mirrored here.
 //!
 //! Loom treats `SeqCst` accesses as `AcqRel` (loom's README, issue #180),
@@ -359,5 +360,77 @@ fn loom_monitor_park_and_poke() {
         // Back in its loop, the monitor's next tick finds the work.
         assert_eq!(nr_pending.load(SeqCst), 1, "the monitor left its park without the pending work");
         producer.join().unwrap();
+    });
+}
+
+/// (5) Deferred accounting against `flush` (`pool/batch.rs`): a worker
+/// defers a finished item's record to its batch, then reads the queue's
+/// `flushers` under the batch lock (`WorkerShared::next_stashed`); a
+/// flusher raises `flushers`, settles every batch under the pool lock
+/// (`Pool::settle`), then waits for the record (`flush_colors`). The
+/// worker may never come back for its record (it blocks on the flusher),
+/// so the flusher must get it either from its settle or from the worker
+/// applying it at once; a flusher waiting for ever is a loom deadlock.
+#[test]
+fn loom_deferred_accounting_meets_flush() {
+    struct Shared {
+        flushers: AtomicUsize,
+        /// `Batch::done`: records not yet applied.
+        batch: Mutex<usize>,
+        /// The pwq's applied records, under the pool lock.
+        pool: Mutex<usize>,
+        flush_lock: Mutex<()>,
+        flush_cv: Condvar,
+    }
+    impl Shared {
+        /// `Pool::settle` (and the worker's own locked path), then
+        /// `FollowUps::run`'s `notify_flushers`.
+        fn settle(&self) {
+            let retired = {
+                let mut applied = self.pool.lock().unwrap();
+                let n = std::mem::take(&mut *self.batch.lock().unwrap());
+                *applied += n;
+                n > 0
+            };
+            if retired && self.flushers.load(SeqCst) > 0 {
+                let _guard = self.flush_lock.lock().unwrap();
+                self.flush_cv.notify_all();
+            }
+        }
+    }
+
+    check(3, || {
+        let s = Arc::new(Shared {
+            flushers: AtomicUsize::new(0),
+            batch: Mutex::new(0),
+            pool: Mutex::new(0),
+            flush_lock: Mutex::new(()),
+            flush_cv: Condvar::new(),
+        });
+        let worker = {
+            let s = s.clone();
+            thread::spawn(move || {
+                let flushing = {
+                    let mut batch = s.batch.lock().unwrap();
+                    *batch += 1;
+                    s.flushers.load(SeqCst) > 0
+                };
+                if flushing {
+                    s.settle();
+                }
+                // Otherwise it runs its next stashed item, which here blocks
+                // on the flusher: the record stays in the batch.
+            })
+        };
+
+        s.flushers.fetch_add(1, SeqCst);
+        s.settle();
+        let mut guard = s.flush_lock.lock().unwrap();
+        while *s.pool.lock().unwrap() < 1 {
+            guard = s.flush_cv.wait(guard).unwrap();
+        }
+        drop(guard);
+        s.flushers.fetch_sub(1, SeqCst);
+        worker.join().unwrap();
     });
 }

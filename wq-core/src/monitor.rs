@@ -217,6 +217,13 @@ fn report_stall(pool: &Pool, busy: &[Arc<WorkerShared>], stalled: Duration, core
     );
 }
 
+/// Returns the stash of a worker found asleep to the worklist.
+fn reclaim_stash(pool: &Arc<Pool>, w: &WorkerShared) {
+    if w.has_stash() {
+        pool.worker_stopped_running(w);
+    }
+}
+
 /// One busy worker of a pool with pending work: did it sleep, wake, or
 /// run past the CPU-hog threshold? Returns whether it was seen asleep
 /// unannounced (not inside `blocking` or `ignore_sleeps`).
@@ -236,10 +243,18 @@ fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration, hog
                 && (min_futex.is_zero() || asleep_for >= min_futex || w.in_futex_wait() == Some(false));
             if long_enough && w.set_flags(pool, SLEEPING) {
                 w.trace(pool, TraceKind::Sleep);
-                if pool.worker_stopped_running() {
+                if pool.worker_stopped_running(w) {
                     w.cm_wakeups.fetch_add(1, Relaxed);
                 }
+            } else if asleep_for >= SLEEP_HYSTERESIS_IDLE {
+                reclaim_stash(pool, w);
             }
+        }
+        ThreadState::Sleeping { since } if since.elapsed() >= SLEEP_HYSTERESIS_IDLE => {
+            // Asleep but still counted as running (`ignore_sleeps`): the
+            // sleep is not worth another worker, but the entries it stashed
+            // must not wait behind it where the worklist's would not.
+            reclaim_stash(pool, w);
         }
         ThreadState::Running if flags & SLEEPING != 0 => {
             // The kernel's wq_worker_running().
@@ -263,7 +278,7 @@ fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration, hog
     if flags & CPU_INTENSIVE == 0 && used >= hog_threshold && w.items_started.load(SeqCst) == item {
         w.hog_marked.store(true, Relaxed);
         if w.set_flags(pool, CPU_INTENSIVE) {
-            pool.worker_stopped_running();
+            pool.worker_stopped_running(w);
         }
     }
     false

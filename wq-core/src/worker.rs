@@ -11,7 +11,9 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crate::detect::{Detector, Probe};
-use crate::pool::{complete_entry, drop_quietly, Done, Entry, Job, Outcome, Pool, PoolInner, PwqLink};
+use crate::pool::{
+    complete_entry, drop_quietly, Batch, Done, Entry, FollowUps, Job, Outcome, Pool, PoolInner, PwqLink,
+};
 use crate::sys;
 use crate::trace::TraceKind;
 use crate::work::{Claim, Parked, WorkShared};
@@ -75,6 +77,9 @@ pub(crate) struct WorkerShared {
     /// `/proc/self/task/<tid>/wchan`, kept open: where in the kernel the
     /// thread sleeps (only read for workers inside `min_sleep`).
     wchan: OnceLock<std::fs::File>,
+    /// Entries taken from the worklist ahead of time, and deferred
+    /// accounting (`pool/batch.rs`). Lock order: pool lock, then this.
+    batch: Mutex<Batch>,
 }
 
 impl WorkerShared {
@@ -98,6 +103,7 @@ impl WorkerShared {
             cm_wakeups: AtomicU64::new(0),
             min_sleep_ns: AtomicU64::new(0),
             wchan: OnceLock::new(),
+            batch: Mutex::default(),
         }
     }
 
@@ -114,6 +120,11 @@ impl WorkerShared {
             return None;
         }
         Some(wchan.windows(5).any(|w| w == b"futex"))
+    }
+
+    /// The worker's batch. Nothing panics while holding it.
+    pub(crate) fn batch(&self) -> MutexGuard<'_, Batch> {
+        self.batch.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// CPU time of the worker thread; callable from any thread.
@@ -326,7 +337,7 @@ impl BlockingGuard {
             return BlockingGuard(None);
         };
         me.trace(&pool, TraceKind::Sleep);
-        if me.set_flags(&pool, BLOCKING) && pool.worker_stopped_running() {
+        if me.set_flags(&pool, BLOCKING) && pool.worker_stopped_running(&me) {
             CURRENT.with(|c| {
                 if let Some(c) = c.borrow().as_ref() {
                     c.link.wq.counters.cm_wakeups.fetch_add(1, Relaxed);
@@ -418,17 +429,7 @@ pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
         }
         me.clr_flags(&pool, IDLE | SLEEPING);
         meter.checkpoint();
-        loop {
-            let Some(entry) = inner.worklist.pop_front() else { break };
-            pool.sync_pending(&inner);
-            drop(inner);
-            process_one(&pool, &me, &mut meter, entry, &mut done);
-            inner = pool.lock();
-            inner = complete_local(&pool, inner, &mut done);
-            if !pool.keep_working(&inner) {
-                break;
-            }
-        }
+        inner = work_while_needed(&pool, &me, &mut meter, inner, &mut done);
         me.set_flags(&pool, IDLE);
     }
     pool.remove_worker(&me);
@@ -436,33 +437,63 @@ pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
     pool.rt.nr_workers.fetch_sub(1, SeqCst);
 }
 
-/// Applies the accounting of this pool's finished entries.
-fn complete_local<'a>(
+/// The busy part of the worker loop (the kernel's `keep_working` loop):
+/// takes the next entry, and while items are tiny a stash of more (see
+/// `pool/batch.rs`), runs them unlocked, and comes back to the lock to
+/// account for them. Returns with the pool locked and the batch empty.
+fn work_while_needed<'a>(
     pool: &'a Arc<Pool>,
+    me: &WorkerShared,
+    meter: &mut CpuMeter,
     mut inner: MutexGuard<'a, PoolInner>,
     done: &mut Vec<Done>,
 ) -> MutexGuard<'a, PoolInner> {
-    let mut follow_up = Vec::new();
-    for d in done.drain(..) {
-        let c = pool.complete(&mut inner, &d);
-        if c.retired || c.other_pods {
-            follow_up.push((d.link.wq.clone(), c));
+    loop {
+        // 1. Locked: the next entry, plus a stash if the last item was tiny.
+        let Some(mut entry) = inner.worklist.pop_front() else { break };
+        if pool.batching && meter.last_was_tiny() {
+            pool.stash_more(&mut inner, me);
+        }
+        pool.sync_pending(&inner);
+        drop(inner);
+        // 2. Unlocked: run it, then the stash while `next_stashed` allows.
+        loop {
+            process_one(pool, me, meter, entry, done);
+            match me.next_stashed(pool, done) {
+                Some(next) => entry = next,
+                None => break,
+            }
+        }
+        // 3. Locked: what is left of the stash goes back to the front of
+        //    the worklist (to be taken again in step 1), and everything
+        //    finished is accounted for.
+        inner = pool.lock();
+        inner = complete_local(pool, inner, me, done);
+        if !pool.keep_working(&inner) {
+            break;
         }
     }
-    if follow_up.is_empty() {
+    inner
+}
+
+/// Takes back `me`'s batch and applies the accounting of this pool's
+/// finished entries.
+fn complete_local<'a>(
+    pool: &'a Arc<Pool>,
+    mut inner: MutexGuard<'a, PoolInner>,
+    me: &WorkerShared,
+    done: &mut Vec<Done>,
+) -> MutexGuard<'a, PoolInner> {
+    let mut follow_ups = FollowUps::default();
+    pool.reclaim(&mut inner, me, &mut follow_ups);
+    pool.apply(&mut inner, done.drain(..), &mut follow_ups);
+    if follow_ups.is_empty() {
         return inner;
     }
     // Flushers hold their flush lock while taking pool locks, and other
     // pods' pools are locked one at a time: both happen with this pool unlocked.
     drop(inner);
-    for (wq, c) in follow_up {
-        if c.retired {
-            wq.notify_flushers();
-        }
-        if c.other_pods {
-            wq.activate_pods();
-        }
-    }
+    follow_ups.run();
     pool.lock()
 }
 
@@ -659,7 +690,7 @@ fn execute(
     // A worker that does not count as running must chain the pending work
     // to another worker itself (the kernel's kick in process_one_work).
     if intensive && me.set_flags(pool, CPU_INTENSIVE) {
-        pool.worker_stopped_running();
+        pool.worker_stopped_running(me);
     }
     if let Some(pod) = &pool.attrs.pod {
         repatriate(pod, &pool.attrs.cpus);
@@ -719,16 +750,27 @@ struct CpuMeter {
     checkpoint: Option<Duration>,
     charged: Duration,
     last_end: Option<Instant>,
+    /// Wall time of the last item of this busy period (`None` before the first).
+    last_wall: Option<Duration>,
 }
 
 impl CpuMeter {
     const SHORT: Duration = Duration::from_micros(50);
+    /// Items shorter than this make the worker take a batch (see `pool/batch.rs`).
+    const TINY: Duration = Duration::from_micros(10);
 
     /// A busy period starts: the idle time before it is nobody's.
     fn checkpoint(&mut self) {
         self.checkpoint = None;
         self.charged = Duration::ZERO;
         self.last_end = None;
+        self.last_wall = None;
+    }
+
+    /// The last item was short enough that the pool lock around it cost
+    /// as much as the item: the next ones are worth taking in a batch.
+    fn last_was_tiny(&self) -> bool {
+        self.last_wall.is_some_and(|w| w < Self::TINY)
     }
 
     fn item_start(&mut self) -> Instant {
@@ -740,6 +782,7 @@ impl CpuMeter {
         let end = Instant::now();
         self.last_end = Some(end);
         let wall = end - start;
+        self.last_wall = Some(wall);
         if wall < Self::SHORT {
             self.charged += wall;
             return wall;

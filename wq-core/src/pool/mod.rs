@@ -6,6 +6,7 @@
 //! only when the running one sleeps. See `README.md` beside this file for the
 //! rules and the lost-wake-up argument.
 
+mod batch;
 mod pwq;
 
 use std::collections::VecDeque;
@@ -13,6 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+pub(crate) use batch::{Batch, FollowUps};
 pub(crate) use pwq::{PwqLink, PwqState};
 
 use crate::rescuer::Rescuer;
@@ -106,9 +108,14 @@ pub(crate) struct Pool {
     /// `clr_flags`; invariant: equals the number of this pool's workers
     /// whose flags contain none of `worker::NOT_RUNNING`, and never negative.
     pub(crate) nr_running: AtomicIsize,
-    /// Whether the worklist is non-empty (1) or empty (0), stored under the
-    /// lock when that changes, for the monitor to read without the lock.
+    /// Whether work waits (1) or not (0): the worklist is non-empty or a
+    /// worker holds a stash (`batch.rs`). Stored under the lock when that
+    /// changes, for the monitor to read without the lock.
     pub(crate) nr_pending: AtomicUsize,
+    /// Workers take tiny items in batches. Only with a sleep detector: a
+    /// stash behind a worker that sleeps unannounced comes back only when
+    /// the monitor sees the sleep.
+    pub(crate) batching: bool,
     pub(crate) rt: Arc<RtCore>,
     /// The nice value the OS granted (as `i64` bits), `u64::MAX - 1` if it
     /// refused, `u64::MAX` until a worker asked.
@@ -145,6 +152,8 @@ pub(crate) struct PoolInner {
     pub(crate) want_worker: bool,
     /// The runtime is shutting down: workers exit once the worklist is empty.
     pub(crate) dying: bool,
+    /// Workers whose batch holds a stash (see `Batch::counted`).
+    pub(crate) nr_stashes: usize,
     pwqs: Vec<Option<PwqState>>,
     free_pwqs: Vec<usize>,
 }
@@ -158,12 +167,14 @@ impl Pool {
             (None, Some(pod)) => pod.len().max(1) + UNBOUND_SPARE,
             (None, None) => attrs.cpus.len().max(1) + UNBOUND_SPARE,
         };
+        let batching = rt.detector.kind != crate::Detector::ExplicitOnly;
         Arc::new(Pool {
             id,
             attrs,
             target,
             nr_running: AtomicIsize::new(0),
             nr_pending: AtomicUsize::new(0),
+            batching,
             rt,
             nice_granted: AtomicU64::new(u64::MAX),
             creation_failing: AtomicBool::new(false),
@@ -178,6 +189,7 @@ impl Pool {
                 nr_starting: 0,
                 want_worker: false,
                 dying: false,
+                nr_stashes: 0,
                 pwqs: Vec::new(),
                 free_pwqs: Vec::new(),
             }),
@@ -227,21 +239,20 @@ impl Pool {
     /// Publishes the worklist length; pokes the monitor when work becomes
     /// pending (the store comes first: see the parking protocol in monitor.rs).
     pub(crate) fn sync_pending(&self, inner: &PoolInner) {
-        self.publish_pending(inner);
-        if !inner.worklist.is_empty() && self.rt.monitor.is_parked() {
+        if self.publish_pending(inner) && self.rt.monitor.is_parked() {
             self.rt.monitor.poke();
         }
     }
 
-    /// Publishes whether the worklist is empty, for the monitor.
-    fn publish_pending(&self, inner: &PoolInner) {
-        // Written only on empty <-> non-empty changes: the line stays
-        // quiet while a busy pool keeps work queued.
-        match inner.worklist.len() {
-            0 => self.nr_pending.store(0, SeqCst),
-            1 => self.nr_pending.store(1, SeqCst),
-            _ => {}
+    /// Publishes whether work waits, for the monitor; returns it.
+    fn publish_pending(&self, inner: &PoolInner) -> bool {
+        let pending = !inner.worklist.is_empty() || inner.nr_stashes > 0;
+        // Written only when it changes: the line stays quiet while a busy
+        // pool keeps work queued.
+        if (self.nr_pending.load(Relaxed) != 0) != pending {
+            self.nr_pending.store(usize::from(pending), SeqCst);
         }
+        pending
     }
 
     /// Wakes an idle worker if work needs one; asks the manager for a new
@@ -295,7 +306,7 @@ impl Pool {
         if pwq.try_claim() {
             tracing::trace!(target: "wq", pool = self.id, "queue_work");
             inner.worklist.push_back(entry);
-            self.publish_pending(inner);
+            let _ = self.publish_pending(inner);
             // Work waiting behind a running worker needs the monitor (the
             // worker may sleep unannounced); work for an idle pool does not.
             let poke_monitor = self.nr_running() > 0 && self.rt.monitor.is_parked();
@@ -373,14 +384,18 @@ impl Pool {
         self.released.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
     }
 
-    /// A running worker stopped counting as running (it sleeps, blocks or
-    /// turned CPU-intensive): wake another if work is pending. Called after
-    /// `nr_running` dropped; taking the lock here is what makes the wake-up
-    /// impossible to lose (see README.md).
-    pub(crate) fn worker_stopped_running(self: &Arc<Self>) -> bool {
+    /// Worker `w` stopped counting as running (it sleeps, blocks or turned
+    /// CPU-intensive), or the monitor found it asleep: its batch returns to
+    /// the worklist, and another worker wakes if work is pending. Called
+    /// after `nr_running` dropped; taking the lock here is what makes the
+    /// wake-up impossible to lose (see README.md).
+    pub(crate) fn worker_stopped_running(self: &Arc<Self>, w: &WorkerShared) -> bool {
+        let mut follow_ups = FollowUps::default();
         let mut inner = self.lock();
+        self.reclaim(&mut inner, w, &mut follow_ups);
         let woken = self.kick(&mut inner);
         drop(inner);
+        follow_ups.run();
         match woken {
             Some(w) => {
                 w.unpark();
@@ -438,7 +453,7 @@ impl Pool {
 
     /// Active (activated, not finished) entries of pwq `slot`.
     pub(crate) fn pwq_active(&self, slot: usize) -> usize {
-        self.lock().pwq(slot).nr_active
+        self.lock_settled().pwq(slot).nr_active
     }
 
     /// Starts the runtime's shutdown for this pool: idle workers exit, busy
@@ -474,7 +489,7 @@ impl Pool {
             let entries: Vec<Entry> = {
                 let mut inner = self.lock();
                 let entries = std::mem::take(&mut inner.worklist).into();
-                self.publish_pending(&inner);
+                let _ = self.publish_pending(&inner);
                 entries
             };
             if entries.is_empty() {
@@ -497,7 +512,7 @@ impl Pool {
 
     /// Sums the stats of pwq `slot`.
     pub(crate) fn pwq_stats(&self, slot: usize) -> (u64, usize, Duration, u64) {
-        let mut inner = self.lock();
+        let mut inner = self.lock_settled();
         let p = inner.pwq_mut(slot);
         (p.total, p.nr_in_flight, p.cpu_time, p.panics)
     }

@@ -41,8 +41,9 @@ pub(crate) struct PwqState {
     /// An unbound queue's `max_active`, shared with its other pods' pwqs.
     pub(crate) limit: Option<Arc<Limit>>,
     /// Invariant: `nr_active <= max_active`, and it counts exactly the
-    /// entries of this pwq that are on the worklist, running, or parked in a
-    /// work item's hand-off slot.
+    /// entries of this pwq that are on the worklist, in a worker's batch
+    /// (stashed, running, or finished with their accounting deferred), or
+    /// parked in a work item's hand-off slot.
     pub(crate) nr_active: usize,
     /// Entries waiting for `nr_active` to drop, oldest first.
     pub(crate) inactive: VecDeque<Entry>,

@@ -18,6 +18,11 @@ impl Workqueue {
         let color = core.color.fetch_add(1, SeqCst);
         core.flushers.fetch_add(1, SeqCst);
         let links = self.links();
+        // Workers defer the accounting of tiny items (`pool/batch.rs`):
+        // apply what they hold, now that they see `flushers` and apply the rest.
+        for l in &links {
+            l.pool.settle();
+        }
         let mut guard = core.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
         while !links.iter().all(|l| l.pool.pwq_flushed(l.slot, color)) {
             guard = core.flush_cv.wait(guard).unwrap_or_else(|e| e.into_inner());

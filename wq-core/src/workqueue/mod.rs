@@ -134,6 +134,13 @@ impl WqCore {
         }
     }
 
+    /// Whether a `flush` or `drain` of this queue is waiting. A flusher
+    /// raises the count before it settles deferred accounting, so a worker
+    /// that reads it after deferring a record knows whether to apply it now.
+    pub(crate) fn has_flushers(&self) -> bool {
+        self.flushers.load(SeqCst) > 0
+    }
+
     /// A flush colour retired somewhere: wake flushers, if any.
     pub(crate) fn notify_flushers(&self) {
         if self.flushers.load(SeqCst) > 0 {
@@ -160,9 +167,13 @@ pub(crate) struct WqShared {
     pub(crate) core: Arc<WqCore>,
     pub(crate) rt: Runtime,
     /// Bound queues: one pwq per runtime CPU. Unbound: one per pod. Read on
-    /// every queueing (a sharded lock keeps that cheap); replaced by
-    /// `apply_attrs`.
+    /// every queueing of an unbound queue (a sharded lock keeps that
+    /// cheap); replaced by `apply_attrs`.
     pwqs: ShardedLock<Arc<PwqSet>>,
+    /// The pwqs of a bound or ordered queue, which never change
+    /// (`apply_attrs` refuses both): queueing reads them without the lock's
+    /// two atomic operations. The same set as `pwqs` holds.
+    fixed: Option<Arc<PwqSet>>,
     /// Pwqs replaced by `apply_attrs` that may still have work in flight.
     old: Mutex<Vec<Arc<PwqLink>>>,
     attrs: Mutex<Option<Attrs>>,
@@ -180,10 +191,12 @@ impl WqShared {
         rescuer: Option<Arc<Rescuer>>,
         attrs: Option<Attrs>,
     ) -> WqShared {
+        let set = Arc::new(set);
         WqShared {
+            fixed: (attrs.is_none() || core.ordered).then(|| set.clone()),
             core,
             rt,
-            pwqs: ShardedLock::new(Arc::new(set)),
+            pwqs: ShardedLock::new(set),
             old: Mutex::new(Vec::new()),
             attrs: Mutex::new(attrs),
             armed: Mutex::default(),
@@ -482,7 +495,16 @@ impl Workqueue {
     /// pending state that a refusal then takes back. `Ok(false)`: `make`
     /// gave nothing (the item was pending already).
     fn queue_with(&self, slot: usize, from_timer: bool, make: impl FnOnce() -> Option<Job>) -> Result<bool, Error> {
-        let set = self.shared.pwqs.read().unwrap_or_else(|e| e.into_inner());
+        // An unbound queue's set may be replaced; holding the read lock
+        // while queueing keeps `apply_attrs` from retiring it meanwhile.
+        let guard;
+        let set: &PwqSet = match &self.shared.fixed {
+            Some(set) => set,
+            None => {
+                guard = self.shared.pwqs.read().unwrap_or_else(|e| e.into_inner());
+                &guard
+            }
+        };
         let link = set.for_slot(slot);
         let pool = &link.pool;
         let mut inner = pool.lock();

@@ -1,0 +1,164 @@
+//! Worker batches: a busy worker takes tiny items a few at a time, so the
+//! queueing thread and the worker stop fighting over the pool lock for
+//! every item. The protocol and why it loses nothing are in `README.md`
+//! beside this file ("Batches").
+
+use std::collections::VecDeque;
+use std::sync::{Arc, MutexGuard};
+
+use super::{Done, Entry, Pool, PoolInner};
+use crate::worker::WorkerShared;
+use crate::workqueue::WqCore;
+
+/// The most entries a worker holds at once: the one it runs plus a stash.
+/// Enough to take the pool lock once per dozen tiny items; few enough that
+/// a stash never hides much work from the other workers.
+pub(crate) const MAX_BATCH: usize = 16;
+
+/// What a worker took from its pool's worklist and has not started, and
+/// the accounting of finished entries it has not applied yet.
+///
+/// Who touches it: the owning worker between two items (pushes records,
+/// pops the next entry), holding only this lock; and, with the pool lock
+/// taken first, whoever takes it back: the worker's own locked path, the
+/// thread that marks the worker not running (`worker_stopped_running`),
+/// and the monitor finding it asleep (`reclaim`), which take both halves;
+/// accounting readers (`Pool::settle`), which take only the records.
+///
+/// Invariant: `done` is non-empty only while `stash` is (the owner may
+/// break it only while it holds this lock, or on its way to the pool
+/// lock), so deferred accounting always has a non-empty stash beside it,
+/// which keeps the pool pending and the monitor watching the worker.
+#[derive(Default)]
+pub(crate) struct Batch {
+    /// Entries taken from the front of the worklist, in worklist order.
+    stash: VecDeque<Entry>,
+    /// Finished entries of this pool whose `Pool::complete` is deferred.
+    done: Vec<Done>,
+    /// Counted in the pool's `nr_stashes`. Changed only with the pool lock
+    /// held, so the count matches the stashes the pool lock has seen.
+    counted: bool,
+}
+
+/// What applying deferred accounting left to do with the pool unlocked:
+/// queues with a flush colour retired or other pods to activate.
+#[must_use = "follow-ups must run once the pool is unlocked"]
+#[derive(Default)]
+pub(crate) struct FollowUps(Vec<(Arc<WqCore>, bool, bool)>);
+
+impl FollowUps {
+    /// Notifies flushers and activates other pods. Call with no pool locked:
+    /// flushers take pool locks under their flush lock.
+    pub(crate) fn run(self) {
+        for (wq, retired, other_pods) in self.0 {
+            if retired {
+                wq.notify_flushers();
+            }
+            if other_pods {
+                wq.activate_pods();
+            }
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Pool {
+    /// Applies `records` under the pool lock.
+    pub(crate) fn apply(&self, inner: &mut PoolInner, records: impl IntoIterator<Item = Done>, out: &mut FollowUps) {
+        for d in records {
+            let c = self.complete(inner, &d);
+            if c.retired || c.other_pods {
+                out.0.push((d.link.wq.clone(), c.retired, c.other_pods));
+            }
+        }
+    }
+
+    /// Moves up to `MAX_BATCH - 1` more entries from the worklist into
+    /// `me`'s stash, after the entry it is about to run. An unbound pool's
+    /// other running workers keep a fair share: at most `len / target`.
+    pub(crate) fn stash_more(&self, inner: &mut PoolInner, me: &WorkerShared) {
+        let len = inner.worklist.len();
+        let n = (len / self.target).min(MAX_BATCH - 1);
+        if n == 0 {
+            return;
+        }
+        let mut b = me.batch();
+        debug_assert!(b.stash.is_empty() && b.done.is_empty(), "stashing over an unreturned batch");
+        b.stash.extend(inner.worklist.drain(..n));
+        if !b.counted {
+            b.counted = true;
+            inner.nr_stashes += 1;
+        }
+    }
+
+    /// Takes `w`'s batch back: its stash returns to the front of the
+    /// worklist in order, and its deferred accounting is applied. Safe at
+    /// any time: the owner finds an empty stash and goes to the pool lock.
+    pub(crate) fn reclaim(&self, inner: &mut PoolInner, w: &WorkerShared, out: &mut FollowUps) {
+        let (stash, done) = {
+            let mut b = w.batch();
+            if b.counted {
+                b.counted = false;
+                inner.nr_stashes -= 1;
+            }
+            (std::mem::take(&mut b.stash), std::mem::take(&mut b.done))
+        };
+        for e in stash.into_iter().rev() {
+            inner.worklist.push_front(e);
+        }
+        self.apply(inner, done, out);
+        self.sync_pending(inner);
+    }
+
+    /// Applies every worker's deferred accounting, for a reader that needs
+    /// exact counts (flush, drain, freeze, stats). Stashes stay where they are.
+    pub(crate) fn settle(&self) {
+        let mut out = FollowUps::default();
+        {
+            let mut inner = self.lock();
+            for w in self.workers().iter() {
+                let done = std::mem::take(&mut w.batch().done);
+                self.apply(&mut inner, done, &mut out);
+            }
+        }
+        out.run();
+    }
+
+    /// Locks the pool and applies settled records, for readers.
+    pub(crate) fn lock_settled(&self) -> MutexGuard<'_, PoolInner> {
+        self.settle();
+        self.lock()
+    }
+}
+
+impl WorkerShared {
+    /// Whether the worker holds stashed entries.
+    pub(crate) fn has_stash(&self) -> bool {
+        !self.batch().stash.is_empty()
+    }
+
+    /// Between two items: defers the accounting in `done` to the batch and
+    /// takes the next stashed entry. `None` sends the worker to its locked
+    /// path instead: the stash holds at most one entry (the last one runs
+    /// with no deferred accounting, see `Batch`), a flusher waits on one of
+    /// the records, or more workers run than the pool wants.
+    pub(crate) fn next_stashed(&self, pool: &Pool, done: &mut Vec<Done>) -> Option<Entry> {
+        let mut b = self.batch();
+        if b.stash.len() < 2 {
+            return None;
+        }
+        let pushed = b.done.len();
+        b.done.append(done);
+        // Read after the push and under the batch lock: a flusher raises
+        // `flushers` before it settles (locking this batch), so either it
+        // finds these records or this sees it and applies them now.
+        let flushing = b.done[pushed..].iter().any(|d| d.link.wq.has_flushers());
+        if flushing || pool.nr_running() > pool.target as isize {
+            return None;
+        }
+        b.stash.pop_front()
+    }
+}

@@ -134,6 +134,9 @@ impl DelayedWork {
     ) -> Result<bool, Error> {
         let shared = &self.shared;
         Instant::now().checked_add(delay).ok_or(Error::DelayTooLong { delay })?;
+        if !delay.is_zero() {
+            wq.runtime().timer().ensure_running()?;
+        }
         let mut slot = shared.lock();
         // Re-arming takes the old instance back first; a queue that refuses
         // must leave it alone, so refusal is checked before anything changes.
@@ -248,11 +251,16 @@ impl Ord for TimerEntry {
     }
 }
 
-/// The runtime's timer thread for delayed work.
+/// The runtime's timer thread for delayed work. The thread starts with the
+/// first delayed item armed: a runtime that never delays work has none.
 pub(crate) struct Timer {
+    name: String,
     heap: Mutex<TimerHeap>,
     cv: Condvar,
     shutdown: AtomicBool,
+    /// The thread runs. Set once, under `starting`, after the spawn worked.
+    running: AtomicBool,
+    starting: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -262,16 +270,32 @@ struct TimerHeap {
 }
 
 impl Timer {
-    /// Starts the timer thread.
-    pub(crate) fn start(name: String) -> Result<Arc<Timer>, Error> {
-        let timer = Arc::new(Timer {
+    /// A timer whose thread is named `name` once it starts.
+    pub(crate) fn new(name: String) -> Arc<Timer> {
+        Arc::new(Timer {
+            name,
             heap: Mutex::new(TimerHeap::default()),
             cv: Condvar::new(),
             shutdown: AtomicBool::new(false),
-        });
-        let t = timer.clone();
-        thread::Builder::new().name(name).spawn(move || t.run()).map_err(Error::Spawn)?;
-        Ok(timer)
+            running: AtomicBool::new(false),
+            starting: Mutex::new(()),
+        })
+    }
+
+    /// Starts the thread unless it runs. Called before a delayed item
+    /// changes any state, so a failed spawn refuses the arming cleanly.
+    pub(crate) fn ensure_running(self: &Arc<Self>) -> Result<(), Error> {
+        if self.running.load(SeqCst) {
+            return Ok(());
+        }
+        let _starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        if self.running.load(SeqCst) {
+            return Ok(());
+        }
+        let t = self.clone();
+        thread::Builder::new().name(self.name.clone()).spawn(move || t.run()).map_err(Error::Spawn)?;
+        self.running.store(true, SeqCst);
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, TimerHeap> {

@@ -4,9 +4,9 @@
 //! Where: `$XDG_RUNTIME_DIR/cmwq/<pid>.<runtime-id>`, or
 //! `<temp dir>/cmwq-<euid>/` when that is unset or unusable. The directory
 //! is `0700` and the file `0600`: the counters, queue names and dump text
-//! are the process's business. A thread (`wq/publish`) rewrites the file
-//! once at start and then every [`INTERVAL`]; the file is removed when the
-//! runtime is dropped. Nothing is installed to run at exit, so a crashed
+//! are the process's business. The file is written once at start and then
+//! every [`INTERVAL`] by the runtime's manager thread (a periodic job, so
+//! publishing costs no thread); it is removed when the runtime is dropped. Nothing is installed to run at exit, so a crashed
 //! process leaves its file behind; readers recognise it (its pid is gone,
 //! or belongs to a process with another start time) and may delete it.
 //!
@@ -39,14 +39,13 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use format::{QueueSnapshot, Snapshot};
 
-use crate::runtime::{Runtime, RuntimeShared};
+use crate::runtime::{Periodic, Runtime};
 use shm::Writer;
 
 /// How often the publisher rewrites the snapshot.
@@ -168,8 +167,8 @@ impl Snapshot {
 /// Stops a runtime's publisher and removes its file when dropped.
 pub(crate) struct PublishHandle {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// Shared with the periodic job, which stops once it finds `None`.
+    writer: Arc<Mutex<Option<Writer>>>,
 }
 
 impl PublishHandle {
@@ -182,18 +181,17 @@ impl PublishHandle {
 
 impl Drop for PublishHandle {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            // The publisher itself drops the runtime when its short-lived
-            // strong reference was the last one: it must not join itself; it
-            // sees `stop` right after and exits.
-            if thread.thread().id() != thread::current().id() {
-                thread.thread().unpark();
-                let _ = thread.join();
-            }
-        }
+        // Taking the writer waits for a write in progress, so nothing is
+        // written after the file is gone. (The job may itself drop the
+        // runtime, and so this handle, when its short-lived strong reference
+        // was the last one: it holds no lock then.)
+        lock_writer(&self.writer).take();
         let _ = fs::remove_file(&self.path);
     }
+}
+
+fn lock_writer(w: &Mutex<Option<Writer>>) -> MutexGuard<'_, Option<Writer>> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Starts publishing `rt` in the first usable directory of
@@ -219,40 +217,26 @@ pub(crate) fn start_in(rt: &Runtime, dir: &Path) -> io::Result<PublishHandle> {
     let start_time = own_start_time();
     let first = Snapshot::capture(rt, runtime_id, start_time, 1);
     let (writer, path) = Writer::create(dir, std::process::id(), runtime_id, &first.encode())?;
-    let stop = Arc::new(AtomicBool::new(false));
+    let writer = Arc::new(Mutex::new(Some(writer)));
     let weak = Arc::downgrade(&rt.shared);
-    let thread_stop = stop.clone();
-    let spawned = thread::Builder::new()
-        .name("wq/publish".into())
-        .spawn(move || run(&weak, writer, &thread_stop, runtime_id, start_time));
-    match spawned {
-        Ok(thread) => Ok(PublishHandle { path, stop, thread: Some(thread) }),
-        Err(err) => {
-            let _ = fs::remove_file(&path);
-            Err(err)
-        }
-    }
-}
-
-fn run(weak: &Weak<RuntimeShared>, mut writer: Writer, stop: &AtomicBool, runtime_id: u64, start_time: u64) {
+    let job_writer = writer.clone();
     let mut generation = 1;
-    loop {
-        thread::park_timeout(INTERVAL);
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Some(shared) = weak.upgrade() else { return };
+    let job = move || {
+        let Some(shared) = weak.upgrade() else { return false };
         generation += 1;
         // The strong reference lives only for this statement.
         let snapshot = Snapshot::capture(&Runtime { shared }, runtime_id, start_time, generation);
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
+        let mut slot = lock_writer(&job_writer);
+        let Some(writer) = slot.as_mut() else { return false };
         if let Err(err) = writer.write(&snapshot.encode()) {
             tracing::warn!(target: "wq", %err, "stopped publishing runtime counters");
-            return;
+            *slot = None;
+            return false;
         }
-    }
+        true
+    };
+    rt.shared.core.manager.add_periodic(Periodic { every: INTERVAL, job: Box::new(job) });
+    Ok(PublishHandle { path, writer })
 }
 
 /// Once per process, removes the files of processes that no longer exist

@@ -1,4 +1,6 @@
-//! The manager: the one thread that creates workers for pools that asked.
+//! The manager: the one thread that creates workers for pools that asked,
+//! and runs the runtime's periodic job (publishing counters for the `wq`
+//! tool) in between, so that job costs no thread of its own.
 //!
 //! Pools ask when their idle reserve is gone or when work waits and no
 //! worker can take it. Creating threads off the queueing path keeps
@@ -32,6 +34,15 @@ pub(crate) struct Manager {
 struct Requests {
     pools: Vec<Arc<Pool>>,
     shutdown: bool,
+    /// Periodic jobs and when each is next due; taken out while they run.
+    periodic: Vec<(Instant, Periodic)>,
+}
+
+/// A job the manager runs every `every` until it returns `false`. It runs
+/// with no lock held, between worker creations.
+pub(crate) struct Periodic {
+    pub(crate) every: Duration,
+    pub(crate) job: Box<dyn FnMut() -> bool + Send>,
 }
 
 impl Manager {
@@ -46,6 +57,12 @@ impl Manager {
     /// Called with the pool lock held (lock order: pool, then manager).
     pub(crate) fn request(&self, pool: Arc<Pool>) {
         self.lock().pools.push(pool);
+        self.cv.notify_one();
+    }
+
+    /// Adds a periodic job; its first run is `every` from now.
+    pub(crate) fn add_periodic(&self, periodic: Periodic) {
+        self.lock().periodic.push((Instant::now() + periodic.every, periodic));
         self.cv.notify_one();
     }
 
@@ -69,29 +86,35 @@ fn run(core: &RtCore) {
     let mut backoff = BACKOFF_MIN;
     let mut retry_at: Option<Instant> = None;
     loop {
-        let mut pools = {
+        let (mut pools, periodic) = {
             let mut q = manager.lock();
             loop {
                 if q.shutdown {
                     return;
                 }
-                let due = retry_at.is_some_and(|t| Instant::now() >= t);
-                if !q.pools.is_empty() || due {
+                let job_at = q.periodic.iter().map(|(t, _)| *t).min();
+                let now = Instant::now();
+                let due = |t: Option<Instant>| t.is_some_and(|t| now >= t);
+                if !q.pools.is_empty() || due(retry_at) || due(job_at) {
                     break;
                 }
-                q = match retry_at {
+                q = match retry_at.into_iter().chain(job_at).min() {
                     Some(t) => {
                         manager
                             .cv
-                            .wait_timeout(q, t.saturating_duration_since(Instant::now()))
+                            .wait_timeout(q, t.saturating_duration_since(now))
                             .unwrap_or_else(|e| e.into_inner())
                             .0
                     }
                     None => manager.cv.wait(q).unwrap_or_else(|e| e.into_inner()),
                 };
             }
-            std::mem::take(&mut q.pools)
+            let now = Instant::now();
+            let (due, later) = std::mem::take(&mut q.periodic).into_iter().partition(|(t, _)| now >= *t);
+            q.periodic = later;
+            (std::mem::take(&mut q.pools), due)
         };
+        run_periodic(manager, periodic);
         if retry_at.is_some_and(|t| Instant::now() >= t) {
             pools.append(&mut retry);
             retry_at = None;
@@ -123,6 +146,16 @@ fn run(core: &RtCore) {
         if !retry.is_empty() && retry_at.is_none() {
             retry_at = Some(Instant::now() + backoff);
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// Runs the due periodic jobs with no lock held (pool locks come before the
+/// manager's) and puts back those that go on.
+fn run_periodic(manager: &Manager, due: Vec<(Instant, Periodic)>) {
+    for (_, mut p) in due {
+        if (p.job)() {
+            manager.lock().periodic.push((Instant::now() + p.every, p));
         }
     }
 }

@@ -10,7 +10,7 @@ use std::io;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-pub(crate) use manager::{spawn_worker, Manager};
+pub(crate) use manager::{spawn_worker, Manager, Periodic};
 pub(crate) use pools::Pools;
 
 use crate::delayed::Timer;
@@ -200,7 +200,7 @@ impl Runtime {
         self.shared.core.trace.stop()
     }
 
-    pub(crate) fn timer(&self) -> &Timer {
+    pub(crate) fn timer(&self) -> &Arc<Timer> {
         &self.shared.timer
     }
 
@@ -443,7 +443,8 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Builds the runtime and starts its manager, monitor and timer threads.
+    /// Builds the runtime and starts its manager and monitor threads (the
+    /// timer thread starts with the first delayed item).
     /// Pools start without workers: the first item queued to a pool asks
     /// the manager for one (and an idle reserve after it), so an unused
     /// pool costs no thread.
@@ -495,7 +496,7 @@ impl RuntimeBuilder {
         for (slot, &cpu) in cpus.iter().enumerate() {
             slot_of_cpu[cpu] = Some(slot);
         }
-        let timer = Timer::start("wq/timer".into())?;
+        let timer = Timer::new("wq/timer".into());
         let shared = Arc::new(RuntimeShared {
             core: core.clone(),
             topology,

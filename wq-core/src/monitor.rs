@@ -30,15 +30,18 @@ use crate::{sys, Error};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 
 /// How often busy workers are polled while work is pending. Each tick is a
-/// wake-up that preempts a worker; 40 µs keeps that under about 3% of a
-/// busy CPU while detecting a sleep ~60 µs after it began, on average.
-const TICK: Duration = Duration::from_micros(40);
+/// wake-up that preempts a worker (a context switch each way, ~5 µs here).
+/// Unbound pools keep a spare runner per CPU, which hides the detection
+/// delay, so the tick can be slow: 100 µs detects a sleep ~100 µs after it
+/// began, on average, for about 5% of one CPU. (At 40 µs the ticks cost
+/// more CPU than the faster detection won back: BENCHMARKS.md, mixed.)
+const TICK: Duration = Duration::from_micros(100);
 /// After this many ticks in a row that saw no worker asleep, the tick
-/// interval doubles, up to `TICK << MAX_BACKOFF` (320 µs): a pool busy
+/// interval doubles, up to `TICK << MAX_BACKOFF` (400 µs): a pool busy
 /// with items that never sleep should not pay for the fine tick, while
 /// the first sleep it does see brings the fine tick back.
 const QUIET_TICKS: u32 = 32;
-const MAX_BACKOFF: u32 = 3;
+const MAX_BACKOFF: u32 = 2;
 /// The longest interval between CPU-clock readings of running workers
 /// (each is a system call per worker, too dear for every tick).
 const HOG_TICK_MAX: Duration = Duration::from_millis(1);
@@ -47,12 +50,20 @@ const HOG_TICK_MAX: Duration = Duration::from_millis(1);
 const LINGER: Duration = Duration::from_micros(200);
 /// A sleep shorter than this is not acted on: a thread started for it
 /// would only go idle again (XNU counts a worker blocked less than ~200 µs
-/// ago as still busy).
-pub(crate) const SLEEP_HYSTERESIS: Duration = Duration::from_micros(50);
-/// The same when an idle worker can take over: waking it is a futex call,
-/// undone cheaply if the sleep was short, so only blips (a page fault, a
-/// briefly contended lock) are filtered out.
-const SLEEP_HYSTERESIS_IDLE: Duration = Duration::from_micros(20);
+/// ago as still busy). The second value applies when an idle worker can
+/// take over: waking it is a futex call, undone cheaply if the sleep was
+/// short, so only blips (a page fault, a briefly contended lock) are
+/// filtered out.
+///
+/// Bound pools have no spare runner: their CPU idles until the sleep is
+/// acted on, so they act early. Unbound pools have a spare per CPU to run
+/// meanwhile and wait longer: each sleep acted on puts one more item in
+/// flight, and one more thread.
+const SLEEP_HYSTERESIS_BOUND: (Duration, Duration) = (Duration::from_micros(50), Duration::from_micros(20));
+const SLEEP_HYSTERESIS_UNBOUND: (Duration, Duration) = (Duration::from_micros(100), Duration::from_micros(50));
+/// A worker asleep this long gives back its stash even when its sleep is
+/// not acted on (`ignore_sleeps`, or below the hysteresis).
+const STASH_RECLAIM_AFTER: Duration = Duration::from_micros(20);
 
 pub(crate) struct Monitor {
     parked: AtomicBool,
@@ -99,7 +110,7 @@ impl Monitor {
 
     fn run(&self, all: &Mutex<Vec<Arc<Pool>>>, core: &RtCore) {
         let _ = self.thread.set(thread::current());
-        // A 40 µs sleep lasts 40 µs only with a fine timer slack.
+        // A 100 µs sleep lasts 100 µs only with a fine timer slack.
         sys::set_current_timer_slack(1);
         // The kernel learns of sleeps inside its scheduler; our stand-in must
         // not queue behind the very threads it watches on a busy machine.
@@ -238,19 +249,20 @@ fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration, hog
             // The kernel's wq_worker_sleeping(): stop counting it, kick the pool.
             let min_futex = Duration::from_nanos(w.min_sleep_ns.load(Relaxed));
             let asleep_for = since.elapsed();
-            let long_enough = (asleep_for >= SLEEP_HYSTERESIS
-                || (asleep_for >= SLEEP_HYSTERESIS_IDLE && pool.has_idle_worker()))
+            let (hysteresis, hysteresis_idle) =
+                if pool.attrs.cpu.is_some() { SLEEP_HYSTERESIS_BOUND } else { SLEEP_HYSTERESIS_UNBOUND };
+            let long_enough = (asleep_for >= hysteresis || (asleep_for >= hysteresis_idle && pool.has_idle_worker()))
                 && (min_futex.is_zero() || asleep_for >= min_futex || w.in_futex_wait() == Some(false));
             if long_enough && w.set_flags(pool, SLEEPING) {
                 w.trace(pool, TraceKind::Sleep);
                 if pool.worker_stopped_running(w) {
                     w.cm_wakeups.fetch_add(1, Relaxed);
                 }
-            } else if asleep_for >= SLEEP_HYSTERESIS_IDLE {
+            } else if asleep_for >= STASH_RECLAIM_AFTER {
                 reclaim_stash(pool, w);
             }
         }
-        ThreadState::Sleeping { since } if since.elapsed() >= SLEEP_HYSTERESIS_IDLE => {
+        ThreadState::Sleeping { since } if since.elapsed() >= STASH_RECLAIM_AFTER => {
             // Asleep but still counted as running (`ignore_sleeps`): the
             // sleep is not worth another worker, but the entries it stashed
             // must not wait behind it where the worklist's would not.

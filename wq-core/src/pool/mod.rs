@@ -25,11 +25,11 @@ use crate::worker::WorkerShared;
 use crate::workqueue::Limit;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
-/// Workers an unbound pool keeps running beyond one per CPU. While the
-/// monitor has not yet seen a running worker fall asleep (tens of µs), the
-/// spare keeps its CPU busy; an unbound pool's items are the ones most
-/// likely to sleep unannounced.
-const UNBOUND_SPARE: usize = 1;
+/// Workers an unbound pool keeps running per CPU: one runner and one
+/// spare. While the monitor has not yet seen a running worker fall asleep
+/// (a tick and a hysteresis, ~100 µs), the spare keeps that CPU busy; an
+/// unbound pool's items are the ones most likely to sleep unannounced.
+const UNBOUND_RUNNERS_PER_CPU: usize = 2;
 
 /// One queued instance of something to run.
 pub(crate) struct Entry {
@@ -101,7 +101,7 @@ pub(crate) struct Pool {
     pub(crate) id: usize,
     pub(crate) attrs: PoolAttrs,
     /// How many workers may count as running before no more are woken:
-    /// 1 for a bound pool, the number of its CPUs for an unbound one.
+    /// 1 for a bound pool, twice the number of its CPUs for an unbound one.
     pub(crate) target: usize,
     /// Workers running work items and not marked sleeping, blocking or
     /// CPU-intensive. Changed only through `WorkerShared::set_flags` /
@@ -160,12 +160,12 @@ pub(crate) struct PoolInner {
 
 impl Pool {
     pub(crate) fn new(rt: Arc<RtCore>, id: usize, attrs: PoolAttrs) -> Arc<Pool> {
-        // Bound pools keep one worker running; unbound ones one per CPU of
-        // their pod, plus a spare (see README.md: it hides detection latency).
+        // Bound pools keep one worker running; unbound ones two per CPU of
+        // their pod (see README.md: the spare hides detection latency).
         let target = match (&attrs.cpu, &attrs.pod) {
             (Some(_), _) => 1,
-            (None, Some(pod)) => pod.len().max(1) + UNBOUND_SPARE,
-            (None, None) => attrs.cpus.len().max(1) + UNBOUND_SPARE,
+            (None, Some(pod)) => pod.len().max(1) * UNBOUND_RUNNERS_PER_CPU,
+            (None, None) => attrs.cpus.len().max(1) * UNBOUND_RUNNERS_PER_CPU,
         };
         let batching = rt.detector.kind != crate::Detector::ExplicitOnly;
         Arc::new(Pool {

@@ -31,17 +31,20 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 
 /// How often busy workers are polled while work is pending. Each tick is a
 /// wake-up that preempts a worker (a context switch each way, ~5 µs here).
-/// Unbound pools keep a spare runner per CPU, which hides the detection
-/// delay, so the tick can be slow: 100 µs detects a sleep ~100 µs after it
-/// began, on average, for about 5% of one CPU. (At 40 µs the ticks cost
-/// more CPU than the faster detection won back: BENCHMARKS.md, mixed.)
-const TICK: Duration = Duration::from_micros(100);
+/// A bound pool has no spare runner: its CPU idles until a sleep is seen,
+/// so while one has work pending the monitor ticks every 40 µs (a sleep is
+/// seen ~60 µs after it began, on average). Unbound pools keep a spare
+/// runner per CPU, which hides the delay, so for them alone it ticks every
+/// 100 µs: at 40 µs the ticks cost more CPU than the faster detection won
+/// back (BENCHMARKS.md, mixed).
+const TICK_BOUND: Duration = Duration::from_micros(40);
+const TICK_UNBOUND: Duration = Duration::from_micros(100);
 /// After this many ticks in a row that saw no worker asleep, the tick
-/// interval doubles, up to `TICK << MAX_BACKOFF` (400 µs): a pool busy
+/// interval doubles, up to `MAX_INTERVAL`: a pool busy
 /// with items that never sleep should not pay for the fine tick, while
 /// the first sleep it does see brings the fine tick back.
 const QUIET_TICKS: u32 = 32;
-const MAX_BACKOFF: u32 = 2;
+const MAX_INTERVAL: Duration = Duration::from_micros(400);
 /// The longest interval between CPU-clock readings of running workers
 /// (each is a system call per worker, too dear for every tick).
 const HOG_TICK_MAX: Duration = Duration::from_millis(1);
@@ -124,7 +127,7 @@ impl Monitor {
         let mut watch: Vec<Watch> = Vec::new();
         let mut last_pending = Instant::now();
         // Hogs are caught to within an eighth of the threshold; sleeps need the fine tick.
-        let hog_period = (hog_threshold / 8).clamp(TICK, HOG_TICK_MAX);
+        let hog_period = (hog_threshold / 8).clamp(TICK_BOUND, HOG_TICK_MAX);
         let mut last_hog_tick = Instant::now();
         let started = Instant::now();
         let mut quiet_ticks: u32 = 0;
@@ -133,6 +136,7 @@ impl Monitor {
             pools.extend(all.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
             watch.resize_with(pools.len(), Watch::new);
             let mut any_pending = false;
+            let mut bound_pending = false;
             let mut saw_sleeper = false;
             // On hog ticks: the monitor's clock, for telling waits from work.
             let hog_tick = (last_hog_tick.elapsed() >= hog_period).then(|| {
@@ -145,6 +149,7 @@ impl Monitor {
                     continue;
                 }
                 any_pending = true;
+                bound_pending |= pool.attrs.cpu.is_some();
                 busy.clear();
                 busy.extend(pool.workers().iter().filter(|w| w.flags() & IDLE == 0).cloned());
                 let completed = pool.completed.load(Relaxed);
@@ -165,7 +170,8 @@ impl Monitor {
                 continue;
             }
             quiet_ticks = if saw_sleeper { 0 } else { quiet_ticks.saturating_add(1) };
-            thread::park_timeout(TICK * (1 << (quiet_ticks / QUIET_TICKS).min(MAX_BACKOFF)));
+            let tick = if bound_pending { TICK_BOUND } else { TICK_UNBOUND };
+            thread::park_timeout((tick * (1 << (quiet_ticks / QUIET_TICKS).min(4))).min(MAX_INTERVAL));
         }
     }
 

@@ -530,7 +530,9 @@ fn detect_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, b
         "Throughput: the throughput scenario's {} empty items `submit`ted by one thread, kept off \
          the pool's CPU, to the same runtimes, {DETECT_THROUGHPUT_RUNS} runs per round (median \
          [min–max] over all runs); \
-         `items/s / explicit-only` divides by the explicit-only row, so 0.95× is a 5% overhead.",
+         `items/s / explicit-only` divides by the explicit-only row, so 0.95× is a 5% overhead. \
+         Workers take tiny items in batches only with a detector (an unannounced sleep must be \
+         seen to give a batch back), so the detector rows also carry batching's gain.",
         tcfg.items
     ));
     t.note(format!(

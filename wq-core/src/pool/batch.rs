@@ -119,7 +119,10 @@ impl Pool {
         let mut out = FollowUps::default();
         {
             let mut inner = self.lock();
-            for w in self.workers().iter() {
+            // `workers` is a leaf lock: copy the list rather than lock
+            // batches under it.
+            let workers = self.workers().clone();
+            for w in &workers {
                 let done = std::mem::take(&mut w.batch().done);
                 self.apply(&mut inner, done, &mut out);
             }

@@ -451,15 +451,14 @@ fn work_while_needed<'a>(
     loop {
         // 1. Locked: the next entry, plus a stash if the last item was tiny.
         let Some(mut entry) = inner.worklist.pop_front() else { break };
-        if pool.batching && meter.last_was_tiny() {
-            pool.stash_more(&mut inner, me);
-        }
+        let stashed = pool.batching && meter.last_was_tiny() && pool.stash_more(&mut inner, me);
         pool.sync_pending(&inner);
         drop(inner);
         // 2. Unlocked: run it, then the stash while `next_stashed` allows.
+        //    (Only the owner fills its batch: without a stash it is empty.)
         loop {
             process_one(pool, me, meter, entry, done);
-            match me.next_stashed(pool, done) {
+            match stashed.then(|| me.next_stashed(pool, done)).flatten() {
                 Some(next) => entry = next,
                 None => break,
             }
@@ -468,7 +467,7 @@ fn work_while_needed<'a>(
         //    the worklist (to be taken again in step 1), and everything
         //    finished is accounted for.
         inner = pool.lock();
-        inner = complete_local(pool, inner, me, done);
+        inner = complete_local(pool, inner, stashed.then_some(me), done);
         if !pool.keep_working(&inner) {
             break;
         }
@@ -476,16 +475,18 @@ fn work_while_needed<'a>(
     inner
 }
 
-/// Takes back `me`'s batch and applies the accounting of this pool's
-/// finished entries.
+/// Takes back the batch of `me` (if it stashed) and applies the
+/// accounting of this pool's finished entries.
 fn complete_local<'a>(
     pool: &'a Arc<Pool>,
     mut inner: MutexGuard<'a, PoolInner>,
-    me: &WorkerShared,
+    me: Option<&WorkerShared>,
     done: &mut Vec<Done>,
 ) -> MutexGuard<'a, PoolInner> {
     let mut follow_ups = FollowUps::default();
-    pool.reclaim(&mut inner, me, &mut follow_ups);
+    if let Some(me) = me {
+        pool.reclaim(&mut inner, me, &mut follow_ups);
+    }
     pool.apply(&mut inner, done.drain(..), &mut follow_ups);
     if follow_ups.is_empty() {
         return inner;

@@ -77,13 +77,14 @@ impl Pool {
     }
 
     /// Moves up to `MAX_BATCH - 1` more entries from the worklist into
-    /// `me`'s stash, after the entry it is about to run. An unbound pool's
-    /// other running workers keep a fair share: at most `len / target`.
-    pub(crate) fn stash_more(&self, inner: &mut PoolInner, me: &WorkerShared) {
+    /// `me`'s stash, after the entry it is about to run; says whether it
+    /// moved any. An unbound pool's other running workers keep a fair
+    /// share: at most `len / target`.
+    pub(crate) fn stash_more(&self, inner: &mut PoolInner, me: &WorkerShared) -> bool {
         let len = inner.worklist.len();
         let n = (len / self.target).min(MAX_BATCH - 1);
         if n == 0 {
-            return;
+            return false;
         }
         let mut b = me.batch();
         debug_assert!(b.stash.is_empty() && b.done.is_empty(), "stashing over an unreturned batch");
@@ -92,6 +93,7 @@ impl Pool {
             b.counted = true;
             inner.nr_stashes += 1;
         }
+        true
     }
 
     /// Takes `w`'s batch back: its stash returns to the front of the

@@ -5,7 +5,8 @@
 //! clone of its queue held by the schedule function. A closure that runs
 //! once needs none of that: [`spawn_blocking`] puts the closure, its result
 //! slot and the waker of whoever awaits it in one allocation, [`Call`], and
-//! queues it with `Workqueue::execute`.
+//! queues it with `Workqueue::execute` (whose entry boxes the one-pointer
+//! closure that runs it: a second, small allocation).
 //!
 //! # States
 //!

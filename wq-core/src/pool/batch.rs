@@ -164,6 +164,8 @@ impl WorkerShared {
         if flushing || pool.nr_running() > pool.target as isize {
             return None;
         }
-        b.stash.pop_front()
+        let next = b.stash.pop_front();
+        debug_assert!(!b.stash.is_empty(), "deferred records left without a stash beside them");
+        next
     }
 }

@@ -255,6 +255,10 @@ impl Ord for TimerEntry {
 /// first delayed item armed: a runtime that never delays work has none.
 pub(crate) struct Timer {
     name: String,
+    /// The CPUs of the thread that built the runtime: the timer thread
+    /// starts on whichever thread arms the first delayed item (often a
+    /// pinned, highpri worker) and must not keep that thread's affinity.
+    affinity: Option<Vec<usize>>,
     heap: Mutex<TimerHeap>,
     cv: Condvar,
     shutdown: AtomicBool,
@@ -270,10 +274,12 @@ struct TimerHeap {
 }
 
 impl Timer {
-    /// A timer whose thread is named `name` once it starts.
+    /// A timer whose thread is named `name` once it starts. Call on the
+    /// thread that builds the runtime: the timer thread runs on its CPUs.
     pub(crate) fn new(name: String) -> Arc<Timer> {
         Arc::new(Timer {
             name,
+            affinity: crate::sys::allowed_cpus().ok(),
             heap: Mutex::new(TimerHeap::default()),
             cv: Condvar::new(),
             shutdown: AtomicBool::new(false),
@@ -293,7 +299,16 @@ impl Timer {
             return Ok(());
         }
         let t = self.clone();
-        thread::Builder::new().name(self.name.clone()).spawn(move || t.run()).map_err(Error::Spawn)?;
+        let start = move || {
+            // Not the arming thread's CPUs or priority (best effort: raising
+            // a priority the builder's thread did not have may be refused).
+            if let Some(cpus) = &t.affinity {
+                let _ = crate::sys::set_current_affinity(cpus);
+            }
+            let _ = crate::sys::set_current_nice(0);
+            t.run();
+        };
+        thread::Builder::new().name(self.name.clone()).spawn(start).map_err(Error::Spawn)?;
         self.running.store(true, SeqCst);
         Ok(())
     }

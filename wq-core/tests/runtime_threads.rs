@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use wq_core::{DelayedWork, Runtime};
+use wq_core::{DelayedWork, Flags, Runtime};
 
 fn thread_names() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
@@ -22,18 +22,40 @@ fn thread_names() -> Vec<String> {
 
 #[test]
 fn a_runtime_starts_its_timer_thread_with_the_first_delayed_item() {
-    let rt = Runtime::builder().cpus([0]).publish(true).build().unwrap();
+    let rt = Runtime::builder().publish(true).build().unwrap();
     let wq = rt.workqueue("q").build().unwrap();
     wq.submit(|| ()).unwrap().wait().unwrap();
     let names = thread_names();
     assert!(names.contains(&"wq/manager".to_owned()) && names.contains(&"wq/monitor".to_owned()), "{names:?}");
     assert!(!names.iter().any(|n| n == "wq/timer" || n == "wq/publish"), "{names:?}");
 
+    // The first delayed item is armed from a highpri worker pinned to CPU 0:
+    // the timer thread it starts must not keep that worker's CPU or priority.
     let (tx, rx) = std::sync::mpsc::channel();
     let dwork = DelayedWork::new(move || tx.send(Instant::now()).unwrap());
-    let armed = Instant::now();
-    assert!(wq.queue_delayed(&dwork, Duration::from_millis(20)));
+    let highpri = rt.workqueue("hi").flags(Flags::HIGHPRI).build().unwrap();
+    let (wq2, dwork2) = (wq.clone(), dwork.clone());
+    let armed = highpri.submit(move || (Instant::now(), wq2.queue_delayed(&dwork2, Duration::from_millis(20))));
+    let (armed, queued) = armed.unwrap().wait().unwrap();
+    assert!(queued);
     let fired = rx.recv_timeout(Duration::from_secs(30)).unwrap();
     assert!(fired >= armed + Duration::from_millis(20));
-    assert_eq!(thread_names().iter().filter(|n| *n == "wq/timer").count(), 1, "{:?}", thread_names());
+    let timers: Vec<_> = tasks().into_iter().filter(|(name, _)| name == "wq/timer").collect();
+    assert_eq!(timers.len(), 1, "{:?}", thread_names());
+    let status = std::fs::read_to_string(timers[0].1.join("status")).unwrap();
+    let own = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let cpus = |s: &str| s.lines().find(|l| l.starts_with("Cpus_allowed_list")).map(str::to_owned);
+    assert_eq!(cpus(&status), cpus(&own), "the timer thread kept its arming worker's affinity");
+    let stat = std::fs::read_to_string(timers[0].1.join("stat")).unwrap();
+    let nice: i64 = stat.rsplit(')').next().unwrap().split_whitespace().nth(16).unwrap().parse().unwrap();
+    assert!(nice >= 0, "the timer thread kept its arming worker's priority (nice {nice})");
+}
+
+/// `(comm, /proc path)` of every thread of this process.
+fn tasks() -> Vec<(String, std::path::PathBuf)> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|t| Some((std::fs::read_to_string(t.path().join("comm")).ok()?.trim().to_owned(), t.path())))
+        .collect()
 }

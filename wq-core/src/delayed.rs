@@ -255,10 +255,11 @@ impl Ord for TimerEntry {
 /// first delayed item armed: a runtime that never delays work has none.
 pub(crate) struct Timer {
     name: String,
-    /// The CPUs of the thread that built the runtime: the timer thread
-    /// starts on whichever thread arms the first delayed item (often a
-    /// pinned, highpri worker) and must not keep that thread's affinity.
+    /// The CPUs and nice value of the thread that built the runtime: the
+    /// timer thread starts on whichever thread arms the first delayed item
+    /// (often a pinned, highpri worker) and must not keep its attributes.
     affinity: Option<Vec<usize>>,
+    nice: Option<i32>,
     heap: Mutex<TimerHeap>,
     cv: Condvar,
     shutdown: AtomicBool,
@@ -280,6 +281,7 @@ impl Timer {
         Arc::new(Timer {
             name,
             affinity: crate::sys::allowed_cpus().ok(),
+            nice: crate::sys::current_nice(),
             heap: Mutex::new(TimerHeap::default()),
             cv: Condvar::new(),
             shutdown: AtomicBool::new(false),
@@ -300,12 +302,14 @@ impl Timer {
         }
         let t = self.clone();
         let start = move || {
-            // Not the arming thread's CPUs or priority (best effort: raising
-            // a priority the builder's thread did not have may be refused).
+            // The builder's CPUs and priority, not the arming thread's (best
+            // effort: raising a priority may be refused).
             if let Some(cpus) = &t.affinity {
                 let _ = crate::sys::set_current_affinity(cpus);
             }
-            let _ = crate::sys::set_current_nice(0);
+            if let Some(nice) = t.nice {
+                let _ = crate::sys::set_current_nice(nice);
+            }
             t.run();
         };
         thread::Builder::new().name(self.name.clone()).spawn(start).map_err(Error::Spawn)?;

@@ -59,6 +59,14 @@ pub(crate) fn set_current_affinity(cpus: &[usize]) -> io::Result<()> {
 }
 
 /// Sets the nice value of the calling thread (Linux threads have their own).
+/// The calling thread's nice value, read from `/proc/thread-self/stat`
+/// (`getpriority` cannot tell a nice of -1 from an error).
+pub(crate) fn current_nice() -> Option<i32> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the command name (which may hold spaces); nice is the 19th field.
+    stat.rsplit(')').next()?.split_whitespace().nth(16)?.parse().ok()
+}
+
 pub(crate) fn set_current_nice(nice: i32) -> io::Result<()> {
     let tid = gettid() as libc::id_t;
     // SAFETY: `setpriority` only reads its integer arguments.

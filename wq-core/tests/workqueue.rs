@@ -263,6 +263,16 @@ fn highpri_workers_run_at_the_priority_the_os_granted() {
     assert_eq!(normal.submit(thread_nice).unwrap().wait().unwrap(), 0);
 }
 
+#[test]
+fn an_unbound_queue_with_a_positive_nice_runs_its_workers_at_it() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let attrs = wq_core::Attrs { nice: 7, ..wq_core::Attrs::default() };
+    let wq = rt.workqueue("bg").flags(Flags::UNBOUND).attrs(attrs).build().unwrap();
+    assert_eq!(wq.submit(thread_nice).unwrap().wait().unwrap(), 7);
+    let pool = rt.stats().pools.into_iter().find(|p| p.cpu.is_none()).unwrap();
+    assert_eq!(pool.nice_granted, Some(7), "{pool:?}");
+}
+
 /// Field 19 of /proc/thread-self/stat.
 fn thread_nice() -> i32 {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();

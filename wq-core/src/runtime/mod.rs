@@ -54,6 +54,9 @@ pub(crate) struct RtCore {
     pub(crate) trace: Recorder,
     /// Live worker threads of all pools. Invariant: `<= config.max_workers`.
     pub(crate) nr_workers: AtomicUsize,
+    /// The nice value of the thread that built the runtime: what "nice 0"
+    /// (default priority) means for workers, whichever thread starts them.
+    pub(crate) base_nice: Option<i32>,
 }
 
 impl RtCore {
@@ -488,6 +491,7 @@ impl RuntimeBuilder {
             wq_names: Mutex::new(HashMap::new()),
             trace: Recorder::default(),
             nr_workers: AtomicUsize::new(0),
+            base_nice: crate::sys::current_nice(),
         });
         let cpus = topology.cpus().to_vec();
         let pools = Pools::new(core.clone(), &cpus);

@@ -384,9 +384,15 @@ fn attach(pool: &Arc<Pool>, me: &Arc<WorkerShared>) {
     if let Err(err) = sys::set_current_affinity(&pool.attrs.cpus) {
         tracing::warn!(target: "wq", worker = %me.name, %err, "could not set worker CPU affinity");
     }
-    if pool.attrs.nice != 0 && pool.nice_status().is_none() {
+    if pool.attrs.nice == 0 {
+        // Default priority: the runtime builder's, even for a worker started
+        // by a highpri thread (a pool drained at shutdown).
+        if let Some(base) = pool.rt.base_nice {
+            let _ = sys::set_current_nice(base);
+        }
+    } else if pool.nice_status().is_none() {
         pool.record_nice(ask_for_nice(pool.attrs.nice));
-    } else if pool.attrs.nice != 0 {
+    } else {
         let _ = ask_for_nice(pool.attrs.nice);
     }
     WORKER.with(|w| *w.borrow_mut() = Some((pool.clone(), me.clone())));
@@ -394,14 +400,19 @@ fn attach(pool: &Arc<Pool>, me: &Arc<WorkerShared>) {
 
 /// Asks for `nice`, then for milder values; returns what was granted.
 fn ask_for_nice(nice: i32) -> Option<i32> {
+    // Lowering a priority is always allowed; a raise may be refused, so a
+    // negative value falls back toward 0 (-20, -10, -5, -2, -1, 0).
     let mut want = nice;
-    while want < 0 {
+    loop {
         if sys::set_current_nice(want).is_ok() {
             return Some(want);
         }
+        if want >= 0 {
+            break;
+        }
         want /= 2;
     }
-    tracing::info!(target: "wq", "the OS refused a higher priority for a highpri worker");
+    tracing::info!(target: "wq", nice, "the OS refused the workers' nice value");
     None
 }
 

@@ -25,8 +25,14 @@ fn a_runtime_starts_its_timer_thread_with_the_first_delayed_item() {
     let rt = Runtime::builder().publish(true).build().unwrap();
     let wq = rt.workqueue("q").build().unwrap();
     wq.submit(|| ()).unwrap().wait().unwrap();
-    let names = thread_names();
-    assert!(names.contains(&"wq/manager".to_owned()) && names.contains(&"wq/monitor".to_owned()), "{names:?}");
+    // A thread names itself once it first runs: wait for both to have run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut names = thread_names();
+    while !(names.contains(&"wq/manager".to_owned()) && names.contains(&"wq/monitor".to_owned())) {
+        assert!(Instant::now() < deadline, "no manager and monitor threads: {names:?}");
+        std::thread::sleep(Duration::from_millis(5));
+        names = thread_names();
+    }
     assert!(!names.iter().any(|n| n == "wq/timer" || n == "wq/publish"), "{names:?}");
 
     // The first delayed item is armed from a highpri worker pinned to CPU 0:

@@ -60,6 +60,7 @@ impl FollowUps {
         }
     }
 
+    /// Whether nothing is left to do.
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

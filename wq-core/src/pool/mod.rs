@@ -595,18 +595,14 @@ pub(crate) struct PoolSnapshot {
 /// Applies `done` for an entry whose pool is `pool`, notifying flushers of
 /// its workqueue if a colour retired.
 pub(crate) fn complete_entry(done: Done) {
-    let pool = &done.link.pool;
+    let pool = done.link.pool.clone();
+    let mut follow_ups = FollowUps::default();
     let mut inner = pool.lock();
-    let completed = pool.complete(&mut inner, &done);
+    pool.apply(&mut inner, [done], &mut follow_ups);
     let woken = pool.kick(&mut inner);
     drop(inner);
     if let Some(w) = woken {
         w.unpark();
     }
-    if completed.retired {
-        done.link.wq.notify_flushers();
-    }
-    if completed.other_pods {
-        done.link.wq.activate_pods();
-    }
+    follow_ups.run();
 }

@@ -16,6 +16,10 @@
 //! the two always sees the other. Work queued to a pool with nobody
 //! running needs no monitor: it wakes an idle worker, and if that worker
 //! later sleeps with work left, its own pop pokes.
+//!
+//! Polling a worker may arm its perf event (`detect/on_demand.rs`); once
+//! parked, the monitor waits `DISARM_AFTER` and closes them all before it
+//! parks for good.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
@@ -64,6 +68,11 @@ const LINGER: Duration = Duration::from_micros(200);
 /// flight, and one more thread.
 const SLEEP_HYSTERESIS_BOUND: (Duration, Duration) = (Duration::from_micros(50), Duration::from_micros(20));
 const SLEEP_HYSTERESIS_UNBOUND: (Duration, Duration) = (Duration::from_micros(100), Duration::from_micros(50));
+/// How long the runtime must have had no pending work before the monitor
+/// closes the perf events it armed (`detect/on_demand.rs`): a service under
+/// steady load keeps them, while an idle pool's wake-ups soon stop paying
+/// for them.
+const DISARM_AFTER: Duration = Duration::from_millis(50);
 /// A worker asleep this long gives back its stash even when its sleep is
 /// not acted on (`ignore_sleeps`, or below the hysteresis).
 const STASH_RECLAIM_AFTER: Duration = Duration::from_micros(20);
@@ -131,6 +140,8 @@ impl Monitor {
         let mut last_hog_tick = Instant::now();
         let started = Instant::now();
         let mut quiet_ticks: u32 = 0;
+        // Whether a probe was polled (and so may have armed perf) since the last disarm.
+        let mut polled = false;
         while !self.shutdown.load(SeqCst) {
             pools.clear();
             pools.extend(all.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
@@ -156,6 +167,7 @@ impl Monitor {
                 for w in &busy {
                     saw_sleeper |= check_worker(pool, w, hog_threshold, hog_tick);
                 }
+                polled |= !busy.is_empty();
                 if watch.progress(Some(completed)) >= core.config.watchdog_threshold && !watch.reported {
                     watch.reported = true;
                     report_stall(pool, &busy, watch.since.elapsed(), core);
@@ -164,7 +176,7 @@ impl Monitor {
             let now = Instant::now();
             if any_pending {
                 last_pending = now;
-            } else if now - last_pending >= LINGER && self.park(&pools) {
+            } else if now - last_pending >= LINGER && self.park(&pools, &mut polled) {
                 last_pending = Instant::now();
                 quiet_ticks = 0;
                 continue;
@@ -175,17 +187,40 @@ impl Monitor {
         }
     }
 
-    /// Parks until poked. Returns after re-checking that nothing is pending.
-    fn park(&self, pools: &[Arc<Pool>]) -> bool {
+    /// Parks until poked, first disarming probes if `polled` and the wait
+    /// lasts `DISARM_AFTER`. Returns after re-checking that nothing is pending.
+    fn park(&self, pools: &[Arc<Pool>], polled: &mut bool) -> bool {
         self.parked.store(true, SeqCst);
         if pools.iter().any(|p| p.nr_pending.load(SeqCst) > 0) {
             self.parked.store(false, SeqCst);
             return false;
         }
+        let since = Instant::now();
         while self.parked.load(SeqCst) && !self.shutdown.load(SeqCst) {
-            thread::park();
+            if !*polled {
+                thread::park();
+                continue;
+            }
+            thread::park_timeout(DISARM_AFTER.saturating_sub(since.elapsed()));
+            if self.parked.load(SeqCst) && since.elapsed() >= DISARM_AFTER {
+                disarm_probes(pools);
+                *polled = false;
+            }
         }
         true
+    }
+}
+
+/// Closes every perf event armed by an on-demand probe (`detect/on_demand.rs`).
+fn disarm_probes(pools: &[Arc<Pool>]) {
+    for pool in pools {
+        // `workers` is a leaf lock: copy the list rather than close fds under it.
+        let workers: Vec<Arc<WorkerShared>> = pool.workers().clone();
+        for w in workers {
+            if let Some(probe) = w.probe.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                probe.disarm();
+            }
+        }
     }
 }
 

@@ -515,7 +515,8 @@ fn detect_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, b
         &["runtime", "p50", "p99", "max", "late / early", "empty items/s", "items/s / explicit-only", "items run once"],
     );
     t.note(format!(
-        "Latency: a one-CPU runtime (`cpus([0])`) with the detector forced, a bound queue. Item A \
+        "Latency: a one-CPU runtime (`cpus([0])`) with the row's detector (auto: procfs until a \
+         worker's perf event is armed, after a few polls under load), a bound queue. Item A \
          starts; item B is queued behind it; A stamps the time and sleeps {} ms (plain \
          std::thread::sleep; inside wq_core::blocking on the explicit-only row); B stamps its start. \
          Latency = B's start − A's sleep start: the detection plus one idle worker's wake-up. {} \

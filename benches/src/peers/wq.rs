@@ -142,8 +142,12 @@ pub fn specs() -> Vec<PeerSpec> {
     let unbound = WqConfig { unbound: true, ..WqConfig::default() };
     let one_cpu = WqConfig { cpus: Some(vec![0]), ..WqConfig::default() };
     let on_cpu0 = |detector| WqConfig { detector, ..one_cpu.clone() };
-    let (perf, procfs, explicit) =
-        (on_cpu0(Detector::Perf), on_cpu0(Detector::Procfs), on_cpu0(Detector::ExplicitOnly));
+    let (auto, perf, procfs, explicit) = (
+        on_cpu0(Detector::Auto),
+        on_cpu0(Detector::Perf),
+        on_cpu0(Detector::Procfs),
+        on_cpu0(Detector::ExplicitOnly),
+    );
     let (b2, b3, u2) = (bound.clone(), bound.clone(), unbound.clone());
     vec![
         PeerSpec::new("wq-core submit (bound)", LATENCY_THROUGHPUT, move || WqSubmit::new(&bound)),
@@ -156,6 +160,8 @@ pub fn specs() -> Vec<PeerSpec> {
         PeerSpec::new("wq-core submit (unbound), detector=auto", MIXED, move || WqSubmit::new(&u2))
             .with_blocking_hook(),
         PeerSpec::new("wq-core submit (bound), cpus([0])", &[Scenario::Timeline], move || WqSubmit::new(&one_cpu)),
+        // Auto arms each worker's perf event after a few polls under load (procfs until then).
+        PeerSpec::new("wq-core detector=auto, cpus([0])", DETECT, move || WqSubmit::new(&auto)),
         PeerSpec::new("wq-core detector=perf, cpus([0])", DETECT, move || WqSubmit::new(&perf)),
         PeerSpec::new("wq-core detector=procfs, cpus([0])", DETECT, move || WqSubmit::new(&procfs)),
         // The hook on a runtime without a detector: the zero-detection-latency reference, and

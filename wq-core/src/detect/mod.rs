@@ -12,6 +12,8 @@ use std::io;
 use std::time::Instant;
 
 #[cfg(target_os = "linux")]
+mod on_demand;
+#[cfg(target_os = "linux")]
 mod perf;
 #[cfg(target_os = "linux")]
 mod procfs;
@@ -20,7 +22,11 @@ mod procfs;
 /// (so another worker can start), chosen with `RuntimeBuilder::detector`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Detector {
-    /// Perf if the kernel allows it, else procfs polling, else explicit hooks only.
+    /// Perf if the kernel allows it, else procfs polling, else explicit hooks
+    /// only. With perf, a worker's event is armed only once it has been
+    /// polled a few times while its pool had work pending (procfs answers
+    /// until then), and closed when the runtime has been idle a while: a
+    /// perf event slows every wake of the thread it watches.
     #[default]
     Auto,
     /// Context-switch records from `perf_event_open` (Linux; works
@@ -48,6 +54,9 @@ impl fmt::Display for Detector {
 pub(crate) struct Resolved {
     /// Never [`Detector::Auto`].
     pub kind: Detector,
+    /// Perf chosen by `Auto`: workers start on procfs and the monitor arms
+    /// their perf events under load (`on_demand.rs`).
+    pub on_demand: bool,
     /// One line saying why this detector is active.
     pub reason: String,
 }
@@ -59,15 +68,19 @@ pub(crate) struct Resolved {
 /// error whose message says why.
 pub(crate) fn resolve(requested: Detector) -> io::Result<Resolved> {
     match requested {
-        Detector::ExplicitOnly => {
-            Ok(Resolved { kind: Detector::ExplicitOnly, reason: "explicit hooks only, as requested".into() })
-        }
+        Detector::ExplicitOnly => Ok(Resolved {
+            kind: Detector::ExplicitOnly,
+            on_demand: false,
+            reason: "explicit hooks only, as requested".into(),
+        }),
         Detector::Perf => try_kind(Detector::Perf).map(|detail| Resolved {
             kind: Detector::Perf,
+            on_demand: false,
             reason: format!("perf context-switch records, as requested ({detail})"),
         }),
         Detector::Procfs => try_kind(Detector::Procfs).map(|detail| Resolved {
             kind: Detector::Procfs,
+            on_demand: false,
             reason: format!("polling /proc/self/task/<tid>/stat, as requested ({detail})"),
         }),
         Detector::Auto => {
@@ -75,7 +88,11 @@ pub(crate) fn resolve(requested: Detector) -> io::Result<Resolved> {
                 Ok(detail) => {
                     return Ok(Resolved {
                         kind: Detector::Perf,
-                        reason: format!("perf context-switch records ({detail})"),
+                        on_demand: true,
+                        reason: format!(
+                            "perf context-switch records, armed per worker under load; \
+                             procfs polling until then ({detail})"
+                        ),
                     })
                 }
                 Err(e) => e,
@@ -83,10 +100,12 @@ pub(crate) fn resolve(requested: Detector) -> io::Result<Resolved> {
             match try_kind(Detector::Procfs) {
                 Ok(detail) => Ok(Resolved {
                     kind: Detector::Procfs,
+                    on_demand: false,
                     reason: format!("polling /proc/self/task/<tid>/stat ({detail}); perf unavailable: {perf_err}"),
                 }),
                 Err(procfs_err) => Ok(Resolved {
                     kind: Detector::ExplicitOnly,
+                    on_demand: false,
                     reason: format!(
                         "explicit hooks only: perf unavailable ({perf_err}); procfs unavailable ({procfs_err})"
                     ),
@@ -142,6 +161,8 @@ enum Inner {
     Perf(perf::PerfProbe),
     #[cfg(target_os = "linux")]
     Procfs(procfs::ProcfsProbe),
+    #[cfg(target_os = "linux")]
+    OnDemand(on_demand::OnDemandProbe),
 }
 
 impl fmt::Debug for Probe {
@@ -176,24 +197,52 @@ impl Probe {
         Ok(Probe { inner })
     }
 
+    /// Starts watching the calling thread for `Auto`'s perf: procfs until
+    /// polls arm a perf event (`on_demand.rs`).
+    pub fn attach_on_demand() -> io::Result<Probe> {
+        #[cfg(target_os = "linux")]
+        return Ok(Probe { inner: Inner::OnDemand(on_demand::OnDemandProbe::attach_current()?) });
+        #[cfg(not(target_os = "linux"))]
+        Err(io::Error::new(io::ErrorKind::Unsupported, "sleep probes need Linux"))
+    }
+
     /// What the thread is doing now; never blocks (perf: a few loads from
-    /// shared memory; procfs: one `pread` of a few microseconds).
+    /// shared memory; procfs: one `pread` of a few microseconds; an
+    /// on-demand probe's arming poll: opening and mapping a perf event).
     pub fn poll(&mut self) -> ThreadState {
         match &mut self.inner {
             #[cfg(target_os = "linux")]
             Inner::Perf(p) => p.poll(),
             #[cfg(target_os = "linux")]
             Inner::Procfs(p) => p.poll(),
+            #[cfg(target_os = "linux")]
+            Inner::OnDemand(p) => p.poll(),
         }
     }
 
-    /// The detector this probe uses (`Perf` or `Procfs`).
+    /// Closes an on-demand probe's perf event (other probes have none to
+    /// close). Returns whether one was armed.
+    pub fn disarm(&mut self) -> bool {
+        match &mut self.inner {
+            #[cfg(target_os = "linux")]
+            Inner::OnDemand(p) => p.disarm(),
+            #[cfg(target_os = "linux")]
+            Inner::Perf(_) | Inner::Procfs(_) => false,
+        }
+    }
+
+    /// The detector answering now (`Perf` or `Procfs`; an on-demand probe
+    /// is `Perf` while armed).
     pub fn kind(&self) -> Detector {
         match &self.inner {
             #[cfg(target_os = "linux")]
             Inner::Perf(_) => Detector::Perf,
             #[cfg(target_os = "linux")]
             Inner::Procfs(_) => Detector::Procfs,
+            #[cfg(target_os = "linux")]
+            Inner::OnDemand(p) if p.is_armed() => Detector::Perf,
+            #[cfg(target_os = "linux")]
+            Inner::OnDemand(_) => Detector::Procfs,
         }
     }
 }

@@ -119,6 +119,12 @@ enum Newest {
 impl PerfProbe {
     /// Opens the event on the calling thread and maps its ring.
     pub(crate) fn attach_current() -> io::Result<PerfProbe> {
+        PerfProbe::attach(crate::sys::gettid())
+    }
+
+    /// Opens the event on thread `tid` of this process (the monitor arms
+    /// probes on workers this way) and maps its ring.
+    pub(crate) fn attach(tid: i32) -> io::Result<PerfProbe> {
         let page = page_size()?;
         let mut attr = PerfEventAttr {
             kind: PERF_TYPE_SOFTWARE,
@@ -137,7 +143,6 @@ impl PerfProbe {
             clockid: libc::CLOCK_MONOTONIC,
             ..PerfEventAttr::default()
         };
-        let tid = crate::sys::gettid();
         // SAFETY: `attr` is a live, fully initialised perf_event_attr whose
         // `size` field is its real size; the kernel reads it and at most
         // writes `size` back. The other arguments are plain integers.
@@ -195,10 +200,18 @@ impl PerfProbe {
 
     /// The thread's state according to the newest context-switch record.
     pub(crate) fn poll(&mut self) -> ThreadState {
+        // No record yet: the probe was made on the running thread itself.
+        self.poll_recorded().unwrap_or(ThreadState::Running)
+    }
+
+    /// The state the newest context-switch record gives, or `None` if the
+    /// thread has not been switched since the probe was opened (a probe
+    /// opened from another thread cannot tell what it is doing then).
+    pub(crate) fn poll_recorded(&mut self) -> Option<ThreadState> {
         match self.newest() {
-            Newest::Nothing => ThreadState::Running,
-            Newest::Switch { misc, time_ns } => state_from_switch(misc, time_ns, |t| self.instant_of(t)),
-            Newest::Unreadable => ThreadState::Unknown,
+            Newest::Nothing => None,
+            Newest::Switch { misc, time_ns } => Some(state_from_switch(misc, time_ns, |t| self.instant_of(t))),
+            Newest::Unreadable => Some(ThreadState::Unknown),
         }
     }
 

@@ -49,6 +49,12 @@ impl ProcfsProbe {
         }
     }
 
+    /// Drops the remembered start of a sleep: polls stopped for a while
+    /// (another probe was authoritative), so it may belong to an old sleep.
+    pub(crate) fn forget_sleep(&mut self) {
+        self.sleeping_since = None;
+    }
+
     fn read_state(&self) -> io::Result<u8> {
         let mut buf = [0u8; READ_LEN];
         let n = self.file.read_at(&mut buf, 0)?;

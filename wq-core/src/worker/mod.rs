@@ -374,10 +374,15 @@ fn attach(pool: &Arc<Pool>, me: &Arc<WorkerShared>) {
     }
     let kind = pool.rt.detector.kind;
     if kind != Detector::ExplicitOnly {
-        let probe = Probe::attach_current(kind).or_else(|err| {
-            // Out of perf resources (fds, locked memory): this worker falls back.
-            tracing::debug!(target: "wq", worker = %me.name, %err, "sleep probe failed, trying procfs");
-            Probe::attach_current(Detector::Procfs)
+        let (probe, fallback) = if pool.rt.detector.on_demand {
+            (Probe::attach_on_demand(), Detector::Perf)
+        } else {
+            (Probe::attach_current(kind), Detector::Procfs)
+        };
+        let probe = probe.or_else(|err| {
+            // Out of resources (fds, locked memory for perf rings): this worker falls back.
+            tracing::debug!(target: "wq", worker = %me.name, %err, "sleep probe failed, trying {fallback}");
+            Probe::attach_current(fallback)
         });
         *me.probe.lock().unwrap_or_else(|e| e.into_inner()) = probe.ok();
     }

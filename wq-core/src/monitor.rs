@@ -20,6 +20,12 @@
 //! Polling a worker may arm its perf event (`detect/on_demand.rs`); once
 //! parked, the monitor waits `DISARM_AFTER` and closes them all before it
 //! parks for good.
+//!
+//! The same thread is the runtime's manager (`runtime/manager.rs`): it
+//! serves worker-creation requests, which unpark it, at the top of every
+//! tick and on every wake-up while parked, and sleeps no longer than the
+//! manager's next retry or periodic job. Being parked for the pools does
+//! not stop it creating workers.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
@@ -27,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::detect::ThreadState;
 use crate::pool::Pool;
+use crate::runtime::manager::{Manager, Retries};
 use crate::runtime::RtCore;
 use crate::trace::TraceKind;
 use crate::worker::{WorkerShared, BLOCKING, CPU_INTENSIVE, IDLE, IGNORE_SLEEPS, SLEEPING};
@@ -122,6 +129,9 @@ impl Monitor {
 
     fn run(&self, all: &Mutex<Vec<Arc<Pool>>>, core: &RtCore) {
         let _ = self.thread.set(thread::current());
+        // This thread is also the manager (`runtime/manager.rs`).
+        core.manager.serve_on_current_thread();
+        let mut retries = Retries::default();
         // A 100 µs sleep lasts 100 µs only with a fine timer slack.
         sys::set_current_timer_slack(1);
         // The kernel learns of sleeps inside its scheduler; our stand-in must
@@ -143,6 +153,7 @@ impl Monitor {
         // Whether a probe was polled (and so may have armed perf) since the last disarm.
         let mut polled = false;
         while !self.shutdown.load(SeqCst) {
+            let manager_due = core.manager.service(&mut retries);
             pools.clear();
             pools.extend(all.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
             watch.resize_with(pools.len(), Watch::new);
@@ -176,20 +187,26 @@ impl Monitor {
             let now = Instant::now();
             if any_pending {
                 last_pending = now;
-            } else if now - last_pending >= LINGER && self.park(&pools, &mut polled) {
+            } else if now - last_pending >= LINGER && self.park(&pools, &mut polled, &core.manager, &mut retries) {
                 last_pending = Instant::now();
                 quiet_ticks = 0;
                 continue;
             }
             quiet_ticks = if saw_sleeper { 0 } else { quiet_ticks.saturating_add(1) };
             let tick = if bound_pending { TICK_BOUND } else { TICK_UNBOUND };
-            thread::park_timeout((tick * (1 << (quiet_ticks / QUIET_TICKS).min(4))).min(MAX_INTERVAL));
+            let mut wait = (tick * (1 << (quiet_ticks / QUIET_TICKS).min(4))).min(MAX_INTERVAL);
+            if let Some(due) = manager_due {
+                wait = wait.min(due.saturating_duration_since(Instant::now()));
+            }
+            thread::park_timeout(wait);
         }
     }
 
-    /// Parks until poked, first disarming probes if `polled` and the wait
-    /// lasts `DISARM_AFTER`. Returns after re-checking that nothing is pending.
-    fn park(&self, pools: &[Arc<Pool>], polled: &mut bool) -> bool {
+    /// Parks until poked, meanwhile serving the manager's requests (they
+    /// unpark this thread) and disarming probes if `polled` and the wait
+    /// lasts `DISARM_AFTER`. Returns after re-checking that nothing is
+    /// pending.
+    fn park(&self, pools: &[Arc<Pool>], polled: &mut bool, manager: &Manager, retries: &mut Retries) -> bool {
         self.parked.store(true, SeqCst);
         if pools.iter().any(|p| p.nr_pending.load(SeqCst) > 0) {
             self.parked.store(false, SeqCst);
@@ -197,12 +214,13 @@ impl Monitor {
         }
         let since = Instant::now();
         while self.parked.load(SeqCst) && !self.shutdown.load(SeqCst) {
-            if !*polled {
-                thread::park();
-                continue;
+            let manager_due = manager.service(retries);
+            let disarm_at = polled.then(|| since + DISARM_AFTER);
+            match manager_due.into_iter().chain(disarm_at).min() {
+                Some(t) => thread::park_timeout(t.saturating_duration_since(Instant::now())),
+                None => thread::park(),
             }
-            thread::park_timeout(DISARM_AFTER.saturating_sub(since.elapsed()));
-            if self.parked.load(SeqCst) && since.elapsed() >= DISARM_AFTER {
+            if *polled && self.parked.load(SeqCst) && since.elapsed() >= DISARM_AFTER {
                 disarm_probes(pools);
                 *polled = false;
             }

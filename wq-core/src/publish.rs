@@ -5,8 +5,8 @@
 //! `<temp dir>/cmwq-<euid>/` when that is unset or unusable. The directory
 //! is `0700` and the file `0600`: the counters, queue names and dump text
 //! are the process's business. The file is written once at start and then
-//! every [`INTERVAL`] by the runtime's manager thread (a periodic job, so
-//! publishing costs no thread); it is removed when the runtime is dropped. Nothing is installed to run at exit, so a crashed
+//! every [`INTERVAL`] by the runtime's manager (a periodic job on the
+//! monitor's thread, so publishing costs no thread); it is removed when the runtime is dropped. Nothing is installed to run at exit, so a crashed
 //! process leaves its file behind; readers recognise it (its pid is gone,
 //! or belongs to a process with another start time) and may delete it.
 //!

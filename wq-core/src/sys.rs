@@ -81,6 +81,13 @@ pub(crate) fn set_current_nice(nice: i32) -> io::Result<()> {
 /// Sets the calling thread's timer slack (how late the kernel may fire its
 /// timers to batch wake-ups); failures are ignored, as the default only
 /// makes short sleeps longer.
+/// The calling thread's timer slack in nanoseconds.
+pub(crate) fn current_timer_slack() -> Option<u64> {
+    // SAFETY: PR_GET_TIMERSLACK takes no pointer; it returns the slack.
+    let slack = unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) };
+    u64::try_from(slack).ok()
+}
+
 pub(crate) fn set_current_timer_slack(nanos: u64) {
     // SAFETY: PR_SET_TIMERSLACK takes an integer and touches no memory of ours.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, nanos as libc::c_ulong, 0, 0, 0) };

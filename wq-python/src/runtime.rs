@@ -29,7 +29,7 @@ fn detector(name: &str) -> PyResult<wq_core::Detector> {
     }
 }
 
-/// A cmwq runtime: per-CPU worker pools, unbound pools, and their manager threads.
+/// A cmwq runtime: per-CPU worker pools, unbound pools, and the thread that manages them.
 #[pyclass(module = "cmwq._cmwq", name = "Runtime", frozen)]
 pub(crate) struct PyRuntime {
     rt: wq_core::Runtime,

@@ -15,8 +15,8 @@ use crate::peer::{Peer, PeerError, PeerSpec, Submitter};
 use crate::scenario::Scenario;
 use crate::tracker::Tracker;
 
-/// wq-core names its workers `wq/<cpu>:<n>` and `wq/u<pool>:<n>`, its helpers `wq/manager`,
-/// `wq/monitor` and so on.
+/// wq-core names its workers `wq/<cpu>:<n>` and `wq/u<pool>:<n>`, its helpers `wq/monitor`,
+/// `wq/timer` and so on.
 pub(crate) const WQ_THREADS: &[&str] = &["wq/"];
 
 /// Which runtime and workqueue a wq peer uses.
@@ -142,12 +142,8 @@ pub fn specs() -> Vec<PeerSpec> {
     let unbound = WqConfig { unbound: true, ..WqConfig::default() };
     let one_cpu = WqConfig { cpus: Some(vec![0]), ..WqConfig::default() };
     let on_cpu0 = |detector| WqConfig { detector, ..one_cpu.clone() };
-    let (auto, perf, procfs, explicit) = (
-        on_cpu0(Detector::Auto),
-        on_cpu0(Detector::Perf),
-        on_cpu0(Detector::Procfs),
-        on_cpu0(Detector::ExplicitOnly),
-    );
+    let (auto, perf, procfs, explicit) =
+        (on_cpu0(Detector::Auto), on_cpu0(Detector::Perf), on_cpu0(Detector::Procfs), on_cpu0(Detector::ExplicitOnly));
     let (b2, b3, u2) = (bound.clone(), bound.clone(), unbound.clone());
     vec![
         PeerSpec::new("wq-core submit (bound)", LATENCY_THROUGHPUT, move || WqSubmit::new(&bound)),

@@ -282,7 +282,7 @@ impl Pool {
         !self.lock().idle.is_empty()
     }
 
-    /// Asks the runtime's manager thread to create a worker for this pool.
+    /// Asks the runtime's manager (on the monitor's thread) to create a worker for this pool.
     pub(crate) fn request_worker(self: &Arc<Self>, inner: &mut PoolInner) {
         if !inner.want_worker && !inner.dying {
             inner.want_worker = true;

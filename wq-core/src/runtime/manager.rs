@@ -1,6 +1,9 @@
-//! The manager: the one thread that creates workers for pools that asked,
-//! and runs the runtime's periodic job (publishing counters for the `wq`
-//! tool) in between, so that job costs no thread of its own.
+//! The manager: creates workers for pools that asked, and runs the
+//! runtime's periodic job (publishing counters for the `wq` tool) in
+//! between. It is a role of the monitor's thread, not a thread of its own
+//! (the kernel likewise has no manager thread: an idle worker takes the
+//! role): one thread less per runtime, and no hand-off between a monitor
+//! that sees a sleep and a manager that starts the worker it needs.
 //!
 //! Pools ask when their idle reserve is gone or when work waits and no
 //! worker can take it. Creating threads off the queueing path keeps
@@ -9,12 +12,16 @@
 //! with exponential backoff; the pool's work stays queued meanwhile, and
 //! after the mayday timeout the rescuers of its `MEM_RECLAIM` queues are
 //! called (see `rescuer.rs`).
+//!
+//! Requests unpark the monitor's thread. It services them at the top of
+//! each tick and on each wake-up while parked, and folds the next retry or
+//! periodic job into how long it sleeps (`Manager::service`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use super::RtCore;
 use crate::pool::Pool;
 use crate::rescuer::{MAYDAY_INITIAL_TIMEOUT, MAYDAY_INTERVAL};
 use crate::worker::{self, WorkerShared};
@@ -27,7 +34,8 @@ const BACKOFF_MAX: Duration = Duration::from_millis(50);
 
 pub(crate) struct Manager {
     queue: Mutex<Requests>,
-    cv: Condvar,
+    /// The thread that services requests (the monitor's), unparked for each.
+    servicer: OnceLock<Thread>,
 }
 
 #[derive(Default)]
@@ -45,119 +53,120 @@ pub(crate) struct Periodic {
     pub(crate) job: Box<dyn FnMut() -> bool + Send>,
 }
 
+/// What the servicing thread remembers between calls: creations to retry.
+#[derive(Default)]
+pub(crate) struct Retries {
+    pools: Vec<Arc<Pool>>,
+    /// Pools whose creation keeps failing: when it started, when the last
+    /// mayday went out.
+    failing: HashMap<usize, (Instant, Option<Instant>)>,
+    backoff: Duration,
+    at: Option<Instant>,
+}
+
 impl Manager {
     pub(crate) fn new() -> Arc<Manager> {
-        Arc::new(Manager { queue: Mutex::new(Requests::default()), cv: Condvar::new() })
+        Arc::new(Manager { queue: Mutex::new(Requests::default()), servicer: OnceLock::new() })
     }
 
     fn lock(&self) -> MutexGuard<'_, Requests> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn wake(&self) {
+        if let Some(t) = self.servicer.get() {
+            t.unpark();
+        }
+    }
+
     /// Called with the pool lock held (lock order: pool, then manager).
     pub(crate) fn request(&self, pool: Arc<Pool>) {
         self.lock().pools.push(pool);
-        self.cv.notify_one();
+        self.wake();
     }
 
     /// Adds a periodic job; its first run is `every` from now.
     pub(crate) fn add_periodic(&self, periodic: Periodic) {
         self.lock().periodic.push((Instant::now() + periodic.every, periodic));
-        self.cv.notify_one();
+        self.wake();
     }
 
+    /// Stops servicing: requests made from now on are dropped with the runtime.
     pub(crate) fn shut_down(&self) {
         self.lock().shutdown = true;
-        self.cv.notify_one();
     }
 
-    pub(crate) fn start(core: &Arc<RtCore>) -> Result<(), Error> {
-        let core2 = core.clone();
-        std::thread::Builder::new().name("wq/manager".into()).spawn(move || run(&core2)).map(drop).map_err(Error::Spawn)
+    /// Makes the calling thread the one requests wake. Call before the
+    /// first `service`, so no request goes unseen.
+    pub(crate) fn serve_on_current_thread(&self) {
+        let _ = self.servicer.set(std::thread::current());
     }
-}
 
-fn run(core: &RtCore) {
-    let manager = &core.manager;
-    let mut retry: Vec<Arc<Pool>> = Vec::new();
-    // Pools whose creation keeps failing: when it started, when the last
-    // mayday went out.
-    let mut failing: HashMap<usize, (Instant, Option<Instant>)> = HashMap::new();
-    let mut backoff = BACKOFF_MIN;
-    let mut retry_at: Option<Instant> = None;
-    loop {
-        let (mut pools, periodic) = {
-            let mut q = manager.lock();
-            loop {
-                if q.shutdown {
-                    return;
-                }
-                let job_at = q.periodic.iter().map(|(t, _)| *t).min();
-                let now = Instant::now();
-                let due = |t: Option<Instant>| t.is_some_and(|t| now >= t);
-                if !q.pools.is_empty() || due(retry_at) || due(job_at) {
-                    break;
-                }
-                q = match retry_at.into_iter().chain(job_at).min() {
-                    Some(t) => {
-                        manager
-                            .cv
-                            .wait_timeout(q, t.saturating_duration_since(now))
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0
-                    }
-                    None => manager.cv.wait(q).unwrap_or_else(|e| e.into_inner()),
-                };
+    /// Creates the workers asked for, runs due periodic jobs and due
+    /// retries. Returns when it next has something due (a retry or a
+    /// periodic job), if ever; new requests wake the servicing thread.
+    pub(crate) fn service(&self, retries: &mut Retries) -> Option<Instant> {
+        let (mut pools, due) = {
+            let mut q = self.lock();
+            if q.shutdown {
+                return None;
             }
             let now = Instant::now();
             let (due, later) = std::mem::take(&mut q.periodic).into_iter().partition(|(t, _)| now >= *t);
             q.periodic = later;
             (std::mem::take(&mut q.pools), due)
         };
-        run_periodic(manager, periodic);
-        if retry_at.is_some_and(|t| Instant::now() >= t) {
-            pools.append(&mut retry);
-            retry_at = None;
+        self.run_periodic(due);
+        if retries.at.is_some_and(|t| Instant::now() >= t) {
+            pools.append(&mut retries.pools);
+            retries.at = None;
         }
         for pool in pools {
-            if retry.iter().any(|p| Arc::ptr_eq(p, &pool)) {
+            if retries.pools.iter().any(|p| Arc::ptr_eq(p, &pool)) {
                 continue;
             }
             match maybe_create_worker(&pool) {
                 Ok(()) => {
-                    backoff = BACKOFF_MIN;
-                    failing.remove(&pool.id);
+                    retries.backoff = BACKOFF_MIN;
+                    retries.failing.remove(&pool.id);
                     pool.creation_failing.store(false, SeqCst);
                 }
-                Err(err) => {
-                    tracing::warn!(target: "wq", pool = %pool.label(), %err, retry_in = ?backoff, "worker creation failed");
-                    pool.creation_failing.store(true, SeqCst);
-                    let (since, last_mayday) = failing.entry(pool.id).or_insert((Instant::now(), None));
-                    let now = Instant::now();
-                    if now - *since >= MAYDAY_INITIAL_TIMEOUT && last_mayday.is_none_or(|t| now - t >= MAYDAY_INTERVAL)
-                    {
-                        *last_mayday = Some(now);
-                        pool.send_mayday();
-                    }
-                    retry.push(pool);
-                }
+                Err(err) => creation_failed(retries, pool, &err),
             }
         }
-        if !retry.is_empty() && retry_at.is_none() {
-            retry_at = Some(Instant::now() + backoff);
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+        if !retries.pools.is_empty() && retries.at.is_none() {
+            let backoff = retries.backoff.max(BACKOFF_MIN);
+            retries.at = Some(Instant::now() + backoff);
+            retries.backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        let next_job = self.lock().periodic.iter().map(|(t, _)| *t).min();
+        retries.at.into_iter().chain(next_job).min()
+    }
+
+    /// Runs the due periodic jobs with no lock held (pool locks come before
+    /// the manager's) and puts back those that go on.
+    fn run_periodic(&self, due: Vec<(Instant, Periodic)>) {
+        for (_, mut p) in due {
+            if (p.job)() {
+                self.lock().periodic.push((Instant::now() + p.every, p));
+            }
         }
     }
 }
 
-/// Runs the due periodic jobs with no lock held (pool locks come before the
-/// manager's) and puts back those that go on.
-fn run_periodic(manager: &Manager, due: Vec<(Instant, Periodic)>) {
-    for (_, mut p) in due {
-        if (p.job)() {
-            manager.lock().periodic.push((Instant::now() + p.every, p));
-        }
+/// Notes a failed creation: retry later, and mayday once it has failed
+/// for the mayday timeout.
+fn creation_failed(retries: &mut Retries, pool: Arc<Pool>, err: &Error) {
+    let retry_in = retries.backoff.max(BACKOFF_MIN);
+    tracing::warn!(target: "wq", pool = %pool.label(), %err, ?retry_in, "worker creation failed");
+    pool.creation_failing.store(true, SeqCst);
+    let (since, last_mayday) = retries.failing.entry(pool.id).or_insert((Instant::now(), None));
+    let now = Instant::now();
+    if now - *since >= MAYDAY_INITIAL_TIMEOUT && last_mayday.is_none_or(|t| now - t >= MAYDAY_INTERVAL) {
+        *last_mayday = Some(now);
+        pool.send_mayday();
     }
+    retries.pools.push(pool);
 }
 
 /// Creates a worker if the pool still wants one.

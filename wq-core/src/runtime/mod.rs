@@ -1,7 +1,7 @@
 //! The runtime: pools, the manager that creates workers, the timer, and
 //! the registry of workqueues.
 
-mod manager;
+pub(crate) mod manager;
 mod pools;
 
 use std::collections::HashMap;
@@ -55,8 +55,13 @@ pub(crate) struct RtCore {
     /// Live worker threads of all pools. Invariant: `<= config.max_workers`.
     pub(crate) nr_workers: AtomicUsize,
     /// The nice value of the thread that built the runtime: what "nice 0"
-    /// (default priority) means for workers, whichever thread starts them.
+    /// (default priority) means for workers, whichever thread starts them
+    /// (the monitor, which runs at -10, or a highpri worker at shutdown).
     pub(crate) base_nice: Option<i32>,
+    /// The builder thread's timer slack, which workers take back from the
+    /// monitor's 1 ns: a sleeping item should not wake more precisely (and
+    /// more often) than on any other thread of the program.
+    pub(crate) base_timer_slack: Option<u64>,
 }
 
 impl RtCore {
@@ -492,6 +497,7 @@ impl RuntimeBuilder {
             trace: Recorder::default(),
             nr_workers: AtomicUsize::new(0),
             base_nice: crate::sys::current_nice(),
+            base_timer_slack: crate::sys::current_timer_slack(),
         });
         let cpus = topology.cpus().to_vec();
         let pools = Pools::new(core.clone(), &cpus);
@@ -513,7 +519,6 @@ impl RuntimeBuilder {
             freeze: Mutex::new(false),
         });
         // From here on a failure drops `shared`, which stops what started.
-        Manager::start(&core)?;
         core.monitor.start(shared.pools.all.clone(), core.clone())?;
         let rt = Runtime { shared };
         if rt.shared.core.config.publish {

@@ -389,12 +389,14 @@ fn attach(pool: &Arc<Pool>, me: &Arc<WorkerShared>) {
     if let Err(err) = sys::set_current_affinity(&pool.attrs.cpus) {
         tracing::warn!(target: "wq", worker = %me.name, %err, "could not set worker CPU affinity");
     }
+    // Workers start from the monitor's thread (nice -10, timer slack 1 ns)
+    // or a highpri worker's (a pool drained at shutdown): take back the
+    // runtime builder's slack, and for default priority its nice value.
+    if let Some(slack) = pool.rt.base_timer_slack {
+        sys::set_current_timer_slack(slack);
+    }
     if pool.attrs.nice == 0 {
-        // Default priority: the runtime builder's, even for a worker started
-        // by a highpri thread (a pool drained at shutdown).
-        if let Some(base) = pool.rt.base_nice {
-            let _ = sys::set_current_nice(base);
-        }
+        let _ = sys::set_current_nice(pool.rt.base_nice.unwrap_or(0));
     } else if pool.nice_status().is_none() {
         pool.record_nice(ask_for_nice(pool.attrs.nice));
     } else {

@@ -99,6 +99,82 @@ where
     }
 }
 
+/// A one-shot work item kept in an `Arc` shared with whoever waits for
+/// it, queued with [`Workqueue::execute_shared`](crate::Workqueue::execute_shared).
+///
+/// An executor's blocking call (wq-futures' `spawn_blocking`) keeps its
+/// closure, result slot and waker in one allocation; queueing that `Arc`
+/// itself costs no second allocation, where [`execute`](crate::Workqueue::execute)
+/// would box a closure around it. (`submit` does the same inside wq-core.)
+///
+/// Exactly one of [`run`](SharedItem::run) and [`discard`](SharedItem::discard)
+/// is called for each successful queueing, and `discard` also when the
+/// queue refuses the item.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::{mpsc, Arc, Mutex};
+/// use wq_core::{Runtime, SharedItem};
+///
+/// struct Ping {
+///     ran: AtomicBool,
+///     done: Mutex<mpsc::Sender<&'static str>>,
+/// }
+///
+/// impl SharedItem for Ping {
+///     fn run(self: Arc<Self>) {
+///         self.ran.store(true, Ordering::Release);
+///         let _ = self.done.lock().unwrap().send("ran");
+///     }
+///     fn discard(self: Arc<Self>) {
+///         let _ = self.done.lock().unwrap().send("discarded");
+///     }
+/// }
+///
+/// let rt = Runtime::builder().build()?;
+/// let wq = rt.workqueue("shared").build()?;
+/// let (tx, rx) = mpsc::channel();
+/// let ping = Arc::new(Ping { ran: AtomicBool::new(false), done: Mutex::new(tx) });
+/// wq.execute_shared(ping.clone())?;
+/// assert_eq!(rx.recv().unwrap(), "ran");
+/// assert!(ping.ran.load(Ordering::Acquire));
+/// # Ok::<(), wq_core::Error>(())
+/// ```
+pub trait SharedItem: Send + Sync + 'static {
+    /// Runs the item on a worker. A panic is caught and counted in the
+    /// queue's `panics`, as a closure's would be.
+    fn run(self: Arc<Self>);
+
+    /// The item will never run: the queue refused it, or it was dropped
+    /// from a worklist unrun. Whoever waits for it should be told. A panic
+    /// here is caught.
+    fn discard(self: Arc<Self>);
+}
+
+/// A queued [`SharedItem`]: run it, or dropped unrun, discard it.
+pub(crate) struct SharedJob(Option<Arc<dyn SharedItem>>);
+
+impl SharedJob {
+    pub(crate) fn new(item: Arc<dyn SharedItem>) -> SharedJob {
+        SharedJob(Some(item))
+    }
+
+    pub(crate) fn run(mut self) -> Outcome {
+        match self.0.take() {
+            Some(item) => Outcome::of_call(move || item.run()),
+            None => Outcome::Skipped,
+        }
+    }
+}
+
+impl Drop for SharedJob {
+    fn drop(&mut self) {
+        if let Some(item) = self.0.take() {
+            let _ = Outcome::of_call(move || item.discard());
+        }
+    }
+}
+
 /// What a worker runs for a submitted closure.
 pub(crate) trait Runnable: Send + Sync {
     fn run(self: Arc<Self>) -> Outcome;

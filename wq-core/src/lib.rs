@@ -68,7 +68,7 @@ mod work;
 mod worker;
 mod workqueue;
 
-pub use completion::{Completion, Panicked};
+pub use completion::{Completion, Panicked, SharedItem};
 pub use delayed::DelayedWork;
 pub use detect::Detector;
 pub use error::Error;

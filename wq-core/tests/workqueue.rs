@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::{block_on, wait_until};
-use wq_core::{Error, Flags, Runtime, Work, Workqueue, MAX_ACTIVE_LIMIT};
+use wq_core::{Error, Flags, Runtime, SharedItem, Work, Workqueue, MAX_ACTIVE_LIMIT};
 
 #[test]
 fn builder_validates_its_input() {
@@ -318,4 +318,52 @@ fn system_queues_exist_with_the_kernel_names() {
     assert!(wq_core::system_highpri_wq().flags().contains(Flags::HIGHPRI));
     assert!(wq_core::system_unbound_wq().flags().contains(Flags::UNBOUND));
     assert!(Runtime::global().dump().contains("events_unbound"));
+}
+
+/// Counts how a shared item ended; panics in `run` when told to.
+#[derive(Default)]
+struct Counted {
+    runs: AtomicUsize,
+    discards: AtomicUsize,
+    panic: bool,
+}
+
+impl SharedItem for Counted {
+    fn run(self: Arc<Self>) {
+        self.runs.fetch_add(1, SeqCst);
+        assert!(!self.panic, "shared item panics");
+    }
+
+    fn discard(self: Arc<Self>) {
+        self.discards.fetch_add(1, SeqCst);
+    }
+}
+
+#[test]
+fn a_shared_item_runs_once_per_queueing_and_a_refused_one_is_discarded() {
+    let wq = Workqueue::builder("shared").build().unwrap();
+    let items: Vec<Arc<Counted>> = (0..100).map(|_| Arc::new(Counted::default())).collect();
+    for item in &items {
+        wq.execute_shared(item.clone()).unwrap();
+    }
+    let panicky = Arc::new(Counted { panic: true, ..Counted::default() });
+    wq.execute_shared(panicky.clone()).unwrap();
+    wq.flush().unwrap();
+    for item in &items {
+        assert_eq!((item.runs.load(SeqCst), item.discards.load(SeqCst)), (1, 0));
+        assert_eq!(Arc::strong_count(item), 1, "the queue kept a reference");
+    }
+    assert_eq!(panicky.runs.load(SeqCst), 1);
+    let stats = wq.stats();
+    assert_eq!((stats.total, stats.panics), (101, 1));
+
+    wq.destroy().unwrap();
+    let refused = Arc::new(Counted::default());
+    assert!(matches!(wq.execute_shared(refused.clone()), Err(Error::Destroyed { .. })));
+    assert_eq!(
+        (refused.runs.load(SeqCst), refused.discards.load(SeqCst)),
+        (0, 1),
+        "discarded before the error returns"
+    );
+    assert_eq!(Arc::strong_count(&refused), 1);
 }

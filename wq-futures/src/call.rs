@@ -5,8 +5,8 @@
 //! clone of its queue held by the schedule function. A closure that runs
 //! once needs none of that: [`spawn_blocking`] puts the closure, its result
 //! slot and the waker of whoever awaits it in one allocation, [`Call`], and
-//! queues it with `Workqueue::execute` (whose entry boxes the one-pointer
-//! closure that runs it: a second, small allocation).
+//! queues that `Arc` itself with `Workqueue::execute_shared`: one
+//! allocation per call.
 //!
 //! # States
 //!
@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
-use wq_core::Workqueue;
+use wq_core::{SharedItem, Workqueue};
 
 use crate::task::{Abort, JoinError, JoinHandle};
 
@@ -105,7 +105,7 @@ where
 {
     /// The worker's side: runs the closure unless it was cancelled, and
     /// publishes the result to whoever still holds a handle.
-    fn run(self: Arc<Self>) {
+    fn claim_and_run(self: Arc<Self>) {
         let claimed = self.shared.state.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire);
         if claimed.is_err() {
             // Cancelled; the canceller dropped the closure.
@@ -154,41 +154,25 @@ where
         shared: CallState { state: AtomicU8::new(QUEUED), result: Mutex::new(None), waker: AtomicWaker::new() },
         f: Mutex::new(Some(f)),
     });
-    let queued = Queued(Some(Arc::clone(&call)));
-    // A refusal drops the item unrun: `Queued` then cancels the call, so
-    // the handle reports a cancellation, as tokio's does once its runtime
-    // shut down.
-    let _ = wq.execute(move || queued.run());
+    // A refusal discards the call, which cancels it, so the handle reports
+    // a cancellation, as tokio's does once its runtime shut down.
+    let _ = wq.execute_shared(Arc::clone(&call));
     JoinHandle::from_call(call)
 }
 
-/// The queued item's reference to its call. Dropped without running (the
-/// queue refused it, or anything else discarded it), it cancels the call,
-/// so no handle ever waits for a closure that will not run.
-struct Queued<T, F>(Option<Arc<Call<T, F>>>)
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static;
-
-impl<T, F> Queued<T, F>
+/// The call is its own work item: queueing it allocates nothing more.
+impl<T, F> SharedItem for Call<T, F>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    fn run(mut self) {
-        let call = self.0.take().expect("an item runs once");
-        call.run();
+    fn run(self: Arc<Self>) {
+        self.claim_and_run();
     }
-}
 
-impl<T, F> Drop for Queued<T, F>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    fn drop(&mut self) {
-        if let Some(call) = &self.0 {
-            call.abort();
-        }
+    /// Dropped unrun (refused, or discarded from a worklist): cancel it,
+    /// so no handle ever waits for a closure that will not run.
+    fn discard(self: Arc<Self>) {
+        self.abort();
     }
 }

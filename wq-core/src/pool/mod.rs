@@ -47,6 +47,8 @@ pub(crate) enum Job {
     Once(Box<dyn FnOnce() -> Outcome + Send>),
     /// A submitted closure with its result slot.
     Task(Arc<dyn crate::completion::Runnable>),
+    /// An item shared with its waiter (`Workqueue::execute_shared`).
+    Shared(crate::completion::SharedJob),
 }
 
 /// How the user code of one entry ended.

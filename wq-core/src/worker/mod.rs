@@ -610,6 +610,10 @@ fn process_one(pool: &Arc<Pool>, me: &WorkerShared, meter: &mut CpuMeter, entry:
             let (link, outcome, cpu_time) = execute(pool, me, meter, link, None, f);
             finish_entry(pool, Done { link, color, outcome, cpu_time }, done);
         }
+        Job::Shared(item) => {
+            let (link, outcome, cpu_time) = execute(pool, me, meter, link, None, || item.run());
+            finish_entry(pool, Done { link, color, outcome, cpu_time }, done);
+        }
         Job::Work { work, gen } => {
             run_work(pool, me, meter, &work, Parked { link, color, gen }, done);
             // The last reference drops the item's function and its captures.

@@ -20,7 +20,7 @@ pub use attrs::Attrs;
 pub(crate) use attrs::{Limit, PwqSet};
 pub use builder::WorkqueueBuilder;
 
-use crate::completion::{Completion, Task};
+use crate::completion::{Completion, SharedItem, SharedJob, Task};
 use crate::delayed::DelayedWork;
 use crate::pool::{Entry, Job, Outcome, PwqLink};
 use crate::rescuer::Rescuer;
@@ -364,6 +364,17 @@ impl Workqueue {
     /// [`Error::Destroyed`] or [`Error::Draining`]; `f` is dropped.
     pub fn execute(&self, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
         let job = Job::Once(Box::new(move || Outcome::of_call(f)));
+        self.queue_job(job, self.shared.rt.local_slot())
+    }
+
+    /// Runs `item` once on this queue without allocating: the item is its
+    /// own entry (see [`SharedItem`]).
+    ///
+    /// # Errors
+    /// [`Error::Destroyed`] or [`Error::Draining`]; `item` is discarded
+    /// ([`SharedItem::discard`]) before this returns.
+    pub fn execute_shared(&self, item: Arc<impl SharedItem>) -> Result<(), Error> {
+        let job = Job::Shared(SharedJob::new(item));
         self.queue_job(job, self.shared.rt.local_slot())
     }
 

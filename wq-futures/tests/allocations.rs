@@ -1,0 +1,61 @@
+//! `spawn_blocking` costs one allocation per call: the call's closure,
+//! result slot and waker share one `Arc`, queued as its own work item
+//! (`Workqueue::execute_shared`). Counted by a global allocator, on the
+//! calling thread only, so alone in its test binary.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use wq_core::{Flags, Workqueue};
+use wq_futures::{block_on, WorkqueueExt};
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The system allocator, counting each thread's allocations.
+struct Counting;
+
+// SAFETY: every call is forwarded unchanged to `System`, which upholds
+// `GlobalAlloc`'s contract; the counter is a const-initialised thread
+// local without a destructor, so touching it never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: the caller's `layout` obligations are passed on as they are.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this `layout` (above).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
+
+#[test]
+fn spawn_blocking_allocates_once_per_call() {
+    let wq = Workqueue::builder("one_allocation").flags(Flags::UNBOUND).build().unwrap();
+    // Warm up: workers, worklist capacity, thread locals.
+    for i in 0..200u64 {
+        assert_eq!(block_on(wq.spawn_blocking(move || i)).unwrap(), i);
+    }
+    let mut per_call = Vec::with_capacity(100);
+    for i in 0..100u64 {
+        let before = allocations();
+        let handle = wq.spawn_blocking(move || i * 2);
+        per_call.push(allocations() - before);
+        assert_eq!(block_on(handle).unwrap(), i * 2);
+    }
+    // Now and then a call may also grow a shared structure (a worker
+    // request, the worklist); the typical call must allocate exactly once.
+    per_call.sort_unstable();
+    assert_eq!(per_call[0], 1, "{per_call:?}");
+    assert_eq!(per_call[per_call.len() * 9 / 10], 1, "{per_call:?}");
+}

@@ -119,6 +119,43 @@ impl ThreadCounter {
     }
 }
 
+/// The machine's CPU time counters from `/proc/stat`'s `cpu` line: how a
+/// run shared the host. On a VM, `steal` is time the hypervisor gave this
+/// machine's CPUs to someone else; a run with much of it is noise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostTicks {
+    /// Every tick of every CPU (user, nice, system, idle, iowait, irq, softirq, steal).
+    pub total: u64,
+    /// Ticks stolen by the hypervisor.
+    pub steal: u64,
+}
+
+impl HostTicks {
+    /// Reads `/proc/stat` now.
+    pub fn now() -> io::Result<HostTicks> {
+        HostTicks::parse(&std::fs::read_to_string("/proc/stat")?)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "/proc/stat has no readable cpu line"))
+    }
+
+    /// The counters of a `/proc/stat` text (its first line, `cpu  user nice system idle …`).
+    pub fn parse(stat: &str) -> Option<HostTicks> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let fields: Vec<u64> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>().ok()?;
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let first = fields.get(..8)?;
+        Some(HostTicks { total: first.iter().sum(), steal: first[7] })
+    }
+
+    /// The share of CPU time stolen since `earlier`, in percent.
+    pub fn steal_percent_since(self, earlier: HostTicks) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return 0.0;
+        }
+        100.0 * self.steal.saturating_sub(earlier.steal) as f64 / total as f64
+    }
+}
+
 /// The number of OS threads in the process right now.
 pub fn os_threads() -> io::Result<usize> {
     ThreadCounter::open()?.read()
@@ -334,6 +371,19 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_ticks_parse_the_cpu_line_and_give_the_steal_share() {
+        let stat = "cpu  100 0 50 800 10 5 5 30 0 0\ncpu0 50 0 25 400 5 2 3 15 0 0\n";
+        let t = HostTicks::parse(stat).unwrap();
+        assert_eq!(t, HostTicks { total: 1000, steal: 30 });
+        let later = HostTicks { total: 1400, steal: 50 };
+        assert!((later.steal_percent_since(t) - 5.0).abs() < 1e-9);
+        assert_eq!(t.steal_percent_since(t), 0.0);
+        assert_eq!(HostTicks::parse("intr 1 2 3\n"), None);
+        assert_eq!(HostTicks::parse("cpu  1 2 3\n"), None, "too few fields");
+        assert!(HostTicks::now().is_ok());
+    }
 
     #[test]
     fn burn_consumes_thread_cpu_time() {

@@ -14,7 +14,7 @@ use benches::scenario::{
     ThroughputRun, TimelineConfig, TimelineRun,
 };
 use benches::stats::{num, rate, ratio, Spread, Table};
-use benches::sys::{cpus, os_threads, settle_threads, tasks};
+use benches::sys::{cpus, os_threads, settle_threads, tasks, HostTicks};
 use benches::{registry, Integrity, PeerSpec, RunError, Runner, Scenario};
 
 const USAGE: &str = "usage: compare [--rounds N] [--peers TEXT] [latency|throughput|mixed|timeline|detect]...";
@@ -605,7 +605,8 @@ fn main() -> ExitCode {
     for &s in &args.scenarios {
         let rounds = args.rounds.unwrap_or_else(|| default_rounds(s));
         let t0 = Instant::now();
-        let (table, ok) = match s {
+        let host0 = HostTicks::now().ok();
+        let (mut table, ok) = match s {
             Scenario::Latency => latency_table(&mut h, &specs, rounds),
             Scenario::Throughput => throughput_table(&mut h, &specs, rounds),
             Scenario::Mixed => mixed_table(&mut h, &specs, rounds),
@@ -613,6 +614,13 @@ fn main() -> ExitCode {
             Scenario::Detect => detect_table(&mut h, &specs, rounds),
         };
         clean &= ok;
+        if let (Some(before), Ok(after)) = (host0, HostTicks::now()) {
+            table.note(format!(
+                "Host steal during this table: {:.1}% of CPU time (`/proc/stat`); over a few percent, \
+                 differences between rows are mostly the hypervisor's.",
+                after.steal_percent_since(before)
+            ));
+        }
         println!("{}", table.render());
         eprintln!("[{s}] done in {:.1} s", t0.elapsed().as_secs_f64());
     }

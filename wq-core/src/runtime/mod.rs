@@ -436,7 +436,9 @@ impl RuntimeBuilder {
 
     /// Fault injection: `hook` runs before each worker thread is created,
     /// and an error it returns fails that creation as the OS would (the
-    /// pool retries with backoff; queued work waits, never lost).
+    /// pool retries with backoff; queued work waits, never lost). It runs
+    /// on the monitor's thread (at shutdown, on the thread that drops the
+    /// runtime), so it should return quickly: sleep detection waits for it.
     pub fn spawn_hook(mut self, hook: impl Fn() -> io::Result<()> + Send + Sync + 'static) -> Self {
         self.config.spawn_hook = Some(Arc::new(hook));
         self

@@ -151,17 +151,18 @@ pub trait SharedItem: Send + Sync + 'static {
     fn discard(self: Arc<Self>);
 }
 
-/// A queued [`SharedItem`]: run it, or dropped unrun, discard it.
-pub(crate) struct SharedJob(Option<Arc<dyn SharedItem>>);
+/// A queued entry that is its own allocation: a [`SharedItem`], or a
+/// submitted closure ([`Task`]). Run it, or, dropped unrun, discard it.
+pub(crate) struct SharedJob(Option<Arc<dyn Runnable>>);
 
 impl SharedJob {
-    pub(crate) fn new(item: Arc<dyn SharedItem>) -> SharedJob {
+    pub(crate) fn new(item: Arc<dyn Runnable>) -> SharedJob {
         SharedJob(Some(item))
     }
 
     pub(crate) fn run(mut self) -> Outcome {
         match self.0.take() {
-            Some(item) => Outcome::of_call(move || item.run()),
+            Some(item) => item.run(),
             None => Outcome::Skipped,
         }
     }
@@ -170,14 +171,28 @@ impl SharedJob {
 impl Drop for SharedJob {
     fn drop(&mut self) {
         if let Some(item) = self.0.take() {
-            let _ = Outcome::of_call(move || item.discard());
+            item.discard();
         }
     }
 }
 
-/// What a worker runs for a submitted closure.
+/// What a worker runs for a [`SharedJob`]: how it ended, for the stats.
 pub(crate) trait Runnable: Send + Sync {
     fn run(self: Arc<Self>) -> Outcome;
+
+    /// Dropped unrun. Nothing to do for a submitted closure: a refused
+    /// `submit` hands out no `Completion`, and dropping the task drops `f`.
+    fn discard(self: Arc<Self>) {}
+}
+
+impl<S: SharedItem> Runnable for S {
+    fn run(self: Arc<Self>) -> Outcome {
+        Outcome::of_call(move || SharedItem::run(self))
+    }
+
+    fn discard(self: Arc<Self>) {
+        let _ = Outcome::of_call(move || SharedItem::discard(self));
+    }
 }
 
 impl<T, F> Runnable for Task<T, F>

@@ -54,9 +54,6 @@ impl fmt::Display for Detector {
 pub(crate) struct Resolved {
     /// Never [`Detector::Auto`].
     pub kind: Detector,
-    /// Perf chosen by `Auto`: workers start on procfs and the monitor arms
-    /// their perf events under load (`on_demand.rs`).
-    pub on_demand: bool,
     /// One line saying why this detector is active.
     pub reason: String,
 }
@@ -68,19 +65,15 @@ pub(crate) struct Resolved {
 /// error whose message says why.
 pub(crate) fn resolve(requested: Detector) -> io::Result<Resolved> {
     match requested {
-        Detector::ExplicitOnly => Ok(Resolved {
-            kind: Detector::ExplicitOnly,
-            on_demand: false,
-            reason: "explicit hooks only, as requested".into(),
-        }),
+        Detector::ExplicitOnly => {
+            Ok(Resolved { kind: Detector::ExplicitOnly, reason: "explicit hooks only, as requested".into() })
+        }
         Detector::Perf => try_kind(Detector::Perf).map(|detail| Resolved {
             kind: Detector::Perf,
-            on_demand: false,
             reason: format!("perf context-switch records, as requested ({detail})"),
         }),
         Detector::Procfs => try_kind(Detector::Procfs).map(|detail| Resolved {
             kind: Detector::Procfs,
-            on_demand: false,
             reason: format!("polling /proc/self/task/<tid>/stat, as requested ({detail})"),
         }),
         Detector::Auto => {
@@ -88,7 +81,6 @@ pub(crate) fn resolve(requested: Detector) -> io::Result<Resolved> {
                 Ok(detail) => {
                     return Ok(Resolved {
                         kind: Detector::Perf,
-                        on_demand: true,
                         reason: format!(
                             "perf context-switch records, armed per worker under load; \
                              procfs polling until then ({detail})"
@@ -100,12 +92,10 @@ pub(crate) fn resolve(requested: Detector) -> io::Result<Resolved> {
             match try_kind(Detector::Procfs) {
                 Ok(detail) => Ok(Resolved {
                     kind: Detector::Procfs,
-                    on_demand: false,
                     reason: format!("polling /proc/self/task/<tid>/stat ({detail}); perf unavailable: {perf_err}"),
                 }),
                 Err(procfs_err) => Ok(Resolved {
                     kind: Detector::ExplicitOnly,
-                    on_demand: false,
                     reason: format!(
                         "explicit hooks only: perf unavailable ({perf_err}); procfs unavailable ({procfs_err})"
                     ),

@@ -45,9 +45,8 @@ pub(crate) enum Job {
     Work { work: Arc<WorkShared>, gen: u64 },
     /// A one-shot closure.
     Once(Box<dyn FnOnce() -> Outcome + Send>),
-    /// A submitted closure with its result slot.
-    Task(Arc<dyn crate::completion::Runnable>),
-    /// An item shared with its waiter (`Workqueue::execute_shared`).
+    /// An entry that is its own allocation, shared with whoever waits for
+    /// it: a submitted closure with its result slot, or a `SharedItem`.
     Shared(crate::completion::SharedJob),
 }
 

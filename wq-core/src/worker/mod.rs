@@ -374,7 +374,9 @@ fn attach(pool: &Arc<Pool>, me: &Arc<WorkerShared>) {
     }
     let kind = pool.rt.detector.kind;
     if kind != Detector::ExplicitOnly {
-        let (probe, fallback) = if pool.rt.detector.on_demand {
+        // Perf chosen by `Auto` is armed on demand (`detect/on_demand.rs`).
+        let on_demand = kind == Detector::Perf && pool.rt.config.detector == Detector::Auto;
+        let (probe, fallback) = if on_demand {
             (Probe::attach_on_demand(), Detector::Perf)
         } else {
             (Probe::attach_current(kind), Detector::Procfs)
@@ -602,10 +604,6 @@ fn spin_until_woken(me: &WorkerShared) {
 fn process_one(pool: &Arc<Pool>, me: &WorkerShared, meter: &mut CpuMeter, entry: Entry, done: &mut Vec<Done>) {
     let Entry { pwq: link, color, job } = entry;
     match job {
-        Job::Task(task) => {
-            let (link, outcome, cpu_time) = execute(pool, me, meter, link, None, || task.run());
-            finish_entry(pool, Done { link, color, outcome, cpu_time }, done);
-        }
         Job::Once(f) => {
             let (link, outcome, cpu_time) = execute(pool, me, meter, link, None, f);
             finish_entry(pool, Done { link, color, outcome, cpu_time }, done);

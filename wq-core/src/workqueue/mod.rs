@@ -352,7 +352,7 @@ impl Workqueue {
         T: Send + 'static,
     {
         let (task, completion) = Task::split(f);
-        self.queue_job(Job::Task(task), self.shared.rt.local_slot())?;
+        self.queue_job(Job::Shared(SharedJob::new(task)), self.shared.rt.local_slot())?;
         Ok(completion)
     }
 

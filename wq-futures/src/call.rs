@@ -56,6 +56,17 @@ pub(crate) struct CallState<T> {
     waker: AtomicWaker,
 }
 
+/// Whoever drops the last reference to a call drops an unclaimed result:
+/// the worker, or a thread dropping a detached [`JoinHandle`] just after
+/// the worker stored it. The result's `Drop` is user code, so a panic in
+/// it must not unwind into either.
+impl<T> Drop for CallState<T> {
+    fn drop(&mut self) {
+        let result = self.result.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(result)));
+    }
+}
+
 /// A queued closure and its result slot: the whole of a blocking call.
 struct Call<T, F> {
     shared: CallState<T>,

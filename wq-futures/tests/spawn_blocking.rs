@@ -102,6 +102,24 @@ fn a_detached_result_whose_drop_panics_leaves_the_worker_serving() {
 }
 
 #[test]
+fn a_finished_result_whose_drop_panics_is_dropped_quietly_with_its_handle() {
+    struct PanicOnDrop;
+    impl Drop for PanicOnDrop {
+        fn drop(&mut self) {
+            panic!("dropping the result");
+        }
+    }
+    let wq = queue("fut_call_finished_drop");
+    let handle = wq.spawn_blocking(|| PanicOnDrop);
+    // After the flush the worker has let go of the call: the handle's
+    // reference is the last, and dropping it drops the stored result.
+    wq.flush().unwrap();
+    assert!(handle.is_finished());
+    drop(handle);
+    assert_eq!(block_on(wq.spawn_blocking(|| 7)).unwrap(), 7);
+}
+
+#[test]
 fn a_panic_and_its_payload_come_back() {
     let wq = queue("fut_call_panic");
     let err = block_on(wq.spawn_blocking(|| -> u8 { std::panic::panic_any(42u32) })).unwrap_err();

@@ -54,14 +54,20 @@ pub(crate) struct Periodic {
 }
 
 /// What the servicing thread remembers between calls: creations to retry.
-#[derive(Default)]
 pub(crate) struct Retries {
     pools: Vec<Arc<Pool>>,
     /// Pools whose creation keeps failing: when it started, when the last
     /// mayday went out.
     failing: HashMap<usize, (Instant, Option<Instant>)>,
+    /// The next retry's delay: `BACKOFF_MIN` doubling to `BACKOFF_MAX`.
     backoff: Duration,
     at: Option<Instant>,
+}
+
+impl Default for Retries {
+    fn default() -> Retries {
+        Retries { pools: Vec::new(), failing: HashMap::new(), backoff: BACKOFF_MIN, at: None }
+    }
 }
 
 impl Manager {
@@ -135,9 +141,8 @@ impl Manager {
             }
         }
         if !retries.pools.is_empty() && retries.at.is_none() {
-            let backoff = retries.backoff.max(BACKOFF_MIN);
-            retries.at = Some(Instant::now() + backoff);
-            retries.backoff = (backoff * 2).min(BACKOFF_MAX);
+            retries.at = Some(Instant::now() + retries.backoff);
+            retries.backoff = (retries.backoff * 2).min(BACKOFF_MAX);
         }
         let next_job = self.lock().periodic.iter().map(|(t, _)| *t).min();
         retries.at.into_iter().chain(next_job).min()
@@ -157,7 +162,7 @@ impl Manager {
 /// Notes a failed creation: retry later, and mayday once it has failed
 /// for the mayday timeout.
 fn creation_failed(retries: &mut Retries, pool: Arc<Pool>, err: &Error) {
-    let retry_in = retries.backoff.max(BACKOFF_MIN);
+    let retry_in = retries.backoff;
     tracing::warn!(target: "wq", pool = %pool.label(), %err, ?retry_in, "worker creation failed");
     pool.creation_failing.store(true, SeqCst);
     let (since, last_mayday) = retries.failing.entry(pool.id).or_insert((Instant::now(), None));

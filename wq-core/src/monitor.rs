@@ -15,7 +15,11 @@
 //! raises `nr_pending` first, then checks `parked` (both SeqCst). One of
 //! the two always sees the other. Work queued to a pool with nobody
 //! running needs no monitor: it wakes an idle worker, and if that worker
-//! later sleeps with work left, its own pop pokes.
+//! later sleeps with work left, its own pop pokes. With no idle worker it
+//! asks the manager, whose request wakes this thread; a parked monitor
+//! that wakes to find work pending resumes ticking, so a pool whose
+//! worker creation fails still reaches the watchdog (the manager's
+//! retries keep waking it).
 //!
 //! Polling a worker may arm its perf event (`detect/on_demand.rs`); once
 //! parked, the monitor waits `DISARM_AFTER` and closes them all before it
@@ -204,8 +208,8 @@ impl Monitor {
 
     /// Parks until poked, meanwhile serving the manager's requests (they
     /// unpark this thread) and disarming probes if `polled` and the wait
-    /// lasts `DISARM_AFTER`. Returns after re-checking that nothing is
-    /// pending.
+    /// lasts `DISARM_AFTER`. Returns `false`, having unparked, if it finds
+    /// work pending, before parking or at any wake-up; `true` once poked.
     fn park(&self, pools: &[Arc<Pool>], polled: &mut bool, manager: &Manager, retries: &mut Retries) -> bool {
         self.parked.store(true, SeqCst);
         if pools.iter().any(|p| p.nr_pending.load(SeqCst) > 0) {
@@ -215,6 +219,15 @@ impl Monitor {
         let since = Instant::now();
         while self.parked.load(SeqCst) && !self.shutdown.load(SeqCst) {
             let manager_due = manager.service(retries);
+            // Work queued while nobody ran woke no monitor: it needed a
+            // worker, and the manager's request woke us instead. If that
+            // creation failed the work stays pending with nobody to run
+            // it, and only ticking lets the watchdog see it. The retries
+            // keep waking this thread, so a stall is seen within a backoff.
+            if pools.iter().any(|p| p.nr_pending.load(SeqCst) > 0) {
+                self.parked.store(false, SeqCst);
+                return false;
+            }
             let disarm_at = polled.then(|| since + DISARM_AFTER);
             match manager_due.into_iter().chain(disarm_at).min() {
                 Some(t) => thread::park_timeout(t.saturating_duration_since(Instant::now())),

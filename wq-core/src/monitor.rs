@@ -191,7 +191,7 @@ impl Monitor {
             let now = Instant::now();
             if any_pending {
                 last_pending = now;
-            } else if now - last_pending >= LINGER && self.park(&pools, &mut polled, &core.manager, &mut retries) {
+            } else if now - last_pending >= LINGER && self.park(all, &mut polled, &core.manager, &mut retries) {
                 last_pending = Instant::now();
                 quiet_ticks = 0;
                 continue;
@@ -210,9 +210,13 @@ impl Monitor {
     /// unpark this thread) and disarming probes if `polled` and the wait
     /// lasts `DISARM_AFTER`. Returns `false`, having unparked, if it finds
     /// work pending, before parking or at any wake-up; `true` once poked.
-    fn park(&self, pools: &[Arc<Pool>], polled: &mut bool, manager: &Manager, retries: &mut Retries) -> bool {
+    /// It reads the live pool list, not the tick's copy: an unbound pool
+    /// added since has work the copy would not show.
+    fn park(&self, all: &Mutex<Vec<Arc<Pool>>>, polled: &mut bool, manager: &Manager, retries: &mut Retries) -> bool {
+        let any_pending =
+            || all.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|p| p.nr_pending.load(SeqCst) > 0);
         self.parked.store(true, SeqCst);
-        if pools.iter().any(|p| p.nr_pending.load(SeqCst) > 0) {
+        if any_pending() {
             self.parked.store(false, SeqCst);
             return false;
         }
@@ -224,7 +228,7 @@ impl Monitor {
             // creation failed the work stays pending with nobody to run
             // it, and only ticking lets the watchdog see it. The retries
             // keep waking this thread, so a stall is seen within a backoff.
-            if pools.iter().any(|p| p.nr_pending.load(SeqCst) > 0) {
+            if any_pending() {
                 self.parked.store(false, SeqCst);
                 return false;
             }
@@ -234,7 +238,8 @@ impl Monitor {
                 None => thread::park(),
             }
             if *polled && self.parked.load(SeqCst) && since.elapsed() >= DISARM_AFTER {
-                disarm_probes(pools);
+                let pools = all.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                disarm_probes(&pools);
                 *polled = false;
             }
         }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -125,6 +125,56 @@ fn a_cpu_hog_stops_holding_its_cpu_once_past_the_threshold() {
     let other = wq.submit(move || e2.record("other", "start")).unwrap();
     hog.wait().unwrap();
     other.wait().unwrap();
+    wq.flush().unwrap();
+    assert!(ev.at("other", "start") < ev.at("hog", "end"), "the hog held its CPU to the end:\n{}", ev.render());
+    assert_eq!(wq.stats().cpu_hogs, 1, "{:?}", wq.stats());
+}
+
+/// Being preempted is not sleeping: a hog that shares its CPU with two
+/// busy threads gets a third of it, and is still marked once it used the
+/// threshold's CPU time (the kernel counts CPU time without sleeping,
+/// whatever the wall time).
+#[test]
+fn a_cpu_hog_sharing_its_cpu_with_busy_threads_is_still_marked() {
+    let _cpu0 = common::cpu0();
+    // Two spinners on CPU 0, from a runtime of their own.
+    let busy = Runtime::builder().cpus([0]).build().unwrap();
+    let spinners = busy.workqueue("spinners").flags(Flags::CPU_INTENSIVE).build().unwrap();
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, SeqCst);
+        }
+    }
+    let stop = Stop(Arc::new(AtomicBool::new(false)));
+    let spinning = Arc::new(AtomicUsize::new(0));
+    for _ in 0..2 {
+        let (s, n) = (stop.0.clone(), spinning.clone());
+        spinners
+            .execute(move || {
+                n.fetch_add(1, SeqCst);
+                while !s.load(SeqCst) {
+                    std::hint::spin_loop();
+                }
+            })
+            .unwrap();
+    }
+    wait_until("both spinners run", || spinning.load(SeqCst) == 2);
+    let rt = Runtime::builder().cpus([0]).cpu_hog_threshold(Duration::from_millis(10)).build().unwrap();
+    let wq = rt.workqueue("hog").build().unwrap();
+    let ev = Events::default();
+    let (e1, e2) = (ev.clone(), ev.clone());
+    let hog = wq
+        .submit(move || {
+            e1.record("hog", "start");
+            burn(Duration::from_millis(50));
+            e1.record("hog", "end");
+        })
+        .unwrap();
+    let other = wq.submit(move || e2.record("other", "start")).unwrap();
+    hog.wait().unwrap();
+    other.wait().unwrap();
+    drop(stop);
     wq.flush().unwrap();
     assert!(ev.at("other", "start") < ev.at("hog", "end"), "the hog held its CPU to the end:\n{}", ev.render());
     assert_eq!(wq.stats().cpu_hogs, 1, "{:?}", wq.stats());

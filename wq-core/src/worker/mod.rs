@@ -63,7 +63,7 @@ pub(crate) struct WorkerShared {
     mon_item: AtomicU64,
     cpu_base_ns: AtomicU64,
     /// Monitor-only: the worker's CPU time and the monitor's clock (ns) at
-    /// its last CPU-clock reading.
+    /// the start of the current wait window (see `cpu_time_since_base`).
     mon_cpu_ns: AtomicU64,
     mon_wall_ns: AtomicU64,
     /// The worker slept since the monitor's last CPU-clock reading: seen
@@ -139,20 +139,30 @@ impl WorkerShared {
     /// Monitor side of hog detection: CPU time the current item used since
     /// it started or last slept, as far as the monitor has seen. `slept`
     /// restarts the count (the kernel counts "without sleeping"), and so
-    /// does a reading `wall_ns` after the previous one (on the monitor's
-    /// clock) that finds the thread got under `1 / MOSTLY_WAITED` of a CPU
-    /// meanwhile: it spent that time blocked, in waits no probe reported
-    /// (the explicit-only detector, or a contended lock's wake-ups inside
-    /// `ignore_sleeps`), and a hog keeps its CPU busy.
+    /// does a window of at least `WAIT_WINDOW` on the monitor's clock
+    /// (`wall_ns`) in which the thread got under `1 / MOSTLY_WAITED` of a
+    /// CPU: it spent that time blocked, in waits no probe reported (the
+    /// explicit-only detector, or a contended lock's wake-ups inside
+    /// `ignore_sleeps`). Being preempted is not sleeping, in the kernel's
+    /// count either: the window spans several of the scheduler's time
+    /// slices, so that a hog sharing a busy CPU still gets its share in
+    /// every window (a 1.25 ms window could find it waiting its turn
+    /// throughout, and restart its count for good).
     pub(crate) fn cpu_time_since_base(&self, slept: bool, wall_ns: u64) -> (u64, Duration) {
-        const MOSTLY_WAITED: u64 = 4;
+        const MOSTLY_WAITED: u64 = 8;
+        const WAIT_WINDOW: u64 = 10_000_000;
         let item = self.items_started.load(SeqCst);
         let now = self.cpu_time();
         let now_ns = now.as_nanos() as u64;
-        let cpu_step = now_ns.saturating_sub(self.mon_cpu_ns.swap(now_ns, Relaxed));
-        let wall_step = wall_ns.saturating_sub(self.mon_wall_ns.swap(wall_ns, Relaxed));
-        let waited = cpu_step.saturating_mul(MOSTLY_WAITED) < wall_step;
-        if slept || waited || self.mon_item.swap(item, Relaxed) != item {
+        let new_item = self.mon_item.swap(item, Relaxed) != item;
+        let wall_step = wall_ns.saturating_sub(self.mon_wall_ns.load(Relaxed));
+        let mut waited = false;
+        if slept || new_item || wall_step >= WAIT_WINDOW {
+            let cpu_step = now_ns.saturating_sub(self.mon_cpu_ns.swap(now_ns, Relaxed));
+            self.mon_wall_ns.store(wall_ns, Relaxed);
+            waited = cpu_step.saturating_mul(MOSTLY_WAITED) < wall_step;
+        }
+        if slept || waited || new_item {
             self.cpu_base_ns.store(now_ns, Relaxed);
             return (item, Duration::ZERO);
         }

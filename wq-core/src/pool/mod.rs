@@ -107,7 +107,9 @@ pub(crate) struct Pool {
     /// Workers running work items and not marked sleeping, blocking or
     /// CPU-intensive. Changed only through `WorkerShared::set_flags` /
     /// `clr_flags`; invariant: equals the number of this pool's workers
-    /// whose flags contain none of `worker::NOT_RUNNING`, and never negative.
+    /// whose flags contain none of `worker::NOT_RUNNING`, give or take the
+    /// changes in flight, and never negative (each worker's flags change
+    /// and count change happen under its `transition` lock; loom model 6).
     pub(crate) nr_running: AtomicIsize,
     /// Whether work waits (1) or not (0): the worklist is non-empty or a
     /// worker holds a stash (`batch.rs`). Stored under the lock when that

@@ -45,6 +45,15 @@ pub(crate) struct WorkerShared {
     /// but only through `set_flags`/`clr_flags`, which keep `nr_running`
     /// in step with the "has no NOT_RUNNING bit" predicate.
     flags: AtomicU32,
+    /// Held by `set_flags`/`clr_flags` across the flags change and the
+    /// `nr_running` change it implies. Two threads change a worker's
+    /// flags: the worker, and the monitor (a sleep seen, a hog marked).
+    /// Without it, the monitor could mark the worker not running between
+    /// the worker's "running again" flags change and its increment, and
+    /// decrement first: the count would dip below the running workers
+    /// (below zero in a pool with none). With it, each worker's pending
+    /// increment is its own, so the count never reads below zero.
+    transition: Mutex<()>,
     /// Set by whoever took the worker off the idle list to wake it.
     woken: AtomicBool,
     thread: OnceLock<Thread>,
@@ -91,6 +100,7 @@ impl WorkerShared {
         WorkerShared {
             name,
             flags: AtomicU32::new(IDLE),
+            transition: Mutex::new(()),
             woken: AtomicBool::new(false),
             thread: OnceLock::new(),
             tid: AtomicI32::new(0),
@@ -186,6 +196,7 @@ impl WorkerShared {
     /// Sets `f`; returns true if the worker just stopped counting as
     /// running (`nr_running` was decremented: the caller should kick).
     pub(crate) fn set_flags(&self, pool: &Pool, f: u32) -> bool {
+        let _transition = self.transition.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.flags.fetch_or(f, SeqCst);
         if old & NOT_RUNNING == 0 && f & NOT_RUNNING != 0 {
             let prev = pool.nr_running.fetch_sub(1, SeqCst);
@@ -197,6 +208,7 @@ impl WorkerShared {
 
     /// Clears `f`; returns true if the worker counts as running again.
     pub(crate) fn clr_flags(&self, pool: &Pool, f: u32) -> bool {
+        let _transition = self.transition.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.flags.fetch_and(!f, SeqCst);
         if old & NOT_RUNNING != 0 && old & !f & NOT_RUNNING == 0 {
             pool.nr_running.fetch_add(1, SeqCst);

@@ -79,8 +79,16 @@ impl Drop for Demo {
     }
 }
 
+/// Runs the tool with both of its directories private to the test
+/// (`XDG_RUNTIME_DIR`, and `TMPDIR` for the fallback): wq processes
+/// running meanwhile on the machine stay out of its listing.
 fn wq(xdg: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wq")).args(args).env("XDG_RUNTIME_DIR", xdg).output().expect("run wq")
+    Command::new(env!("CARGO_BIN_EXE_wq"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", xdg)
+        .env("TMPDIR", xdg)
+        .output()
+        .expect("run wq")
 }
 
 fn stdout(out: &Output) -> String {

@@ -381,6 +381,32 @@ fn an_item_spinning_forever_is_marked_a_cpu_hog_and_the_others_progress() {
     assert_healthy(&rt, &wq);
 }
 
+/// The spawn hook is user code on the monitor's thread; a panic in it
+/// fails that one creation (retried with backoff) instead of ending the
+/// thread that creates workers and detects sleeps.
+#[test]
+fn a_panicking_spawn_hook_fails_one_creation_and_work_still_runs() {
+    quiet_injected_panics();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let rt = Runtime::builder()
+        .cpus([0])
+        .spawn_hook(move || {
+            if c.fetch_add(1, SeqCst) == 0 {
+                panic!("injected: the spawn hook panics once");
+            }
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let wq = rt.workqueue("after-a-panic").build().unwrap();
+    let done = wq.submit(|| "ran").unwrap();
+    assert!(done.wait_timeout(PATIENCE), "no worker was made after the hook panicked:\n{}", rt.dump());
+    assert_eq!(done.wait().unwrap(), "ran");
+    assert!(calls.load(SeqCst) >= 2, "the failed creation was not retried");
+    assert_healthy(&rt, &wq);
+}
+
 #[test]
 fn the_watchdog_reports_a_pool_stalled_behind_an_item_that_never_returns() {
     quiet_injected_panics();

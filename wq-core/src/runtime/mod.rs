@@ -68,7 +68,12 @@ impl RtCore {
     /// The one place worker threads are created (fault injection hooks in here).
     pub(crate) fn spawn_thread(&self, name: String, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
         if let Some(hook) = &self.config.spawn_hook {
-            hook()?;
+            // The hook is user code on the monitor's thread: a panic must
+            // fail this creation, not end the thread that makes workers.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook())).unwrap_or_else(|payload| {
+                let why = crate::Panicked::new(payload);
+                Err(io::Error::other(format!("the spawn hook panicked: {}", why.message())))
+            })?;
         }
         std::thread::Builder::new().name(name).spawn(f).map(drop)
     }
@@ -439,6 +444,8 @@ impl RuntimeBuilder {
     /// pool retries with backoff; queued work waits, never lost). It runs
     /// on the monitor's thread (at shutdown, on the thread that drops the
     /// runtime), so it should return quickly: sleep detection waits for it.
+    /// A panic in `hook` fails the creation like an error, with the panic
+    /// message in the logged reason.
     pub fn spawn_hook(mut self, hook: impl Fn() -> io::Result<()> + Send + Sync + 'static) -> Self {
         self.config.spawn_hook = Some(Arc::new(hook));
         self

@@ -77,7 +77,12 @@ impl<T> CompletionShared<T> {
             self.cv.notify_all();
         }
         if let Some(w) = waker {
-            w.wake();
+            // The waker is the awaiting executor's code: a panic in it must
+            // not end this worker (tokio likewise wakes a JoinHandle's
+            // waker under catch_unwind).
+            if catch_unwind(AssertUnwindSafe(|| w.wake())).is_err() {
+                tracing::warn!(target: "wq", "a Completion's waker panicked when woken");
+            }
         }
         outcome
     }

@@ -381,6 +381,35 @@ fn an_item_spinning_forever_is_marked_a_cpu_hog_and_the_others_progress() {
     assert_healthy(&rt, &wq);
 }
 
+/// A `Completion` awaited by an executor whose waker panics: the worker
+/// that finishes the item wakes it, and must survive the panic.
+#[test]
+fn a_panicking_waker_does_not_end_the_worker_that_wakes_it() {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct PanickingWaker;
+    impl Wake for PanickingWaker {
+        fn wake(self: Arc<Self>) {
+            panic!("injected: the waker panics");
+        }
+    }
+    quiet_injected_panics();
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let wq = rt.workqueue("woken").build().unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let mut done = pin!(wq.submit(move || go_rx.recv().map(|()| "ran")).unwrap());
+    let waker = Waker::from(Arc::new(PanickingWaker));
+    assert!(done.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+    go_tx.send(()).unwrap();
+    wait_until("the item finished", || done.is_finished()).unwrap();
+    let Poll::Ready(result) = done.as_mut().poll(&mut Context::from_waker(&waker)) else {
+        panic!("finished, yet not ready")
+    };
+    assert_eq!(result.unwrap(), Ok("ran"));
+    assert_healthy(&rt, &wq);
+}
+
 /// The spawn hook is user code on the monitor's thread; a panic in it
 /// fails that one creation (retried with backoff) instead of ending the
 /// thread that creates workers and detects sleeps.

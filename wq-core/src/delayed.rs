@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::pool::drop_quietly;
 use crate::work::{gen_of, NotQueued, WorkShared, PENDING, RUNNING};
 use crate::{Error, Workqueue};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -355,7 +356,10 @@ impl Timer {
                     let mut slot = entry.dwork.lock();
                     entry.dwork.fire(&mut slot, entry.token);
                     drop(slot);
-                    drop(entry);
+                    // A cancelled item whose handles are gone ends here, and
+                    // its captures' `Drop` is user code: a panic in it must
+                    // not end the thread every delayed item waits on.
+                    drop_quietly(entry);
                     heap = self.lock();
                 }
                 Some(e) => {

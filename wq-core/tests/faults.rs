@@ -410,6 +410,38 @@ fn a_panicking_waker_does_not_end_the_worker_that_wakes_it() {
     assert_healthy(&rt, &wq);
 }
 
+/// A delayed item cancelled and then dropped while its timer is pending:
+/// when the deadline passes, the timer thread holds the last reference,
+/// and the capture's panicking `Drop` runs there. Delayed items armed
+/// after it must still fire.
+#[test]
+fn a_cancelled_delayed_item_whose_capture_panics_on_drop_does_not_stop_the_timer() {
+    struct PanicOnDrop;
+    impl Drop for PanicOnDrop {
+        fn drop(&mut self) {
+            panic!("injected: a delayed item's capture panics on drop");
+        }
+    }
+    quiet_injected_panics();
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let wq = rt.workqueue("timers").build().unwrap();
+    let capture = PanicOnDrop;
+    let doomed = DelayedWork::new(move || {
+        let _ = &capture;
+    });
+    assert!(wq.queue_delayed(&doomed, Duration::from_millis(20)));
+    assert!(doomed.cancel());
+    drop(doomed);
+    // Armed later with the same delay, so its timer fires after the doomed one's.
+    let (tx, rx) = mpsc::channel();
+    let later = DelayedWork::new(move || {
+        let _ = tx.send(());
+    });
+    assert!(wq.queue_delayed(&later, Duration::from_millis(20)));
+    assert!(rx.recv_timeout(PATIENCE).is_ok(), "the timer thread stopped firing delayed items");
+    assert_healthy(&rt, &wq);
+}
+
 /// The spawn hook is user code on the monitor's thread; a panic in it
 /// fails that one creation (retried with backoff) instead of ending the
 /// thread that creates workers and detects sleeps.

@@ -72,12 +72,13 @@ impl Outcome {
     }
 }
 
-/// Drops a value owned by user code on a worker: a panic in its `Drop`
-/// must not unwind into the worker. (The payload of such a panic is leaked
-/// rather than dropped, since dropping it could panic again.)
+/// Drops a value owned by user code on one of the runtime's threads (a
+/// worker, the timer): a panic in its `Drop` must not unwind into that
+/// thread. (The payload of such a panic is leaked rather than dropped,
+/// since dropping it could panic again.)
 pub(crate) fn drop_quietly<T>(value: T) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
-        tracing::warn!(target: "wq", "a value dropped by a worker panicked in its Drop");
+        tracing::warn!(target: "wq", "a value dropped by a runtime thread panicked in its Drop");
         std::mem::forget(payload);
     }
 }

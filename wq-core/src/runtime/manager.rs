@@ -120,7 +120,10 @@ impl Manager {
             let now = Instant::now();
             let (due, later) = std::mem::take(&mut q.periodic).into_iter().partition(|(t, _)| now >= *t);
             q.periodic = later;
-            (std::mem::take(&mut q.pools), due)
+            // Drained rather than taken: the request list keeps its
+            // capacity, so a request (made on the queueing path) does not
+            // allocate; the copy is made here, on the servicing thread.
+            (q.pools.drain(..).collect::<Vec<_>>(), due)
         };
         self.run_periodic(due);
         if retries.at.is_some_and(|t| Instant::now() >= t) {

@@ -416,16 +416,10 @@ fn a_panicking_waker_does_not_end_the_worker_that_wakes_it() {
 /// after it must still fire.
 #[test]
 fn a_cancelled_delayed_item_whose_capture_panics_on_drop_does_not_stop_the_timer() {
-    struct PanicOnDrop;
-    impl Drop for PanicOnDrop {
-        fn drop(&mut self) {
-            panic!("injected: a delayed item's capture panics on drop");
-        }
-    }
     quiet_injected_panics();
     let rt = Runtime::builder().cpus([0]).build().unwrap();
     let wq = rt.workqueue("timers").build().unwrap();
-    let capture = PanicOnDrop;
+    let capture = Boom("a cancelled delayed item's capture");
     let doomed = DelayedWork::new(move || {
         let _ = &capture;
     });

@@ -87,14 +87,17 @@ fn a_refused_call_is_dropped_unrun_and_reports_cancelled() {
     assert!(block_on(handle).unwrap_err().is_cancelled());
 }
 
+/// A result whose `Drop` panics.
+struct PanicOnDrop;
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        panic!("dropping the result");
+    }
+}
+
 #[test]
 fn a_detached_result_whose_drop_panics_leaves_the_worker_serving() {
-    struct PanicOnDrop;
-    impl Drop for PanicOnDrop {
-        fn drop(&mut self) {
-            panic!("dropping the result");
-        }
-    }
     let wq = queue("fut_call_detached");
     drop(wq.spawn_blocking(|| PanicOnDrop));
     wq.flush().unwrap();
@@ -103,12 +106,6 @@ fn a_detached_result_whose_drop_panics_leaves_the_worker_serving() {
 
 #[test]
 fn a_finished_result_whose_drop_panics_is_dropped_quietly_with_its_handle() {
-    struct PanicOnDrop;
-    impl Drop for PanicOnDrop {
-        fn drop(&mut self) {
-            panic!("dropping the result");
-        }
-    }
     let wq = queue("fut_call_finished_drop");
     let handle = wq.spawn_blocking(|| PanicOnDrop);
     // After the flush the worker has let go of the call: the handle's

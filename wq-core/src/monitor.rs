@@ -216,18 +216,16 @@ impl Monitor {
         let any_pending =
             || all.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|p| p.nr_pending.load(SeqCst) > 0);
         self.parked.store(true, SeqCst);
-        if any_pending() {
-            self.parked.store(false, SeqCst);
-            return false;
-        }
         let since = Instant::now();
         while self.parked.load(SeqCst) && !self.shutdown.load(SeqCst) {
             let manager_due = manager.service(retries);
-            // Work queued while nobody ran woke no monitor: it needed a
-            // worker, and the manager's request woke us instead. If that
-            // creation failed the work stays pending with nobody to run
-            // it, and only ticking lets the watchdog see it. The retries
-            // keep waking this thread, so a stall is seen within a backoff.
+            // The first check is the parking protocol's re-check (after
+            // `parked` is set). The later ones catch work queued while
+            // nobody ran: it woke no monitor, it needed a worker, and the
+            // manager's request woke us instead. If that creation failed
+            // the work stays pending with nobody to run it, and only
+            // ticking lets the watchdog see it; the retries keep waking
+            // this thread, so a stall is seen within a backoff.
             if any_pending() {
                 self.parked.store(false, SeqCst);
                 return false;

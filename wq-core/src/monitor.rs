@@ -25,12 +25,18 @@
 //! parked, the monitor waits `DISARM_AFTER` and closes them all before it
 //! parks for good.
 //!
+//! A panic on this thread (user code runs here: `tracing` subscribers, the
+//! spawn hook, periodic jobs) does not end it: the monitor counts it in
+//! `RuntimeStats::monitor_panics`, logs it, asks again for the workers
+//! whose requests it may have lost, and starts over.
+//!
 //! The same thread is the runtime's manager (`runtime/manager.rs`): it
 //! serves worker-creation requests, which unpark it, at the top of every
 //! tick and on every wake-up while parked, and sleeps no longer than the
 //! manager's next retry or periodic job. Being parked for the pools does
 //! not stop it creating workers.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -87,6 +93,8 @@ const DISARM_AFTER: Duration = Duration::from_millis(50);
 /// A worker asleep this long gives back its stash even when its sleep is
 /// not acted on (`ignore_sleeps`, or below the hysteresis).
 const STASH_RECLAIM_AFTER: Duration = Duration::from_micros(20);
+/// How long a panicked monitor waits before it starts over.
+const RESTART_DELAY: Duration = Duration::from_millis(10);
 
 pub(crate) struct Monitor {
     parked: AtomicBool,
@@ -126,9 +134,35 @@ impl Monitor {
         let me = self.clone();
         thread::Builder::new()
             .name("wq/monitor".into())
-            .spawn(move || me.run(&all, &core))
+            .spawn(move || me.supervise(&all, &core))
             .map(drop)
             .map_err(Error::Spawn)
+    }
+
+    /// Runs the monitor, and starts it over after a panic. This thread
+    /// calls user code (`tracing` subscribers, the spawn hook, periodic
+    /// jobs), and a bug of ours would panic it too; without it no worker is
+    /// ever created again and no sleep is seen, so the runtime would hang
+    /// with nothing to say why. A panic is counted (`RuntimeStats::
+    /// monitor_panics`) and logged; what the lost tick held is rebuilt by
+    /// `reask_for_workers`.
+    fn supervise(&self, all: &Mutex<Vec<Arc<Pool>>>, core: &RtCore) {
+        loop {
+            let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| self.run(all, core))) else { return };
+            let count = core.monitor_panics.fetch_add(1, SeqCst) + 1;
+            let why = crate::Panicked::new(payload);
+            // The subscriber that panicked may be the one asked to log it.
+            let _ = panic::catch_unwind(|| {
+                tracing::error!(target: "wq", count, panic = %why.message(), "the monitor panicked; starting it over");
+            });
+            self.parked.store(false, SeqCst);
+            if self.shutdown.load(SeqCst) {
+                return;
+            }
+            // A monitor that panics at every tick must not spin a CPU.
+            thread::sleep(RESTART_DELAY);
+            reask_for_workers(all);
+        }
     }
 
     fn run(&self, all: &Mutex<Vec<Arc<Pool>>>, core: &RtCore) {
@@ -242,6 +276,23 @@ impl Monitor {
             }
         }
         true
+    }
+}
+
+/// After a panic of the monitor: the manager's requests it had taken and
+/// the creations it was retrying were lost with its stack. Every pool that
+/// may have lost one asks again: one with a request outstanding, and one
+/// with work queued and no worker starting or idle to take it (a failing
+/// creation, whose request was already answered). Asking twice is harmless:
+/// the manager creates a worker only if the pool still wants one.
+fn reask_for_workers(all: &Mutex<Vec<Arc<Pool>>>) {
+    let pools = all.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for pool in pools {
+        let mut inner = pool.lock();
+        if inner.want_worker || (!inner.worklist.is_empty() && pool.wants_worker(&inner)) {
+            inner.want_worker = false;
+            pool.request_worker(&mut inner);
+        }
     }
 }
 

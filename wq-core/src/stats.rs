@@ -86,6 +86,10 @@ impl PoolStats {
 pub struct RuntimeStats {
     /// Live worker threads over all pools.
     pub workers: usize,
+    /// Panics of the monitor's thread (user code there, such as a `tracing`
+    /// subscriber, or a bug): each was logged and the monitor started over.
+    /// Anything but 0 deserves a look.
+    pub monitor_panics: u64,
     /// Every pool: bound ones by CPU (normal, highpri), then unbound ones.
     pub pools: Vec<PoolStats>,
 }
@@ -96,6 +100,10 @@ pub(crate) fn dump(rt: &Runtime) -> String {
     let _ = writeln!(out, "CPUs: {}", format_cpu_list(topo.cpus()));
     let (detector, why) = rt.detector();
     let _ = writeln!(out, "Sleep detector: {detector} ({why})");
+    let panics = rt.shared.core.monitor_panics.load(std::sync::atomic::Ordering::SeqCst);
+    if panics > 0 {
+        let _ = writeln!(out, "Monitor: panicked {panics} times, started over each time (see the log)");
+    }
     let _ = writeln!(out, "\nWorker Pools");
     for pool in &rt.shared.pools() {
         let s = PoolStats::of(pool);

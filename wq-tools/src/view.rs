@@ -51,10 +51,14 @@ pub fn render_monitor(pid: u32, name: &str, prev: Option<&Sample>, cur: &Sample)
         let elapsed_ms = before.map_or(0, |b| s.published_unix_ms.saturating_sub(b.published_unix_ms));
         let _ = writeln!(
             out,
-            "pid {pid} ({name})  runtime {}  detector {}  workers {}  {}",
+            "pid {pid} ({name})  runtime {}  detector {}  workers {}{}  {}",
             s.runtime_id,
             s.detector,
             s.runtime.workers,
+            match s.runtime.monitor_panics {
+                0 => String::new(),
+                n => format!("  monitor panicked {n}x"),
+            },
             age(s)
         );
         let _ = writeln!(
@@ -137,7 +141,7 @@ mod tests {
             published_unix_ms: at_ms,
             detector: "procfs".into(),
             dump: "dump text".into(),
-            runtime: RuntimeStats { workers: 4, pools: vec![] },
+            runtime: RuntimeStats { workers: 4, monitor_panics: 0, pools: vec![] },
             queues: queues
                 .iter()
                 .map(|&(name, total, cpu_ms)| QueueSnapshot {

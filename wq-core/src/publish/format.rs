@@ -71,7 +71,7 @@ pub struct QueueSnapshot {
 
 impl Snapshot {
     /// The version of the file and payload layout this crate writes and reads.
-    pub const FORMAT_VERSION: u32 = 1;
+    pub const FORMAT_VERSION: u32 = 2;
 
     /// The payload bytes of the snapshot file (without the seqlock header).
     pub fn encode(&self) -> Vec<u8> {
@@ -85,6 +85,7 @@ impl Snapshot {
         e.str(&self.detector);
         e.str(&self.dump);
         e.u64(self.runtime.workers as u64);
+        e.u64(self.runtime.monitor_panics);
         e.u32(self.runtime.pools.len() as u32);
         for p in &self.runtime.pools {
             e.u64(p.id as u64);
@@ -135,6 +136,7 @@ impl Snapshot {
         let detector = d.str("detector")?;
         let dump = d.str("dump")?;
         let workers = d.usize("worker count")?;
+        let monitor_panics = d.u64("monitor panics")?;
         let nr_pools = d.u32("pool count")?;
         let mut pools = Vec::new();
         for _ in 0..nr_pools {
@@ -189,7 +191,7 @@ impl Snapshot {
             published_unix_ms,
             detector,
             dump,
-            runtime: RuntimeStats { workers, pools },
+            runtime: RuntimeStats { workers, monitor_panics, pools },
             queues,
         })
     }

@@ -63,7 +63,11 @@ fn sample(generation: u64, dump_len: usize) -> Snapshot {
         published_unix_ms: 1_700_000_000_000,
         detector: "perf".into(),
         dump: char::from(b'a' + (generation % 26) as u8).to_string().repeat(dump_len),
-        runtime: RuntimeStats { workers: 6, pools: vec![pool(0, Some(1), Some(-20)), pool(1, None, None)] },
+        runtime: RuntimeStats {
+            workers: 6,
+            monitor_panics: 1,
+            pools: vec![pool(0, Some(1), Some(-20)), pool(1, None, None)],
+        },
         queues: vec![
             QueueSnapshot { name: "alpha".into(), flags: Flags::HIGHPRI | Flags::UNBOUND, stats },
             QueueSnapshot { name: "βeta".into(), flags: Flags::empty(), stats },
@@ -82,7 +86,11 @@ fn consistent(s: &Snapshot) -> bool {
 fn encode_decode_round_trip() {
     let snap = sample(17, 300);
     assert_eq!(Snapshot::decode(&snap.encode()).unwrap(), snap);
-    let empty = Snapshot { queues: vec![], runtime: RuntimeStats { workers: 0, pools: vec![] }, ..sample(1, 0) };
+    let empty = Snapshot {
+        queues: vec![],
+        runtime: RuntimeStats { workers: 0, monitor_panics: 0, pools: vec![] },
+        ..sample(1, 0)
+    };
     assert_eq!(Snapshot::decode(&empty.encode()).unwrap(), empty);
 }
 

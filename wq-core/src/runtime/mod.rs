@@ -54,6 +54,8 @@ pub(crate) struct RtCore {
     pub(crate) trace: Recorder,
     /// Live worker threads of all pools. Invariant: `<= config.max_workers`.
     pub(crate) nr_workers: AtomicUsize,
+    /// Panics the monitor's thread caught and started over from (only grows).
+    pub(crate) monitor_panics: AtomicU64,
     /// The nice value of the thread that built the runtime: what "nice 0"
     /// (default priority) means for workers, whichever thread starts them
     /// (the monitor, which runs at -10, or a highpri worker at shutdown).
@@ -186,7 +188,8 @@ impl Runtime {
     /// Pool and worker counts.
     pub fn stats(&self) -> RuntimeStats {
         let pools: Vec<PoolStats> = self.shared.pools().iter().map(|p| PoolStats::of(p)).collect();
-        RuntimeStats { workers: self.shared.core.nr_workers.load(SeqCst), pools }
+        let core = &self.shared.core;
+        RuntimeStats { workers: core.nr_workers.load(SeqCst), monitor_panics: core.monitor_panics.load(SeqCst), pools }
     }
 
     /// The `wq_dump.py` view: CPUs, pools, and which pool each workqueue
@@ -505,6 +508,7 @@ impl RuntimeBuilder {
             wq_names: Mutex::new(HashMap::new()),
             trace: Recorder::default(),
             nr_workers: AtomicUsize::new(0),
+            monitor_panics: AtomicU64::new(0),
             base_nice: crate::sys::current_nice(),
             base_timer_slack: crate::sys::current_timer_slack(),
         });

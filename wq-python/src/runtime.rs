@@ -106,6 +106,13 @@ impl PyRuntime {
         self.rt.cpus().to_vec()
     }
 
+    /// How many times the runtime's monitor thread panicked and started over (0 unless a
+    /// `tracing` subscriber, a spawn hook or a bug panicked on it; anything else deserves a look).
+    #[getter]
+    fn monitor_panics(&self) -> u64 {
+        self.rt.stats().monitor_panics
+    }
+
     /// The `wq_dump.py`-style description of pools, workers and queues.
     fn dump(&self, py: Python<'_>) -> String {
         let rt = self.rt.clone();

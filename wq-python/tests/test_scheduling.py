@@ -122,6 +122,7 @@ def test_gil_bound_burst_does_not_grow_the_pool(detector):
     assert stats["total"] == 1000
     assert peak_running <= 1, (peak_running, peak_workers)
     assert peak_workers <= 1 + IDLE_RESERVE, (peak_running, peak_workers, runtime.dump())
+    assert runtime.monitor_panics == 0, runtime.dump()
 
 
 

@@ -145,7 +145,8 @@ impl Monitor {
     /// ever created again and no sleep is seen, so the runtime would hang
     /// with nothing to say why. A panic is counted (`RuntimeStats::
     /// monitor_panics`) and logged; what the lost tick held is rebuilt by
-    /// `reask_for_workers`.
+    /// `reask_for_workers`, except a periodic job that was running (the
+    /// panicking one, or one due with it): it is not run again.
     fn supervise(&self, all: &Mutex<Vec<Arc<Pool>>>, core: &RtCore) {
         loop {
             let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| self.run(all, core))) else { return };

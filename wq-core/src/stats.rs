@@ -14,7 +14,9 @@ pub struct WorkqueueStats {
     pub total: u64,
     /// Items queued and not yet finished, including inactive ones (`infl`).
     pub in_flight: u64,
-    /// CPU time consumed by the queue's items (`CPUtime`).
+    /// CPU time consumed by the queue's items (`CPUtime`). Tiny items that
+    /// a worker runs back to back are timed together and added when the
+    /// run ends, so this may briefly trail `total` by those items.
     pub cpu_time: Duration,
     /// Items that ran past the CPU-hog threshold without sleeping (`CPUhog`).
     pub cpu_hogs: u64,

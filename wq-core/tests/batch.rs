@@ -176,3 +176,70 @@ fn flushes_and_stats_see_every_item_of_a_batched_stream() {
         assert_eq!(stats.in_flight, 0, "{stats:?}");
     }
 }
+
+/// Burns `d` of wall time on the CPU (short enough that preemption rarely
+/// lands inside it; the assertions below leave room for when it does).
+fn spin_for(d: Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// A worker times the tiny items of one queue in a stash together, and
+/// charges the window to that queue when an item of another queue comes
+/// next (`worker/meter.rs`). Queues A (near-empty items) and B (5 µs each)
+/// share one pool in runs of 8: B's time must land on B, all of it, and A
+/// must get only its own.
+#[test]
+fn batched_tiny_items_charge_their_cpu_time_to_their_own_queue() {
+    const RUNS: usize = 60;
+    const RUN_LEN: usize = 8;
+    const B_ITEM: Duration = Duration::from_micros(5);
+    let rt = Runtime::builder().cpus([0]).publish(false).build().unwrap();
+    let a = rt.workqueue("empty").build().unwrap();
+    let b = rt.workqueue("burning").build().unwrap();
+    // Held on a third queue of the same pool, so A's items are all empty.
+    let release = hold(&rt.workqueue("holder").build().unwrap());
+    let ran = Arc::new(AtomicUsize::new(0));
+    for _ in 0..RUNS {
+        let r = ran.clone();
+        tiny(&a, &r, RUN_LEN);
+        for _ in 0..RUN_LEN {
+            let r = ran.clone();
+            b.execute(move || {
+                spin_for(B_ITEM);
+                r.fetch_add(1, SeqCst);
+            })
+            .unwrap();
+        }
+    }
+    release.store(true, SeqCst);
+    // Waiting for a flush would make the worker apply every record at
+    // once, item by item, and take no windows: wait for the items instead.
+    let deadline = std::time::Instant::now() + HANG;
+    while ran.load(SeqCst) < 2 * RUNS * RUN_LEN {
+        assert!(std::time::Instant::now() < deadline, "{} items ran", ran.load(SeqCst));
+        thread::sleep(Duration::from_millis(1));
+    }
+    a.flush().unwrap();
+    b.flush().unwrap();
+    let n = (RUNS * RUN_LEN) as u64;
+    let burned = B_ITEM * (RUNS * RUN_LEN) as u32;
+    // A window's time is added when it closes, just after its last item
+    // finished: give the worker a moment to get there.
+    let deadline = std::time::Instant::now() + HANG;
+    while b.stats().cpu_time < burned && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!((sa.total, sb.total), (n, n), "{sa:?} {sb:?}");
+    assert!(sb.cpu_time >= burned, "B burned at least {burned:?} but was charged {:?}", sb.cpu_time);
+    // A's items are empty: bookkeeping only.
+    assert!(
+        sa.cpu_time < sb.cpu_time,
+        "A's empty items were charged {:?}, more than B's burning ones ({:?}): windows crossed queues",
+        sa.cpu_time,
+        sb.cpu_time
+    );
+}

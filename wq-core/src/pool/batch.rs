@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, MutexGuard};
 
 use super::{Done, Entry, Pool, PoolInner};
-use crate::worker::WorkerShared;
+use crate::worker::{Charge, WorkerShared};
 use crate::workqueue::WqCore;
 
 /// The most entries a worker holds at once: the one it runs plus a stash.
@@ -18,8 +18,8 @@ pub(crate) const MAX_BATCH: usize = 16;
 /// What a worker took from its pool's worklist and has not started, and
 /// the accounting of finished entries it has not applied yet.
 ///
-/// Who touches it: the owning worker between two items (pushes records,
-/// pops the next entry), holding only this lock; and, with the pool lock
+/// Who touches it: the owning worker between two items (pushes records
+/// and closed windows' charges, pops the next entry), holding only this lock; and, with the pool lock
 /// taken first, whoever takes it back: the worker's own locked path, the
 /// thread that marks the worker not running (`worker_stopped_running`),
 /// and the monitor finding it asleep (`reclaim`), which take both halves;
@@ -35,6 +35,10 @@ pub(crate) struct Batch {
     stash: VecDeque<Entry>,
     /// Finished entries of this pool whose `Pool::complete` is deferred.
     done: Vec<Done>,
+    /// CPU time of closed windows (`worker/meter.rs`), not yet added to
+    /// their pwqs. Statistics only: unlike `done` it may outlive the stash,
+    /// and whoever applies `done` applies these too.
+    charges: Vec<Charge>,
     /// Counted in the pool's `nr_stashes`. Changed only with the pool lock
     /// held, so the count matches the stashes the pool lock has seen.
     counted: bool,
@@ -77,6 +81,15 @@ impl Pool {
         }
     }
 
+    /// Adds the CPU time of closed windows to their pwqs.
+    pub(crate) fn apply_charges(&self, inner: &mut PoolInner, charges: impl IntoIterator<Item = Charge>) {
+        for (link, used) in charges {
+            debug_assert!(std::ptr::eq(Arc::as_ptr(&link.pool), self), "a charge for another pool's pwq");
+            // The link keeps its slot from being freed, so this is its pwq.
+            inner.pwq_mut(link.slot).cpu_time += used;
+        }
+    }
+
     /// Moves up to `MAX_BATCH - 1` more entries from the worklist into
     /// `me`'s stash, after the entry it is about to run; says whether it
     /// moved any. An unbound pool's other running workers keep a fair
@@ -101,18 +114,20 @@ impl Pool {
     /// worklist in order, and its deferred accounting is applied. Safe at
     /// any time: the owner finds an empty stash and goes to the pool lock.
     pub(crate) fn reclaim(&self, inner: &mut PoolInner, w: &WorkerShared, out: &mut FollowUps) {
-        let (stash, done) = {
-            let mut b = w.batch();
-            if b.counted {
-                b.counted = false;
-                inner.nr_stashes -= 1;
-            }
-            (std::mem::take(&mut b.stash), std::mem::take(&mut b.done))
-        };
-        for e in stash.into_iter().rev() {
+        // Drained under the batch lock (pool, then batch: the lock order)
+        // rather than taken, so the batch keeps its capacity and a busy
+        // worker's next stash and records do not allocate.
+        let mut b = w.batch();
+        if b.counted {
+            b.counted = false;
+            inner.nr_stashes -= 1;
+        }
+        for e in b.stash.drain(..).rev() {
             inner.worklist.push_front(e);
         }
-        self.apply(inner, done, out);
+        self.apply_charges(inner, b.charges.drain(..));
+        self.apply(inner, b.done.drain(..), out);
+        drop(b);
         self.sync_pending(inner);
     }
 
@@ -126,8 +141,9 @@ impl Pool {
             // batches under it.
             let workers = self.workers().clone();
             for w in &workers {
-                let done = std::mem::take(&mut w.batch().done);
-                self.apply(&mut inner, done, &mut out);
+                let mut b = w.batch();
+                self.apply_charges(&mut inner, b.charges.drain(..));
+                self.apply(&mut inner, b.done.drain(..), &mut out);
             }
         }
         out.run();
@@ -144,6 +160,11 @@ impl WorkerShared {
     /// Whether the worker holds stashed entries.
     pub(crate) fn has_stash(&self) -> bool {
         !self.batch().stash.is_empty()
+    }
+
+    /// Leaves the CPU time of a closed window for the next apply.
+    pub(crate) fn push_charge(&self, charge: Charge) {
+        self.batch().charges.push(charge);
     }
 
     /// Between two items: defers the accounting in `done` to the batch and

@@ -7,6 +7,7 @@
 
 mod meter;
 
+pub(crate) use meter::Charge;
 use meter::CpuMeter;
 
 use std::cell::{Cell, RefCell};
@@ -502,12 +503,20 @@ fn work_while_needed<'a>(
         drop(inner);
         // 2. Unlocked: run it, then the stash while `next_stashed` allows.
         //    (Only the owner fills its batch: without a stash it is empty.)
+        //    Items of a stash are timed in windows (`meter.rs`).
+        meter.leave_lock();
+        if stashed {
+            meter.open_windows();
+        }
         loop {
             process_one(pool, me, meter, entry, done);
             match stashed.then(|| me.next_stashed(pool, done)).flatten() {
                 Some(next) => entry = next,
                 None => break,
             }
+        }
+        if let Some(charge) = meter.close_windows() {
+            me.push_charge(charge);
         }
         // 3. Locked: what is left of the stash goes back to the front of
         //    the worklist (to be taken again in step 1), and everything
@@ -733,6 +742,10 @@ fn execute(
 ) -> (Arc<PwqLink>, Outcome, Duration) {
     let intensive = link.wq.flags.contains(Flags::CPU_INTENSIVE);
     let wq_id = link.wq.id;
+    let (start, closed) = meter.item_start(&link);
+    if let Some(charge) = closed {
+        me.push_charge(charge);
+    }
     CURRENT.with(|c| *c.borrow_mut() = Some(Current { link, work_id }));
     // A worker that does not count as running must chain the pending work
     // to another worker itself (the kernel's kick in process_one_work).
@@ -747,9 +760,7 @@ fn execute(
     me.current_wq.store(wq_id, Relaxed);
     tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_start");
     me.trace(pool, TraceKind::Start);
-    let start = meter.item_start();
     let outcome = f();
-    let cpu_time = meter.charge(start);
     tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_end");
     me.trace(pool, TraceKind::End);
     if me.flags() & (CPU_INTENSIVE | SLEEPING) != 0 {
@@ -757,6 +768,7 @@ fn execute(
     }
     me.current_wq.store(0, Relaxed);
     let current = CURRENT.with(|c| c.borrow_mut().take()).expect("current item vanished");
+    let cpu_time = meter.item_end(start, &current.link, Arc::ptr_eq(&current.link.pool, pool));
     let counters = &current.link.wq.counters;
     if me.hog_marked.load(Relaxed) && me.hog_marked.swap(false, Relaxed) {
         counters.cpu_hogs.fetch_add(1, Relaxed);

@@ -19,11 +19,12 @@ pub(crate) const MAX_BATCH: usize = 16;
 /// the accounting of finished entries it has not applied yet.
 ///
 /// Who touches it: the owning worker between two items (pushes records
-/// and closed windows' charges, pops the next entry), holding only this lock; and, with the pool lock
-/// taken first, whoever takes it back: the worker's own locked path, the
-/// thread that marks the worker not running (`worker_stopped_running`),
-/// and the monitor finding it asleep (`reclaim`), which take both halves;
-/// accounting readers (`Pool::settle`), which take only the records.
+/// and closed windows' charges, pops the next entry), holding only this
+/// lock; and, with the pool lock taken first, whoever takes it back: the
+/// worker's own locked path, the thread that marks the worker not running
+/// (`worker_stopped_running`), and the monitor finding it asleep
+/// (`reclaim`), which take everything; accounting readers
+/// (`Pool::settle`), which take only the records and charges.
 ///
 /// Invariant: `done` is non-empty only while `stash` is (the owner may
 /// break it only while it holds this lock, or on its way to the pool

@@ -227,18 +227,21 @@ fn batched_tiny_items_charge_their_cpu_time_to_their_own_queue() {
     let n = (RUNS * RUN_LEN) as u64;
     let burned = B_ITEM * (RUNS * RUN_LEN) as u32;
     // A window's time is added when it closes, just after its last item
-    // finished: give the worker a moment to get there.
+    // finished: give the worker a moment to get there. (Half: a window
+    // long enough to be charged CPU time rather than wall time can come
+    // out short when the thread was preempted around it.)
     let deadline = std::time::Instant::now() + HANG;
-    while b.stats().cpu_time < burned && std::time::Instant::now() < deadline {
+    while b.stats().cpu_time < burned / 2 && std::time::Instant::now() < deadline {
         thread::sleep(Duration::from_millis(1));
     }
     let (sa, sb) = (a.stats(), b.stats());
     assert_eq!((sa.total, sb.total), (n, n), "{sa:?} {sb:?}");
-    assert!(sb.cpu_time >= burned, "B burned at least {burned:?} but was charged {:?}", sb.cpu_time);
-    // A's items are empty: bookkeeping only.
+    assert!(sb.cpu_time >= burned / 2, "B burned at least {burned:?} but was charged {:?}", sb.cpu_time);
+    // A's items are empty: bookkeeping only, a tenth of B's here (debug
+    // build, under load); windows that crossed queues gave it half.
     assert!(
-        sa.cpu_time < sb.cpu_time,
-        "A's empty items were charged {:?}, more than B's burning ones ({:?}): windows crossed queues",
+        sa.cpu_time < sb.cpu_time / 3,
+        "A's empty items were charged {:?} against B's {:?}: windows crossed queues",
         sa.cpu_time,
         sb.cpu_time
     );

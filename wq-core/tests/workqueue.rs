@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::{block_on, wait_until};
+use common::block_on;
 use wq_core::{Error, Flags, Runtime, SharedItem, Work, Workqueue, MAX_ACTIVE_LIMIT};
 
 #[test]
@@ -108,20 +108,26 @@ fn flush_waits_for_items_queued_before_it_only() {
     for _ in 0..4 {
         let d = before_done.clone();
         let _ = wq.execute(move || {
-            wq_core::blocking(|| thread::sleep(Duration::from_millis(40)));
+            wq_core::blocking(|| thread::sleep(Duration::from_millis(200)));
             d.fetch_add(1, SeqCst);
         });
     }
+    let (started_tx, started_rx) = mpsc::channel();
     let (flushed_tx, flushed_rx) = mpsc::channel();
     let wq2 = wq.clone();
     let flusher = thread::spawn(move || {
+        started_tx.send(()).unwrap();
         wq2.flush().unwrap();
         flushed_tx.send(()).unwrap();
     });
     // Queued after flush started: it waits until flush returned, so a flush
-    // that waited for it would never return.
-    wait_until("the flusher is waiting", || before_done.load(SeqCst) < 4);
-    thread::sleep(Duration::from_millis(5));
+    // that waited for it would never return. The flusher thread is a few
+    // instructions from starting its flush once it signals; the 50 ms are
+    // for a loaded machine (the test used to wait 5 ms from the spawn,
+    // and under a busy loop the flush sometimes began after this item was
+    // queued), and the earlier items sleep well past them.
+    started_rx.recv().unwrap();
+    thread::sleep(Duration::from_millis(50));
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let after = wq.submit(move || wq_core::blocking(|| release_rx.recv().unwrap())).unwrap();
     flushed_rx.recv_timeout(Duration::from_secs(20)).expect("flush waited for an item queued after it");

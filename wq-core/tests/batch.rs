@@ -3,12 +3,15 @@
 //! or for a thread flushing a queue whose records the worker holds, must
 //! not deadlock, and `flush` and stats must see every finished item.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use common::wait_until;
 use wq_core::{Detector, Flags, Runtime, Workqueue};
 
 /// Long enough that only a deadlock reaches it.
@@ -177,15 +180,6 @@ fn flushes_and_stats_see_every_item_of_a_batched_stream() {
     }
 }
 
-/// Burns `d` of wall time on the CPU (short enough that preemption rarely
-/// lands inside it; the assertions below leave room for when it does).
-fn spin_for(d: Duration) {
-    let start = std::time::Instant::now();
-    while start.elapsed() < d {
-        std::hint::spin_loop();
-    }
-}
-
 /// A worker times the tiny items of one queue in a stash together, and
 /// charges the window to that queue when an item of another queue comes
 /// next (`worker/meter.rs`). Queues A (near-empty items) and B (5 µs each)
@@ -208,7 +202,7 @@ fn batched_tiny_items_charge_their_cpu_time_to_their_own_queue() {
         for _ in 0..RUN_LEN {
             let r = ran.clone();
             b.execute(move || {
-                spin_for(B_ITEM);
+                common::burn(B_ITEM);
                 r.fetch_add(1, SeqCst);
             })
             .unwrap();
@@ -217,11 +211,7 @@ fn batched_tiny_items_charge_their_cpu_time_to_their_own_queue() {
     release.store(true, SeqCst);
     // Waiting for a flush would make the worker apply every record at
     // once, item by item, and take no windows: wait for the items instead.
-    let deadline = std::time::Instant::now() + HANG;
-    while ran.load(SeqCst) < 2 * RUNS * RUN_LEN {
-        assert!(std::time::Instant::now() < deadline, "{} items ran", ran.load(SeqCst));
-        thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("every item ran", || ran.load(SeqCst) >= 2 * RUNS * RUN_LEN);
     a.flush().unwrap();
     b.flush().unwrap();
     let n = (RUNS * RUN_LEN) as u64;

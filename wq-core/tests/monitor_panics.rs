@@ -6,14 +6,17 @@
 //! installs a process-wide subscriber that panics once, on the monitor's
 //! thread, so it has a binary of its own.
 
+mod common;
+
 use std::fmt;
 use std::io;
 use std::panic;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::wait_until;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
@@ -70,14 +73,6 @@ impl Subscriber for PanicOnce {
     fn enter(&self, _: &Id) {}
 
     fn exit(&self, _: &Id) {}
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(2));
-    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Loom models of the handshakes that span more than one state word:
 //! `queue` against `cancel_sync`, the `flush`/`cancel_sync` wait, the pool's
-//! `nr_running` wake-up, the monitor's parking, a worker's deferred
+//! `nr_running` wake-up through its inbox, the monitor's parking, a worker's deferred
 //! accounting against `flush`, and two threads changing a worker's flags.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p wq-core --lib loom --release`.
@@ -246,79 +246,180 @@ fn loom_flush_and_cancel_sync_wake_up() {
     });
 }
 
-/// (3) The pool's "no lost wake-up" (`pool/README.md`): a worker running an
-/// item goes to sleep while producers queue.
-///
-/// Follows `WorkerShared::set_flags` (lower `nr_running`, SeqCst, no lock)
-/// then `Pool::worker_stopped_running` (lock, `kick`) on the sleeper's side,
-/// and `Pool::insert` (push and `kick` under the lock) on the producers'.
-/// `kick` is `Pool::kick` over `need_more_worker` with a bound pool's
-/// target of 1. Checked once all are done: work left on the worklist always
-/// has a worker running, one woken, or a creation request at the manager.
-#[test]
-fn loom_nr_running_wake_up() {
-    /// `PoolInner`'s fields that the handshake reads.
-    struct Inner {
-        worklist: usize,
-        idle: usize,
-        nr_waking: usize,
-        want_worker: bool,
+/// The pool state model (3) reads: `Pool`'s counts and inbox, and the
+/// `PoolInner` fields behind its lock.
+mod wake {
+    use super::*;
+
+    pub(super) struct Inner {
+        pub(super) worklist: usize,
+        pub(super) idle: usize,
+        pub(super) nr_waking: usize,
+        pub(super) want_worker: bool,
     }
-    struct Pool {
-        nr_running: AtomicIsize,
-        inner: Mutex<Inner>,
+
+    pub(super) struct Pool {
+        pub(super) nr_running: AtomicIsize,
+        /// `Pool::nr_waking`, the lock-free mirror of `Inner::nr_waking`.
+        nr_waking: AtomicUsize,
+        /// `Inbox`: its entries (a count) and its `full` flag.
+        inbox: Mutex<usize>,
+        full: AtomicBool,
+        pub(super) inner: Mutex<Inner>,
     }
+
     impl Pool {
+        pub(super) fn new(nr_running: isize, idle: usize) -> Pool {
+            Pool {
+                nr_running: AtomicIsize::new(nr_running),
+                nr_waking: AtomicUsize::new(0),
+                inbox: Mutex::new(0),
+                full: AtomicBool::new(false),
+                inner: Mutex::new(Inner { worklist: 0, idle, nr_waking: 0, want_worker: false }),
+            }
+        }
+
+        /// `Pool::lock` with its `admit`.
+        pub(super) fn lock(&self) -> loom::sync::MutexGuard<'_, Inner> {
+            let mut inner = self.inner.lock().unwrap();
+            self.admit(&mut inner);
+            inner
+        }
+
+        /// `Pool::admit` over `Inbox::is_empty` / `Inbox::take`.
+        pub(super) fn admit(&self, inner: &mut Inner) {
+            if !self.full.load(SeqCst) {
+                return;
+            }
+            let mut entries = self.inbox.lock().unwrap();
+            self.full.store(false, SeqCst);
+            inner.worklist += std::mem::take(&mut *entries);
+        }
+
         fn need_more_worker(&self, inner: &Inner) -> bool {
             inner.worklist > 0 && (self.nr_running.load(SeqCst).max(0) as usize) + inner.nr_waking < 1
         }
-        fn kick(&self, inner: &mut Inner) {
+
+        /// `Pool::kick` with a bound pool's target of 1.
+        pub(super) fn kick(&self, inner: &mut Inner) {
             if !self.need_more_worker(inner) {
                 return;
             }
             if inner.idle > 0 {
                 inner.idle -= 1;
                 inner.nr_waking += 1;
+                self.nr_waking.store(inner.nr_waking, SeqCst);
             } else {
                 inner.want_worker = true;
             }
         }
-    }
 
+        /// `Workqueue::queue_with`'s unlocked path: `Inbox::push`, then
+        /// `Pool::kick_for_inbox` if the inbox was empty.
+        pub(super) fn queue(&self) {
+            let first = {
+                let mut entries = self.inbox.lock().unwrap();
+                *entries += 1;
+                if *entries == 1 {
+                    self.full.store(true, SeqCst);
+                }
+                *entries == 1
+            };
+            if !first {
+                return;
+            }
+            sc_order();
+            let running = self.nr_running.load(SeqCst).max(0) as usize;
+            if running + self.nr_waking.load(SeqCst) < 1 {
+                let mut inner = self.lock();
+                self.kick(&mut inner);
+            }
+        }
+
+        /// Work waits (admitted or not) and somebody will take it: a
+        /// worker runs or is waking (both admit before they stop), or the
+        /// manager has a creation request.
+        pub(super) fn assert_served(&self, queued: usize) {
+            let inner = self.inner.lock().unwrap();
+            let inbox = *self.inbox.lock().unwrap();
+            assert_eq!(inner.worklist + inbox, queued, "an entry vanished");
+            let served = self.nr_running.load(SeqCst) > 0 || inner.nr_waking > 0 || inner.want_worker;
+            assert!(served, "work pending, nobody running, nobody woken, no worker requested");
+        }
+    }
+}
+
+/// (3a) The pool's "no lost wake-up" (`pool/README.md`, "The inbox" and
+/// "No lost wake-up"): a worker running an item goes to sleep while two
+/// producers queue without the pool lock.
+///
+/// Follows `WorkerShared::set_flags` (lower `nr_running`, SeqCst, no lock)
+/// then `Pool::worker_stopped_running` (lock, which admits, then `kick`)
+/// on the sleeper's side, and `Pool::push_inbox` + `Pool::kick_for_inbox`
+/// on the producers'. Checked once all are done: every entry is admitted
+/// or in the inbox, and has a worker running, one woken, or a creation
+/// request at the manager; a burst wakes exactly one idle worker.
+#[test]
+fn loom_nr_running_wake_up() {
     check(3, || {
         // One worker runs an item; one more sleeps on the idle list.
-        let pool = Arc::new(Pool {
-            nr_running: AtomicIsize::new(1),
-            inner: Mutex::new(Inner { worklist: 0, idle: 1, nr_waking: 0, want_worker: false }),
-        });
+        let pool = Arc::new(wake::Pool::new(1, 1));
         let producers: Vec<_> = (0..2)
             .map(|_| {
                 let pool = pool.clone();
-                thread::spawn(move || {
-                    let mut inner = pool.inner.lock().unwrap();
-                    inner.worklist += 1;
-                    pool.kick(&mut inner);
-                })
+                thread::spawn(move || pool.queue())
             })
             .collect();
 
         // The running worker blocks (`BlockingGuard::enter` or the monitor's
-        // `check_worker`): count first, look at the worklist second.
+        // `check_worker`): count first, look at the work second.
         let prev = pool.nr_running.fetch_sub(1, SeqCst);
         assert_eq!(prev, 1);
+        sc_order();
         {
-            let mut inner = pool.inner.lock().unwrap();
+            let mut inner = pool.lock();
             pool.kick(&mut inner);
         }
 
         for p in producers {
             p.join().unwrap();
         }
-        let inner = pool.inner.lock().unwrap();
-        assert_eq!(inner.worklist, 2);
-        let served = pool.nr_running.load(SeqCst) > 0 || inner.nr_waking > 0 || inner.want_worker;
-        assert!(served, "work pending, nobody running, nobody woken, no worker requested");
-        assert_eq!(inner.nr_waking, 1, "a burst of queueing wakes exactly one idle worker");
+        pool.assert_served(2);
+        assert_eq!(pool.inner.lock().unwrap().nr_waking, 1, "a burst of queueing wakes exactly one idle worker");
+    });
+}
+
+/// (3b) The same handshake with the worker going idle rather than to
+/// sleep (`worker::run`: `set_flags(IDLE)` with the pool locked, then the
+/// loop's `admit` and `need_more_worker`): if it finds nothing it joins
+/// the idle list, and a producer that saw it counted as running must not
+/// leave its entry there unseen.
+#[test]
+fn loom_worker_going_idle_sees_the_inbox() {
+    check(3, || {
+        let pool = Arc::new(wake::Pool::new(1, 0));
+        let producer = {
+            let pool = pool.clone();
+            thread::spawn(move || pool.queue())
+        };
+
+        {
+            let mut inner = pool.lock();
+            // `set_flags(IDLE)`, holding the lock.
+            pool.nr_running.fetch_sub(1, SeqCst);
+            sc_order();
+            pool.admit(&mut inner);
+            if inner.worklist > 0 {
+                // `need_more_worker` holds: it runs again (`clr_flags(IDLE)`).
+                pool.nr_running.fetch_add(1, SeqCst);
+            } else {
+                // `idle_wait`: on the idle list until kicked.
+                inner.idle += 1;
+            }
+        }
+
+        producer.join().unwrap();
+        pool.assert_served(1);
     });
 }
 

@@ -205,7 +205,7 @@ impl Monitor {
                 u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
             });
             for (pool, watch) in pools.iter().zip(&mut watch) {
-                if pool.nr_pending.load(SeqCst) == 0 {
+                if !pool.has_pending() {
                     watch.progress(None);
                     continue;
                 }
@@ -248,8 +248,7 @@ impl Monitor {
     /// It reads the live pool list, not the tick's copy: an unbound pool
     /// added since has work the copy would not show.
     fn park(&self, all: &Mutex<Vec<Arc<Pool>>>, polled: &mut bool, manager: &Manager, retries: &mut Retries) -> bool {
-        let any_pending =
-            || all.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|p| p.nr_pending.load(SeqCst) > 0);
+        let any_pending = || all.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|p| p.has_pending());
         self.parked.store(true, SeqCst);
         let since = Instant::now();
         while self.parked.load(SeqCst) && !self.shutdown.load(SeqCst) {

@@ -215,3 +215,99 @@ fn work_flush_waits_for_the_running_instance_after_its_requeue_was_cancelled() {
     work.flush().unwrap();
     assert!(finished.load(SeqCst));
 }
+
+/// Queueing does not take the pool lock (`pool/README.md`, "The inbox"),
+/// so `destroy` must fence out threads that passed their refusal check
+/// before it began. Producers queue until refused while the queue is
+/// destroyed: every accepted item runs exactly once, and none starts after
+/// `destroy` returned.
+#[test]
+fn destroy_racing_producers_runs_every_accepted_item_once_and_nothing_after() {
+    for unbound in [false, true] {
+        for round in 0..20 {
+            let rt = Runtime::builder().build().unwrap();
+            let mut b = rt.workqueue("doomed");
+            if unbound {
+                b = b.flags(wq_core::Flags::UNBOUND);
+            }
+            let wq = b.build().unwrap();
+            let destroyed = Arc::new(AtomicBool::new(false));
+            let (ran, late) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let producers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (wq, destroyed, ran, late) = (wq.clone(), destroyed.clone(), ran.clone(), late.clone());
+                    thread::spawn(move || {
+                        let mut accepted = 0usize;
+                        loop {
+                            let (destroyed, ran, late) = (destroyed.clone(), ran.clone(), late.clone());
+                            let item = move || {
+                                if destroyed.load(SeqCst) {
+                                    late.fetch_add(1, SeqCst);
+                                }
+                                ran.fetch_add(1, SeqCst);
+                            };
+                            match wq.execute(item) {
+                                Ok(()) => accepted += 1,
+                                Err(Error::Destroyed { .. } | Error::Draining { .. }) => return accepted,
+                                Err(e) => panic!("unexpected refusal {e}"),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            thread::sleep(Duration::from_millis(2 + round % 5));
+            wq.destroy().unwrap();
+            destroyed.store(true, SeqCst);
+            let accepted: usize = producers.into_iter().map(|p| p.join().unwrap()).sum();
+            assert_eq!(late.load(SeqCst), 0, "items started after destroy returned (unbound: {unbound})");
+            assert_eq!(ran.load(SeqCst), accepted, "accepted items lost or run twice (unbound: {unbound})");
+        }
+    }
+}
+
+/// `flush` waits for every item whose queueing returned before it began,
+/// also while other threads keep queueing into the same inboxes.
+#[test]
+fn flush_racing_producers_waits_for_everything_queued_before_it() {
+    const PER_PRODUCER: usize = 20_000;
+    for unbound in [false, true] {
+        let rt = Runtime::builder().build().unwrap();
+        let mut b = rt.workqueue("flushed");
+        if unbound {
+            b = b.flags(wq_core::Flags::UNBOUND);
+        }
+        let wq = b.build().unwrap();
+        let done: Arc<Vec<Vec<AtomicBool>>> =
+            Arc::new((0..2).map(|_| (0..PER_PRODUCER).map(|_| AtomicBool::new(false)).collect()).collect());
+        let returned: Arc<Vec<AtomicUsize>> = Arc::new((0..2).map(|_| AtomicUsize::new(0)).collect());
+        let producers: Vec<_> = (0..2)
+            .map(|p| {
+                let (wq, done, returned) = (wq.clone(), done.clone(), returned.clone());
+                thread::spawn(move || {
+                    for i in 0..PER_PRODUCER {
+                        let done = done.clone();
+                        wq.execute(move || done[p][i].store(true, SeqCst)).unwrap();
+                        returned[p].store(i + 1, SeqCst);
+                    }
+                })
+            })
+            .collect();
+        let mut flushes = 0;
+        while returned.iter().any(|r| r.load(SeqCst) < PER_PRODUCER) {
+            let before: Vec<usize> = returned.iter().map(|r| r.load(SeqCst)).collect();
+            wq.flush().unwrap();
+            flushes += 1;
+            for (p, &n) in before.iter().enumerate() {
+                let missing = (0..n).filter(|&i| !done[p][i].load(SeqCst)).count();
+                assert_eq!(
+                    missing, 0,
+                    "flush returned before {missing} items queued before it ran (unbound: {unbound})"
+                );
+            }
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        assert!(flushes > 0);
+    }
+}

@@ -373,3 +373,45 @@ fn a_shared_item_runs_once_per_queueing_and_a_refused_one_is_discarded() {
     );
     assert_eq!(Arc::strong_count(&refused), 1);
 }
+
+/// Entries queued behind a running worker wait in the pool's inbox until
+/// that worker next locks the pool (`pool/README.md`, "The inbox"). `flush`
+/// must admit them before it advances the flush colour, or they get the
+/// new colour and it returns without waiting for them.
+#[test]
+fn flush_waits_for_items_still_in_the_inbox() {
+    // No sleep detector: nothing but the worker and `flush` locks the pool.
+    let rt = Runtime::builder().cpus([0]).detector(wq_core::Detector::ExplicitOnly).build().unwrap();
+    let wq = rt.workqueue("inbox").build().unwrap();
+    let (started_tx, started_rx) = mpsc::channel();
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = release.clone();
+    // The pool's one running worker stays in this item, asleep unannounced:
+    // what is queued behind it stays in the inbox.
+    wq.execute(move || {
+        started_tx.send(()).unwrap();
+        while !r.load(SeqCst) {
+            thread::sleep(Duration::from_millis(1));
+        }
+    })
+    .unwrap();
+    started_rx.recv().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    for _ in 0..100 {
+        let ran = ran.clone();
+        // Long enough that a flush woken by the blocker's end alone would
+        // return while these still run.
+        wq.execute(move || {
+            common::burn(Duration::from_micros(400));
+            ran.fetch_add(1, SeqCst);
+        })
+        .unwrap();
+    }
+    let releaser = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(50));
+        release.store(true, SeqCst);
+    });
+    wq.flush().unwrap();
+    assert_eq!(ran.load(SeqCst), 100, "flush returned before the items queued before it ran");
+    releaser.join().unwrap();
+}

@@ -7,6 +7,7 @@
 //! rules and the lost-wake-up argument.
 
 mod batch;
+mod inbox;
 mod pwq;
 
 use std::collections::VecDeque;
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub(crate) use batch::{Batch, FollowUps};
+use inbox::Inbox;
 pub(crate) use pwq::{PwqLink, PwqState};
 
 use crate::rescuer::Rescuer;
@@ -34,6 +36,8 @@ const UNBOUND_RUNNERS_PER_CPU: usize = 2;
 /// One queued instance of something to run.
 pub(crate) struct Entry {
     pub(crate) pwq: Arc<PwqLink>,
+    /// The flush colour, given when the entry is admitted to its pwq (in
+    /// the inbox it is still 0).
     pub(crate) color: u64,
     pub(crate) job: Job,
 }
@@ -112,9 +116,15 @@ pub(crate) struct Pool {
     /// changes in flight, and never negative (each worker's flags change
     /// and count change happen under its `transition` lock; loom model 6).
     pub(crate) nr_running: AtomicIsize,
+    /// `PoolInner::nr_waking`, stored under the lock after each change, for
+    /// queueing threads deciding without the lock whether to kick.
+    nr_waking: AtomicUsize,
+    /// Entries queued without the pool lock, admitted by its next holder.
+    inbox: Inbox,
     /// Whether work waits (1) or not (0): the worklist is non-empty or a
     /// worker holds a stash (`batch.rs`). Stored under the lock when that
-    /// changes, for the monitor to read without the lock.
+    /// changes, for the monitor to read without the lock (with the inbox:
+    /// `has_pending`).
     pub(crate) nr_pending: AtomicUsize,
     /// Workers take tiny items in batches. Only with a sleep detector: a
     /// stash behind a worker that sleeps unannounced comes back only when
@@ -160,6 +170,8 @@ pub(crate) struct PoolInner {
     pub(crate) nr_stashes: usize,
     pwqs: Vec<Option<PwqState>>,
     free_pwqs: Vec<usize>,
+    /// The inbox's previous vector, kept empty for the next swap.
+    admitted: Vec<Entry>,
 }
 
 impl Pool {
@@ -177,6 +189,8 @@ impl Pool {
             attrs,
             target,
             nr_running: AtomicIsize::new(0),
+            nr_waking: AtomicUsize::new(0),
+            inbox: Inbox::default(),
             nr_pending: AtomicUsize::new(0),
             batching,
             rt,
@@ -196,15 +210,94 @@ impl Pool {
                 nr_stashes: 0,
                 pwqs: Vec::new(),
                 free_pwqs: Vec::new(),
+                admitted: Vec::new(),
             }),
             released: Mutex::new(Vec::new()),
         })
     }
 
-    /// Locks the pool. A panic never happens while the lock is held (user
-    /// code runs unlocked), so poisoning is ignored rather than propagated.
+    /// Locks the pool and admits what waits in the inbox, so every holder
+    /// sees all work queued before it locked. A panic never happens while
+    /// the lock is held (user code runs unlocked), so poisoning is ignored
+    /// rather than propagated.
     pub(crate) fn lock(&self) -> MutexGuard<'_, PoolInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.admit(&mut inner);
+        inner
+    }
+
+    /// Moves the inbox's entries to their pwqs: the worklist if `max_active`
+    /// allows, else the inactive list. Each gets its queue's flush colour
+    /// now, under the lock, so colours reach each pwq in order; `flush`
+    /// admits before it advances the colour (`workqueue/flush.rs`). Call
+    /// after lowering `nr_running` or `nr_waking` and before deciding that
+    /// nothing waits: see README.md, "The inbox".
+    pub(crate) fn admit(&self, inner: &mut PoolInner) {
+        if self.inbox.is_empty() {
+            return;
+        }
+        let mut entries = std::mem::take(&mut inner.admitted);
+        self.inbox.take(&mut entries);
+        for mut entry in entries.drain(..) {
+            entry.color = entry.pwq.wq.color.load(SeqCst);
+            self.insert(inner, entry);
+        }
+        inner.admitted = entries;
+        let _ = self.publish_pending(inner);
+    }
+
+    /// Queues the entry `make` gives without the pool lock (`make` runs
+    /// under the inbox's leaf lock: see `Inbox::push_with`). `Ok(Some(true))`
+    /// if the inbox was empty: the caller must then call `kick_for_inbox`.
+    pub(crate) fn push_inbox<E>(&self, make: impl FnOnce() -> Result<Option<Entry>, E>) -> Result<Option<bool>, E> {
+        self.inbox.push_with(make)
+    }
+
+    /// Waits until every queueing thread that passed its refusal check has
+    /// pushed (`Inbox::barrier`).
+    pub(crate) fn inbox_barrier(&self) {
+        self.inbox.barrier();
+    }
+
+    /// After the first entry went into an empty inbox: decides whether the
+    /// pool needs another worker, as `kick` would under the lock. Later
+    /// entries find it decided (README.md, "The inbox").
+    pub(crate) fn kick_for_inbox(self: &Arc<Self>) {
+        if self.need_more_worker_unlocked() {
+            let mut inner = self.lock();
+            let woken = self.kick(&mut inner);
+            drop(inner);
+            if let Some(w) = woken {
+                w.unpark();
+            }
+        } else if self.nr_running() > 0 && self.rt.monitor.is_parked() {
+            // Work waiting behind a running worker needs the monitor (the
+            // worker may sleep unannounced). The inbox's `full` was raised
+            // first: see the parking protocol in monitor.rs. Work for a
+            // worker still waking does not: that worker pokes when it takes
+            // an item and leaves more (`sync_pending`), and a monitor
+            // ticking earlier could take the sleep it woke from for a
+            // sleep in the item.
+            self.rt.monitor.poke();
+        }
+    }
+
+    /// `need_more_worker` for a queueing thread without the lock, given
+    /// that work waits: fewer than `target` workers run or are waking.
+    fn need_more_worker_unlocked(&self) -> bool {
+        (self.nr_running().max(0) as usize) + self.nr_waking.load(SeqCst) < self.target
+    }
+
+    /// Whether work waits anywhere: admitted, stashed or in the inbox. For
+    /// the monitor, without the lock.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.nr_pending.load(SeqCst) != 0 || !self.inbox.is_empty()
+    }
+
+    /// Counts a worker woken from idle (`+1`) or one that decided (`-1`).
+    pub(crate) fn add_waking(&self, inner: &mut PoolInner, delta: isize) {
+        inner.nr_waking = inner.nr_waking.checked_add_signed(delta).expect("nr_waking out of range");
+        self.nr_waking.store(inner.nr_waking, SeqCst);
     }
 
     /// Every live worker of the pool (a leaf lock: take no other lock while holding it).
@@ -270,7 +363,7 @@ impl Pool {
         match inner.idle.pop() {
             Some(w) => {
                 w.mark_woken();
-                inner.nr_waking += 1;
+                self.add_waking(inner, 1);
                 Some(w)
             }
             None => {
@@ -300,25 +393,36 @@ impl Pool {
         inner.idle.is_empty() && inner.nr_starting == 0 && !inner.dying
     }
 
-    /// Puts an entry on this pool: on the worklist if its pwq has room
-    /// under `max_active`, else on the pwq's inactive list. The caller
-    /// fires the returned wake-ups once it released the lock.
-    pub(crate) fn insert(self: &Arc<Self>, inner: &mut PoolInner, entry: Entry) -> Wakeups {
-        let slot = entry.pwq.slot;
-        let pwq = inner.pwq_mut(slot);
+    /// Puts an admitted entry on its pwq: on the worklist if `max_active`
+    /// leaves room, else on the pwq's inactive list.
+    fn insert(&self, inner: &mut PoolInner, entry: Entry) {
+        let pwq = inner.pwq_mut(entry.pwq.slot);
         pwq.add_in_flight(entry.color);
         if pwq.try_claim() {
             tracing::trace!(target: "wq", pool = self.id, "queue_work");
             inner.worklist.push_back(entry);
-            let _ = self.publish_pending(inner);
-            // Work waiting behind a running worker needs the monitor (the
-            // worker may sleep unannounced); work for an idle pool does not.
-            let poke_monitor = self.nr_running() > 0 && self.rt.monitor.is_parked();
-            Wakeups { worker: self.kick(inner), poke_monitor }
         } else {
             tracing::trace!(target: "wq", pool = self.id, "queue_work (inactive)");
             pwq.park_inactive(entry);
-            Wakeups { worker: None, poke_monitor: false }
+        }
+    }
+
+    /// `queue` for a caller that holds the pool lock (the timer, and
+    /// queueing while the queue drains: their refusal checks need it).
+    pub(crate) fn queue_locked(self: &Arc<Self>, mut inner: MutexGuard<'_, PoolInner>, mut entry: Entry) {
+        entry.color = entry.pwq.wq.color.load(SeqCst);
+        self.insert(&mut inner, entry);
+        let _ = self.publish_pending(&inner);
+        // Work waiting behind a running worker needs the monitor (the
+        // worker may sleep unannounced); work for an idle pool does not.
+        let poke_monitor = self.nr_running() > 0 && self.rt.monitor.is_parked();
+        let woken = self.kick(&mut inner);
+        drop(inner);
+        if let Some(w) = woken {
+            w.unpark();
+        }
+        if poke_monitor {
+            self.rt.monitor.poke();
         }
     }
 
@@ -466,7 +570,7 @@ impl Pool {
         let mut inner = self.lock();
         inner.dying = true;
         let idle = std::mem::take(&mut inner.idle);
-        inner.nr_waking += idle.len();
+        self.add_waking(&mut inner, idle.len() as isize);
         // Pools start without workers, and a dying pool asks the manager for
         // none: work queued just before the end (a delayed item firing as it
         // drops the last handle) needs a worker of its own.
@@ -559,25 +663,6 @@ pub(crate) struct Done {
     pub(crate) color: u64,
     pub(crate) outcome: Outcome,
     pub(crate) cpu_time: Duration,
-}
-
-/// Wake-ups owed after queueing, made with the pool unlocked: the worker
-/// first (it is on the latency path), then the monitor.
-#[must_use = "the wake-ups must be fired once the pool is unlocked"]
-pub(crate) struct Wakeups {
-    worker: Option<Arc<WorkerShared>>,
-    poke_monitor: bool,
-}
-
-impl Wakeups {
-    pub(crate) fn fire(self, pool: &Pool) {
-        if let Some(w) = self.worker {
-            w.unpark();
-        }
-        if self.poke_monitor {
-            pool.rt.monitor.poke();
-        }
-    }
 }
 
 /// What completing an entry left to do once the pool is unlocked.

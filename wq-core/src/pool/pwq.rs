@@ -116,7 +116,8 @@ impl PwqState {
     }
 
     /// Counts a new entry of `color`. Colours arrive in order because they
-    /// are read under the pool lock and only ever grow.
+    /// are read under the pool lock (when the entry is admitted) and only
+    /// ever grow.
     pub(crate) fn add_in_flight(&mut self, color: u64) {
         self.nr_in_flight += 1;
         match self.colors.back_mut() {

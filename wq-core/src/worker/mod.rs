@@ -456,7 +456,10 @@ pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
     let mut inner = pool.lock();
     inner.nr_starting -= 1;
     loop {
-        // Just created or woken: is there anything for this worker to do?
+        // Just created, woken or done: is there anything for this worker to
+        // do? Whatever lowered this worker's count (`nr_waking`, or
+        // `nr_running` going idle) came first; the inbox is read after it.
+        pool.admit(&mut inner);
         if inner.dying && inner.worklist.is_empty() {
             break;
         }
@@ -595,7 +598,7 @@ fn idle_wait<'a>(
         }
         inner = pool.lock();
         if me.woken.swap(false, SeqCst) {
-            inner.nr_waking -= 1;
+            pool.add_waking(&mut inner, -1);
             return Some(inner);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {

@@ -1,8 +1,10 @@
 //! Flush colours: how `flush` and `drain` wait for a whole queue.
 //!
-//! Every entry carries the queue's colour at queueing time (read under the
-//! pool lock, so colours arrive at each pwq in order). `flush` bumps the
-//! colour and waits until no pwq has an entry of an older colour in flight.
+//! Every entry carries the queue's colour at the time its pool admitted it
+//! from the inbox (read under the pool lock, so colours arrive at each pwq
+//! in order). `flush` first locks each pool, admitting every entry queued
+//! before the call with the current colour, then bumps the colour and waits
+//! until no pwq has an entry of an older colour in flight.
 //! A flusher registers in `flushers` before checking; a completer that
 //! retires a pwq's oldest colour checks `flushers` after unlocking the pool
 //! and notifies under `flush_lock` — the flusher holds that lock from its
@@ -15,9 +17,14 @@ impl Workqueue {
     /// Waits until every entry queued before the call completed.
     pub(super) fn flush_colors(&self) {
         let core = &self.shared.core;
+        let links = self.links();
+        // Entries still in an inbox get their colour when admitted: admit
+        // them before the colour moves on, so they are waited for.
+        for l in &links {
+            drop(l.pool.lock());
+        }
         let color = core.color.fetch_add(1, SeqCst);
         core.flushers.fetch_add(1, SeqCst);
-        let links = self.links();
         // Workers defer the accounting of tiny items (`pool/batch.rs`):
         // apply what they hold, now that they see `flushers` and apply the rest.
         for l in &links {
@@ -37,6 +44,9 @@ impl Workqueue {
         core.draining.fetch_add(1, SeqCst);
         let mut rounds = 0u64;
         loop {
+            // A queueing thread that passed its check before `draining`
+            // rose may not have pushed yet: wait for it, then flush.
+            self.fence_queueing();
             self.flush_colors();
             if self.in_flight() == 0 {
                 break;
@@ -47,6 +57,14 @@ impl Workqueue {
             }
         }
         core.draining.fetch_sub(1, SeqCst);
+    }
+
+    /// Waits until every thread that passed its refusal check for this
+    /// queue has pushed its entry (`Inbox::barrier` on each pool).
+    pub(super) fn fence_queueing(&self) {
+        for l in self.links() {
+            l.pool.inbox_barrier();
+        }
     }
 
     /// Entries queued and not yet completed, over all pwqs.

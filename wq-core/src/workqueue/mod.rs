@@ -150,8 +150,9 @@ impl WqCore {
     }
 
     /// Why queueing from the calling thread is refused right now, if it is.
-    /// Called under the target pool's lock, so `destroy` cannot slip in
-    /// between the check and the insertion.
+    /// Called under the target pool's inbox lock (or, for the timer, its
+    /// pool lock), so `drain` and `destroy` cannot slip in between the
+    /// check and the push.
     fn refusal(&self, from_timer: bool) -> Option<Error> {
         if self.destroyed.load(SeqCst) {
             return Some(Error::Destroyed { queue: self.name.clone() });
@@ -410,15 +411,30 @@ impl Workqueue {
     pub fn destroy(&self) -> Result<(), Error> {
         self.check_not_own_item("destroy")?;
         self.check_none_armed()?;
+        // Refuse other work from here to the end, not only while each
+        // drain runs: a thread that queued between two drains could
+        // otherwise push after the final check.
+        let core = &self.shared.core;
+        core.draining.fetch_add(1, SeqCst);
+        let result = self.destroy_drained();
+        core.draining.fetch_sub(1, SeqCst);
+        result
+    }
+
+    /// `destroy`'s loop: drain, then set `destroyed` once nothing is left.
+    fn destroy_drained(&self) -> Result<(), Error> {
         loop {
             self.drain_inner();
-            // With every pool of the queue locked, nothing can be queued
-            // between the emptiness check and the flag.
             let armed = self.shared.armed.lock().unwrap_or_else(|e| e.into_inner());
             if !armed.is_empty() {
                 let items = armed.iter().copied().collect();
                 return Err(Error::DelayedWorkArmed { queue: self.name().to_owned(), items });
             }
+            // Chained work queued since the drain has pushed once this
+            // returns, into an inbox that locking admits. With every
+            // pool of the queue locked, the timer cannot queue between the
+            // emptiness check and the flag; later queueing sees `draining`.
+            self.fence_queueing();
             let links = self.links();
             let guards: Vec<_> = links.iter().map(|l| l.pool.lock()).collect();
             let empty = links.iter().zip(&guards).all(|(l, g)| g.pwq(l.slot).nr_in_flight == 0);
@@ -501,10 +517,17 @@ impl Workqueue {
     }
 
     /// Queues what `make` gives on the pwq for CPU slot `slot`. `make` runs
-    /// under the pool lock after the refusal check, so a work item is
-    /// marked pending only when it is sure to be queued: nobody ever sees a
-    /// pending state that a refusal then takes back. `Ok(false)`: `make`
-    /// gave nothing (the item was pending already).
+    /// after the refusal check, so a work item is marked pending only when
+    /// it is sure to be queued: nobody ever sees a pending state that a
+    /// refusal then takes back. `Ok(false)`: `make` gave nothing (the item
+    /// was pending already).
+    ///
+    /// The entry goes to the pool's inbox without the pool lock. The check
+    /// and the push happen under the inbox's leaf lock, which `drain` and
+    /// `destroy` take once (`fence_queueing`) after raising `draining`:
+    /// either the check sees them, or they see the entry. The timer's
+    /// queueing (which `draining` does not refuse) checks and inserts
+    /// under the pool lock instead, which `destroy` holds while it decides.
     fn queue_with(&self, slot: usize, from_timer: bool, make: impl FnOnce() -> Option<Job>) -> Result<bool, Error> {
         // An unbound queue's set may be replaced; holding the read lock
         // while queueing keeps `apply_attrs` from retiring it meanwhile.
@@ -518,24 +541,50 @@ impl Workqueue {
         };
         let link = set.for_slot(slot);
         let pool = &link.pool;
-        let mut inner = pool.lock();
-        if let Some(err) = self.shared.core.refusal(from_timer) {
-            drop(inner);
-            self.shared.core.counters.refused.fetch_add(1, Relaxed);
-            // `make` (and whatever it captured) is dropped unlocked.
-            drop(make);
-            return Err(err);
+        if from_timer {
+            let inner = pool.lock();
+            if let Some(err) = self.refused(true) {
+                drop(inner);
+                // `make` (and whatever it captured) is dropped unlocked.
+                drop(make);
+                return Err(err);
+            }
+            let Some(job) = make() else { return Ok(false) };
+            pool.queue_locked(inner, Entry { pwq: link.clone(), color: 0, job });
+        } else {
+            let mut make = Some(make);
+            // Cloned before the inbox lock: the count's cache line is
+            // often on a worker's CPU, and the wait for it would hold the
+            // lock that worker's next `admit` needs.
+            let mut pwq = Some(link.clone());
+            let pushed = pool.push_inbox(|| {
+                if let Some(err) = self.refused(false) {
+                    return Err(err);
+                }
+                let make = make.take().expect("called once");
+                Ok(make().map(|job| Entry { pwq: pwq.take().expect("called once"), color: 0, job }))
+            });
+            // A refused `make` (and whatever it captured) is dropped here,
+            // with the inbox unlocked.
+            drop((make, pwq));
+            match pushed? {
+                None => return Ok(false),
+                Some(true) => pool.kick_for_inbox(),
+                Some(false) => {}
+            }
         }
-        let Some(job) = make() else { return Ok(false) };
-        let color = self.shared.core.color.load(SeqCst);
-        let wakeups = pool.insert(&mut inner, Entry { pwq: link.clone(), color, job });
-        drop(inner);
-        wakeups.fire(pool);
         let trace = &pool.rt.trace;
         if trace.on() {
             trace.record(TraceKind::Queue, crate::sys::gettid(), None, Some(self.name()));
         }
         Ok(true)
+    }
+
+    /// Why queueing is refused, counted as a refusal.
+    fn refused(&self, from_timer: bool) -> Option<Error> {
+        let err = self.shared.core.refusal(from_timer)?;
+        self.shared.core.counters.refused.fetch_add(1, Relaxed);
+        Some(err)
     }
 
     /// Every pwq that may have work of this queue: the current ones and

@@ -1,0 +1,72 @@
+//! A pool's inbox: where queueing threads leave entries without taking the
+//! pool lock. Whoever next locks the pool admits them (`Pool::admit`); the
+//! protocol that keeps an entry from waiting unseen is in `README.md`
+//! beside this file ("The inbox").
+
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Mutex, MutexGuard};
+
+use super::Entry;
+
+/// Entries queued to a pool and not yet admitted to its pwqs.
+///
+/// Its lock is a leaf held for a push or a swap, never across other work,
+/// so a queueing thread waits at most for one of those, not for a worker's
+/// accounting under the pool lock.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    entries: Mutex<Vec<Entry>>,
+    /// Whether `entries` is non-empty. Changed only under `entries`' lock:
+    /// set (SeqCst) by the push that finds it empty, cleared by `take`. Read
+    /// without the lock by whoever must not miss an entry after lowering
+    /// a count (a worker going idle or to sleep) and by the monitor.
+    full: AtomicBool,
+}
+
+impl Inbox {
+    fn entries(&self) -> MutexGuard<'_, Vec<Entry>> {
+        // Nothing panics while holding it: poisoning is ignored.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `make` under the inbox lock and appends the entry it gives.
+    /// Returns `None` if it gave none, else whether the inbox was empty,
+    /// which makes the caller the one who must see that a worker will
+    /// admit it.
+    ///
+    /// The lock doubles as the queueing side of `drain`'s fence
+    /// (`barrier`): `make` runs the queue's refusal check, so a check that
+    /// passed has pushed before any later `barrier` returns.
+    pub(crate) fn push_with<E>(&self, make: impl FnOnce() -> Result<Option<Entry>, E>) -> Result<Option<bool>, E> {
+        let mut entries = self.entries();
+        let Some(entry) = make()? else { return Ok(None) };
+        let was_empty = entries.is_empty();
+        entries.push(entry);
+        if was_empty {
+            self.full.store(true, SeqCst);
+        }
+        Ok(Some(was_empty))
+    }
+
+    /// Waits until no thread is inside `push_with`: a queueing thread that
+    /// passed its refusal check before the caller raised `draining` has
+    /// pushed once this returns; a later one sees `draining`.
+    pub(crate) fn barrier(&self) {
+        drop(self.entries());
+    }
+
+    /// Whether an entry waits. SeqCst: read after lowering `nr_running` or
+    /// `nr_waking`, it pairs with the pusher's store-then-read of those.
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.full.load(SeqCst)
+    }
+
+    /// Moves every waiting entry, oldest first, into `out` (which must be
+    /// empty): a swap, so both vectors keep their capacity.
+    pub(crate) fn take(&self, out: &mut Vec<Entry>) {
+        debug_assert!(out.is_empty(), "taking the inbox into a non-empty vector");
+        let mut entries = self.entries();
+        self.full.store(false, SeqCst);
+        std::mem::swap(&mut *entries, out);
+    }
+}

@@ -86,8 +86,12 @@ impl Pool {
     pub(crate) fn apply_charges(&self, inner: &mut PoolInner, charges: impl IntoIterator<Item = Charge>) {
         for (link, used) in charges {
             debug_assert!(std::ptr::eq(Arc::as_ptr(&link.pool), self), "a charge for another pool's pwq");
-            // The link keeps its slot from being freed, so this is its pwq.
-            inner.pwq_mut(link.slot).cpu_time += used;
+            // A charge keeps the link, not the slot: a pwq freed since
+            // (its queue gone, its stats retired) takes no more time.
+            let pwq = inner.pwqs_slot(link.slot).filter(|p| p.link.as_ref().is_some_and(|l| Arc::ptr_eq(l, &link)));
+            if let Some(pwq) = pwq {
+                pwq.cpu_time += used;
+            }
         }
     }
 

@@ -8,6 +8,7 @@
 
 mod batch;
 mod inbox;
+mod link;
 mod pwq;
 
 use std::collections::VecDeque;
@@ -17,14 +18,15 @@ use std::time::Duration;
 
 pub(crate) use batch::{Batch, FollowUps};
 use inbox::Inbox;
-pub(crate) use pwq::{PwqLink, PwqState};
+pub(crate) use link::PwqRef;
+pub(crate) use pwq::{PwqHandle, PwqLink, PwqState};
 
 use crate::rescuer::Rescuer;
 use crate::runtime::RtCore;
 use crate::trace::TraceKind;
 use crate::work::WorkShared;
 use crate::worker::WorkerShared;
-use crate::workqueue::Limit;
+use crate::workqueue::{Limit, WqCore};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 /// Workers an unbound pool keeps running per CPU: one runner and one
@@ -35,7 +37,7 @@ const UNBOUND_RUNNERS_PER_CPU: usize = 2;
 
 /// One queued instance of something to run.
 pub(crate) struct Entry {
-    pub(crate) pwq: Arc<PwqLink>,
+    pub(crate) pwq: PwqRef,
     /// The flush colour, given when the entry is admitted to its pwq (in
     /// the inbox it is still 0).
     pub(crate) color: u64,
@@ -145,10 +147,11 @@ pub(crate) struct Pool {
     /// Every live worker of the pool. A leaf lock apart from the pool lock,
     /// so the monitor's ticks never wait for (or hold up) the worklist.
     workers: Mutex<Vec<Arc<WorkerShared>>>,
-    /// Pwq slots whose last link dropped. A link may drop while the pool
-    /// lock is held, so it only records the slot here (a leaf lock);
-    /// `alloc_pwq` frees them under the pool lock.
+    /// Pwq slots whose last handle dropped. A handle may drop while the
+    /// pool lock is held, so it only records the slot here (a leaf lock)
+    /// and raises `has_released`; the next `admit` frees what it can.
     released: Mutex<Vec<usize>>,
+    has_released: AtomicBool,
 }
 
 /// The part of a pool behind its lock.
@@ -169,9 +172,12 @@ pub(crate) struct PoolInner {
     /// Workers whose batch holds a stash (see `Batch::counted`).
     pub(crate) nr_stashes: usize,
     pwqs: Vec<Option<PwqState>>,
-    free_pwqs: Vec<usize>,
+    free_slots: Vec<usize>,
     /// The inbox's previous vector, kept empty for the next swap.
     admitted: Vec<Entry>,
+    /// Released pwq slots whose last entry completed: freed at the next
+    /// `admit`, not while that entry's `PwqRef` may still be in use.
+    freeable: Vec<usize>,
 }
 
 impl Pool {
@@ -209,10 +215,12 @@ impl Pool {
                 dying: false,
                 nr_stashes: 0,
                 pwqs: Vec::new(),
-                free_pwqs: Vec::new(),
+                free_slots: Vec::new(),
                 admitted: Vec::new(),
+                freeable: Vec::new(),
             }),
             released: Mutex::new(Vec::new()),
+            has_released: AtomicBool::new(false),
         })
     }
 
@@ -233,9 +241,16 @@ impl Pool {
     /// after lowering `nr_running` or `nr_waking` and before deciding that
     /// nothing waits: see README.md, "The inbox".
     pub(crate) fn admit(&self, inner: &mut PoolInner) {
-        if self.inbox.is_empty() {
-            return;
+        if !self.inbox.is_empty() {
+            self.admit_inbox(inner);
         }
+        // After the inbox: a released slot's last entries may wait there.
+        if self.has_released.load(Relaxed) || !inner.freeable.is_empty() {
+            self.free_pwqs(inner);
+        }
+    }
+
+    fn admit_inbox(&self, inner: &mut PoolInner) {
         let mut entries = std::mem::take(&mut inner.admitted);
         self.inbox.take(&mut entries);
         for mut entry in entries.drain(..) {
@@ -438,6 +453,9 @@ impl Pool {
             pwq.panics += u64::from(done.outcome == Outcome::Panicked);
         }
         let retired = pwq.dec_in_flight(done.color);
+        if pwq.released && pwq.nr_in_flight == 0 {
+            inner.freeable.push(done.link.slot);
+        }
         self.completed.store(self.completed.load(Relaxed) + 1, Relaxed);
         self.activate(inner, done.link.slot);
         Completed { retired, other_pods }
@@ -461,35 +479,55 @@ impl Pool {
         any
     }
 
-    /// Creates a pwq slot for a new workqueue.
+    /// Creates a pwq of `wq` on this pool; the handle keeps its slot.
     pub(crate) fn alloc_pwq(
-        &self,
+        self: &Arc<Self>,
+        wq: &Arc<WqCore>,
         max_active: usize,
         frozen: bool,
         rescuer: Option<Arc<Rescuer>>,
         limit: Option<Arc<Limit>>,
-    ) -> usize {
+    ) -> Arc<PwqHandle> {
         let mut inner = self.lock();
-        let released = std::mem::take(&mut *self.released.lock().unwrap_or_else(|e| e.into_inner()));
-        for slot in released {
-            let pwq = inner.pwqs[slot].take();
-            debug_assert!(pwq.is_some_and(|p| p.nr_in_flight == 0), "freeing a pwq with work in flight");
-            inner.free_pwqs.push(slot);
-        }
-        match inner.free_pwqs.pop() {
-            Some(slot) => {
-                inner.pwqs[slot] = Some(PwqState::new(max_active, frozen, rescuer, limit.clone()));
-                slot
-            }
-            None => {
-                inner.pwqs.push(Some(PwqState::new(max_active, frozen, rescuer, limit.clone())));
-                inner.pwqs.len() - 1
-            }
-        }
+        let slot = inner.free_slots.pop().unwrap_or_else(|| {
+            inner.pwqs.push(None);
+            inner.pwqs.len() - 1
+        });
+        let link = Arc::new(PwqLink { pool: self.clone(), slot, wq: wq.clone() });
+        let mut state = PwqState::new(max_active, frozen, rescuer, limit);
+        state.link = Some(link.clone());
+        inner.pwqs[slot] = Some(state);
+        Arc::new(PwqHandle::new(link))
     }
 
     fn release_pwq(&self, slot: usize) {
         self.released.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
+        self.has_released.store(true, SeqCst);
+    }
+
+    /// Frees the slots of released pwqs with nothing in flight; marks the
+    /// others, for `complete` to hand over when their last entry is done
+    /// (see `link.rs` for why entries' pointers stay valid until then).
+    fn free_pwqs(&self, inner: &mut PoolInner) {
+        if self.has_released.swap(false, SeqCst) {
+            let released = std::mem::take(&mut *self.released.lock().unwrap_or_else(|e| e.into_inner()));
+            for slot in released {
+                let pwq = inner.pwq_mut(slot);
+                pwq.released = true;
+                if pwq.nr_in_flight == 0 {
+                    inner.freeable.push(slot);
+                }
+            }
+        }
+        while let Some(slot) = inner.freeable.pop() {
+            let pwq = inner.pwqs[slot].take().expect("freeing a free pwq slot");
+            debug_assert!(pwq.nr_in_flight == 0 && pwq.inactive.is_empty(), "freeing a pwq with work in flight");
+            inner.free_slots.push(slot);
+            // Dropping the pool's count on the link under the lock is safe:
+            // the link's own counts are on this pool (which the caller
+            // holds) and on its queue's core (no lock in its drop).
+            drop(pwq);
+        }
     }
 
     /// Worker `w` stopped counting as running (it sleeps, blocks or turned
@@ -651,6 +689,11 @@ impl PoolInner {
         self.pwqs[slot].as_ref().expect("entry refers to a freed pool workqueue")
     }
 
+    /// The pwq in `slot`, if the slot is allocated.
+    pub(crate) fn pwqs_slot(&mut self, slot: usize) -> Option<&mut PwqState> {
+        self.pwqs.get_mut(slot).and_then(Option::as_mut)
+    }
+
     pub(crate) fn pwq_mut(&mut self, slot: usize) -> &mut PwqState {
         self.pwqs[slot].as_mut().expect("entry refers to a freed pool workqueue")
     }
@@ -659,7 +702,7 @@ impl PoolInner {
 /// The accounting of one finished (or discarded) entry, applied under the
 /// lock of the entry's pool.
 pub(crate) struct Done {
-    pub(crate) link: Arc<PwqLink>,
+    pub(crate) link: PwqRef,
     pub(crate) color: u64,
     pub(crate) outcome: Outcome,
     pub(crate) cpu_time: Duration,

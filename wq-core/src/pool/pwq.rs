@@ -3,9 +3,11 @@
 //! A pool workqueue (`pwq`) carries the per-(queue, pool) policy: `max_active`
 //! with its inactive list, and the in-flight counts by flush colour that
 //! `Workqueue::flush` waits on. Its state lives inside the pool, under the
-//! pool lock, as in the kernel; [`PwqLink`] is the handle queued entries hold.
+//! pool lock, as in the kernel. The queue holds it through [`PwqHandle`]s;
+//! queued entries name it by a [`PwqRef`](super::PwqRef) (`link.rs`).
 
 use std::collections::VecDeque;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,23 +16,53 @@ use crate::rescuer::Rescuer;
 use crate::workqueue::Limit;
 use crate::workqueue::WqCore;
 
-/// A handle to one pool workqueue. Entries hold it until they complete, so
-/// the state it names stays alive while anything of it is in flight.
+/// What names one pool workqueue: its pool, its slot there, its queue.
+/// Shared by the pool's slot (which owns one count until it frees the
+/// slot), the queue's handles, and CPU-time charges.
 pub(crate) struct PwqLink {
     pub(crate) pool: Arc<Pool>,
     pub(crate) slot: usize,
     pub(crate) wq: Arc<WqCore>,
 }
 
-impl Drop for PwqLink {
+/// The queue's hold on a pwq, kept by its pwq sets. While one exists the
+/// slot stays allocated (flush, stats and new entries may use it); when
+/// the last drops, the pool frees the slot once nothing of it is in flight.
+pub(crate) struct PwqHandle(Arc<PwqLink>);
+
+impl PwqHandle {
+    pub(crate) fn new(link: Arc<PwqLink>) -> PwqHandle {
+        PwqHandle(link)
+    }
+
+    pub(crate) fn link(&self) -> &Arc<PwqLink> {
+        &self.0
+    }
+}
+
+impl Deref for PwqHandle {
+    type Target = PwqLink;
+
+    fn deref(&self) -> &PwqLink {
+        &self.0
+    }
+}
+
+impl Drop for PwqHandle {
     fn drop(&mut self) {
-        self.pool.release_pwq(self.slot);
+        self.0.pool.release_pwq(self.0.slot);
     }
 }
 
 /// Per-(queue, pool) state. Protected by the pool lock.
 #[derive(Default)]
 pub(crate) struct PwqState {
+    /// The pool's count on the pwq's link, which keeps every entry's
+    /// `PwqRef` valid until the slot is freed (`None` only in unit tests).
+    pub(crate) link: Option<Arc<PwqLink>>,
+    /// The queue let go (its last handle dropped): free the slot once
+    /// nothing is in flight.
+    pub(crate) released: bool,
     /// Entries allowed on the pool's worklist or running at once.
     pub(crate) max_active: usize,
     /// Frozen (a `FREEZABLE` queue during `Runtime::freeze`): nothing is

@@ -16,7 +16,7 @@ pub(crate) use pools::Pools;
 use crate::delayed::Timer;
 use crate::detect::{self, Detector, Resolved};
 use crate::monitor::Monitor;
-use crate::pool::{Pool, PwqLink};
+use crate::pool::{Pool, PwqHandle};
 use crate::rescuer::Rescuer;
 use crate::stats::{PoolStats, RuntimeStats};
 use crate::topology::{Topology, TopologyError};
@@ -285,10 +285,7 @@ impl Runtime {
     ) -> Result<PwqSet, Error> {
         let frozen = frozen && core.flags.contains(Flags::FREEZABLE);
         let max_active = core.max_active as usize;
-        let link = |pool: Arc<Pool>| {
-            let slot = pool.alloc_pwq(max_active, frozen, rescuer.cloned(), core.limit.clone());
-            Arc::new(PwqLink { pool, slot, wq: core.clone() })
-        };
+        let link = |pool: Arc<Pool>| pool.alloc_pwq(core, max_active, frozen, rescuer.cloned(), core.limit.clone());
         let set = match attrs {
             None => {
                 let hi = usize::from(core.flags.contains(Flags::HIGHPRI));
@@ -356,7 +353,7 @@ impl Runtime {
         *self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn freezable_links(&self) -> Vec<Arc<PwqLink>> {
+    fn freezable_links(&self) -> Vec<Arc<PwqHandle>> {
         self.workqueues()
             .into_iter()
             .filter(|wq| wq.flags().contains(Flags::FREEZABLE))

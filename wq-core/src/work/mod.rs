@@ -10,7 +10,7 @@ mod state;
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::pool::{Done, Outcome, PwqLink};
+use crate::pool::{Done, Outcome, PwqRef};
 use crate::worker;
 use crate::Error;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -22,7 +22,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// A queued instance parked for the worker that runs the item right now,
 /// or in transit between dequeue and run.
 pub(crate) struct Parked {
-    pub(crate) link: Arc<PwqLink>,
+    pub(crate) link: PwqRef,
     pub(crate) color: u64,
     pub(crate) gen: u64,
 }

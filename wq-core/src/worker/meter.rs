@@ -3,11 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::pool::PwqLink;
+use crate::pool::{PwqLink, PwqRef};
 use crate::sys;
 
 /// CPU time owed to a pwq for a window of items (see `CpuMeter`), applied
-/// to its `cpu_time` with the pool locked. The link keeps the pwq's slot.
+/// to its `cpu_time` with the pool locked (if the pwq still exists: the
+/// link outlives the item's entry, but does not keep the pwq's slot).
 pub(crate) type Charge = (Arc<PwqLink>, Duration);
 
 /// Charges CPU time to items without a system call per item.
@@ -104,8 +105,8 @@ impl CpuMeter {
     /// An item of `link` starts. Inside the open window if it is of the
     /// window's pwq; otherwise the window closes (its charge is returned)
     /// and its closing read is this item's start.
-    pub(super) fn item_start(&mut self, link: &Arc<PwqLink>) -> (Start, Option<Charge>) {
-        if self.window.as_ref().is_some_and(|w| Arc::ptr_eq(&w.link, link)) {
+    pub(super) fn item_start(&mut self, link: PwqRef) -> (Start, Option<Charge>) {
+        if self.window.as_ref().is_some_and(|w| link.is(&w.link)) {
             return (Start::Windowed, None);
         }
         let closed = self.close_window();
@@ -116,7 +117,7 @@ impl CpuMeter {
     /// with `start` and just ended: none inside a window (the window's
     /// charge carries it). A timed item may open a window if windows are
     /// on and `may_open` (an item of this worker's own pool).
-    pub(super) fn item_end(&mut self, start: Start, link: &Arc<PwqLink>, may_open: bool) -> Duration {
+    pub(super) fn item_end(&mut self, start: Start, link: PwqRef, may_open: bool) -> Duration {
         let start = match start {
             Start::Windowed => {
                 if let Some(w) = self.window.as_mut() {
@@ -130,7 +131,7 @@ impl CpuMeter {
         self.last_end = Some(end);
         let used = self.charge_wall(end - start);
         if self.windows && may_open {
-            self.window = Some(Window { link: link.clone(), start: end, items: 0 });
+            self.window = Some(Window { link: link.to_arc(), start: end, items: 0 });
         }
         used
     }

@@ -16,9 +16,7 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crate::detect::{Detector, Probe};
-use crate::pool::{
-    complete_entry, drop_quietly, Batch, Done, Entry, FollowUps, Job, Outcome, Pool, PoolInner, PwqLink,
-};
+use crate::pool::{complete_entry, drop_quietly, Batch, Done, Entry, FollowUps, Job, Outcome, Pool, PoolInner, PwqRef};
 use crate::sys;
 use crate::trace::TraceKind;
 use crate::work::{Claim, Parked, WorkShared};
@@ -241,7 +239,7 @@ impl WorkerShared {
 
 /// What the current thread is running, for deadlock checks and stats.
 pub(crate) struct Current {
-    pub(crate) link: Arc<PwqLink>,
+    pub(crate) link: PwqRef,
     pub(crate) work_id: Option<u64>,
 }
 
@@ -739,13 +737,13 @@ fn execute(
     pool: &Arc<Pool>,
     me: &WorkerShared,
     meter: &mut CpuMeter,
-    link: Arc<PwqLink>,
+    link: PwqRef,
     work_id: Option<u64>,
     f: impl FnOnce() -> Outcome,
-) -> (Arc<PwqLink>, Outcome, Duration) {
+) -> (PwqRef, Outcome, Duration) {
     let intensive = link.wq.flags.contains(Flags::CPU_INTENSIVE);
     let wq_id = link.wq.id;
-    let (start, closed) = meter.item_start(&link);
+    let (start, closed) = meter.item_start(link);
     if let Some(charge) = closed {
         me.push_charge(charge);
     }
@@ -771,7 +769,7 @@ fn execute(
     }
     me.current_wq.store(0, Relaxed);
     let current = CURRENT.with(|c| c.borrow_mut().take()).expect("current item vanished");
-    let cpu_time = meter.item_end(start, &current.link, Arc::ptr_eq(&current.link.pool, pool));
+    let cpu_time = meter.item_end(start, current.link, Arc::ptr_eq(&current.link.pool, pool));
     let counters = &current.link.wq.counters;
     if me.hog_marked.load(Relaxed) && me.hog_marked.swap(false, Relaxed) {
         counters.cpu_hogs.fetch_add(1, Relaxed);

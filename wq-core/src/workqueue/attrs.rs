@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
-use crate::pool::PwqLink;
+use crate::pool::PwqHandle;
 use crate::topology::Scope;
 use crate::{Error, Runtime};
 
@@ -54,13 +54,13 @@ impl Attrs {
 
 /// The pwqs a queue queues to, and which one serves each CPU slot.
 pub(crate) struct PwqSet {
-    pub(crate) links: Vec<Arc<PwqLink>>,
+    pub(crate) links: Vec<Arc<PwqHandle>>,
     /// `links` index for each of the runtime's CPU slots.
     pub(crate) by_slot: Vec<usize>,
 }
 
 impl PwqSet {
-    pub(crate) fn for_slot(&self, slot: usize) -> &Arc<PwqLink> {
+    pub(crate) fn for_slot(&self, slot: usize) -> &Arc<PwqHandle> {
         &self.links[self.by_slot.get(slot).copied().unwrap_or(0)]
     }
 }

@@ -22,7 +22,7 @@ pub use builder::WorkqueueBuilder;
 
 use crate::completion::{Completion, SharedItem, SharedJob, Task};
 use crate::delayed::DelayedWork;
-use crate::pool::{Entry, Job, Outcome, PwqLink};
+use crate::pool::{Entry, Job, Outcome, PwqHandle, PwqRef};
 use crate::rescuer::Rescuer;
 use crate::runtime::Runtime;
 use crate::stats::WorkqueueStats;
@@ -89,7 +89,7 @@ pub(crate) struct WqCore {
     pub(crate) limit: Option<Arc<Limit>>,
     /// The pwqs of the current set, for activating other pods when a
     /// queue-wide slot frees.
-    pods: Mutex<Vec<Weak<PwqLink>>>,
+    pods: Mutex<Vec<Weak<PwqHandle>>>,
     /// Stats of pwqs retired by `apply_attrs` and since drained.
     retired_stats: Mutex<(u64, Duration, u64)>,
     /// `drain` calls in progress; while non-zero only chained work may queue.
@@ -127,7 +127,7 @@ impl WqCore {
 
     /// A queue-wide active slot freed: let the pods' waiting entries in.
     pub(crate) fn activate_pods(&self) {
-        let pods: Vec<Arc<PwqLink>> =
+        let pods: Vec<Arc<PwqHandle>> =
             self.pods.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(Weak::upgrade).collect();
         for link in pods {
             link.pool.activate_and_kick(link.slot);
@@ -176,7 +176,7 @@ pub(crate) struct WqShared {
     /// two atomic operations. The same set as `pwqs` holds.
     fixed: Option<Arc<PwqSet>>,
     /// Pwqs replaced by `apply_attrs` that may still have work in flight.
-    old: Mutex<Vec<Arc<PwqLink>>>,
+    old: Mutex<Vec<Arc<PwqHandle>>>,
     attrs: Mutex<Option<Attrs>>,
     /// Ids of delayed work items whose timer is armed to queue here.
     pub(crate) armed: Mutex<BTreeSet<u64>>,
@@ -550,23 +550,20 @@ impl Workqueue {
                 return Err(err);
             }
             let Some(job) = make() else { return Ok(false) };
-            pool.queue_locked(inner, Entry { pwq: link.clone(), color: 0, job });
+            pool.queue_locked(inner, Entry { pwq: PwqRef::new(link.link()), color: 0, job });
         } else {
             let mut make = Some(make);
-            // Cloned before the inbox lock: the count's cache line is
-            // often on a worker's CPU, and the wait for it would hold the
-            // lock that worker's next `admit` needs.
-            let mut pwq = Some(link.clone());
+            let pwq = PwqRef::new(link.link());
             let pushed = pool.push_inbox(|| {
                 if let Some(err) = self.refused(false) {
                     return Err(err);
                 }
                 let make = make.take().expect("called once");
-                Ok(make().map(|job| Entry { pwq: pwq.take().expect("called once"), color: 0, job }))
+                Ok(make().map(|job| Entry { pwq, color: 0, job }))
             });
             // A refused `make` (and whatever it captured) is dropped here,
             // with the inbox unlocked.
-            drop((make, pwq));
+            drop(make);
             match pushed? {
                 None => return Ok(false),
                 Some(true) => pool.kick_for_inbox(),
@@ -589,7 +586,7 @@ impl Workqueue {
 
     /// Every pwq that may have work of this queue: the current ones and
     /// those `apply_attrs` replaced (dropped once drained, their stats kept).
-    pub(crate) fn links(&self) -> Vec<Arc<PwqLink>> {
+    pub(crate) fn links(&self) -> Vec<Arc<PwqHandle>> {
         let mut old = self.shared.old.lock().unwrap_or_else(|e| e.into_inner());
         old.retain(|l| {
             let (total, in_flight, cpu_time, panics) = l.pool.pwq_stats(l.slot);

@@ -396,6 +396,9 @@ fn flush_waits_for_items_still_in_the_inbox() {
     })
     .unwrap();
     started_rx.recv().unwrap();
+    // The reserve worker the blocker's worker asked for admits the inbox
+    // when it starts: let it start first.
+    common::wait_until("the reserve worker idles", || rt.stats().pools.iter().any(|p| p.idle == 1));
     let ran = Arc::new(AtomicUsize::new(0));
     for _ in 0..100 {
         let ran = ran.clone();

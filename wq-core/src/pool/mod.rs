@@ -299,7 +299,7 @@ impl Pool {
 
     /// `need_more_worker` for a queueing thread without the lock, given
     /// that work waits: fewer than `target` workers run or are waking.
-    fn need_more_worker_unlocked(&self) -> bool {
+    pub(crate) fn need_more_worker_unlocked(&self) -> bool {
         (self.nr_running().max(0) as usize) + self.nr_waking.load(SeqCst) < self.target
     }
 

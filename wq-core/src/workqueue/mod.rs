@@ -522,12 +522,15 @@ impl Workqueue {
     /// refusal then takes back. `Ok(false)`: `make` gave nothing (the item
     /// was pending already).
     ///
-    /// The entry goes to the pool's inbox without the pool lock. The check
-    /// and the push happen under the inbox's leaf lock, which `drain` and
-    /// `destroy` take once (`fence_queueing`) after raising `draining`:
-    /// either the check sees them, or they see the entry. The timer's
-    /// queueing (which `draining` does not refuse) checks and inserts
-    /// under the pool lock instead, which `destroy` holds while it decides.
+    /// Behind running workers, the entry goes to the pool's inbox without
+    /// the pool lock. The check and the push happen under the inbox's leaf
+    /// lock, which `drain` and `destroy` take once (`fence_queueing`) after
+    /// raising `draining`: either the check sees them, or they see the
+    /// entry. Two cases check and insert under the pool lock instead, which
+    /// `flush`, `drain` and `destroy` take after raising `draining` (and
+    /// `destroy` holds while it decides): the timer (which `draining` does
+    /// not refuse), and a pool that needs a worker woken, where the kick
+    /// takes the lock anyway and the inbox would only lengthen the wake-up.
     fn queue_with(&self, slot: usize, from_timer: bool, make: impl FnOnce() -> Option<Job>) -> Result<bool, Error> {
         // An unbound queue's set may be replaced; holding the read lock
         // while queueing keeps `apply_attrs` from retiring it meanwhile.
@@ -541,9 +544,9 @@ impl Workqueue {
         };
         let link = set.for_slot(slot);
         let pool = &link.pool;
-        if from_timer {
+        if from_timer || pool.need_more_worker_unlocked() {
             let inner = pool.lock();
-            if let Some(err) = self.refused(true) {
+            if let Some(err) = self.refused(from_timer) {
                 drop(inner);
                 // `make` (and whatever it captured) is dropped unlocked.
                 drop(make);

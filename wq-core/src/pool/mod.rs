@@ -422,8 +422,9 @@ impl Pool {
         }
     }
 
-    /// `queue` for a caller that holds the pool lock (the timer, and
-    /// queueing while the queue drains: their refusal checks need it).
+    /// Queues `entry` for a caller that checked the refusal under the pool
+    /// lock: the timer, and a queueing thread that found the pool needing a
+    /// worker woken (`Workqueue::queue_with`).
     pub(crate) fn queue_locked(self: &Arc<Self>, mut inner: MutexGuard<'_, PoolInner>, mut entry: Entry) {
         entry.color = entry.pwq.wq.color.load(SeqCst);
         self.insert(&mut inner, entry);

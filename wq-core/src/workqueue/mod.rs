@@ -150,9 +150,9 @@ impl WqCore {
     }
 
     /// Why queueing from the calling thread is refused right now, if it is.
-    /// Called under the target pool's inbox lock (or, for the timer, its
-    /// pool lock), so `drain` and `destroy` cannot slip in between the
-    /// check and the push.
+    /// Called under the target pool's inbox lock or its pool lock (see
+    /// `Workqueue::queue_with`), so `drain` and `destroy` cannot slip in
+    /// between the check and the push.
     fn refusal(&self, from_timer: bool) -> Option<Error> {
         if self.destroyed.load(SeqCst) {
             return Some(Error::Destroyed { queue: self.name.clone() });

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub(crate) use batch::{Batch, FollowUps};
+use crossbeam_utils::CachePadded;
 use inbox::Inbox;
 pub(crate) use link::PwqRef;
 pub(crate) use pwq::{PwqHandle, PwqLink, PwqState};
@@ -122,7 +123,10 @@ pub(crate) struct Pool {
     /// queueing threads deciding without the lock whether to kick.
     nr_waking: AtomicUsize,
     /// Entries queued without the pool lock, admitted by its next holder.
-    inbox: Inbox,
+    /// In cache lines of its own: the counts and the pool lock's word
+    /// around it change with every worker's step, and sharing a line with
+    /// them took it from the queueing thread.
+    inbox: CachePadded<Inbox>,
     /// Whether work waits (1) or not (0): the worklist is non-empty or a
     /// worker holds a stash (`batch.rs`). Stored under the lock when that
     /// changes, for the monitor to read without the lock (with the inbox:
@@ -196,7 +200,7 @@ impl Pool {
             target,
             nr_running: AtomicIsize::new(0),
             nr_waking: AtomicUsize::new(0),
-            inbox: Inbox::default(),
+            inbox: CachePadded::new(Inbox::default()),
             nr_pending: AtomicUsize::new(0),
             batching,
             rt,

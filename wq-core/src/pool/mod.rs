@@ -145,8 +145,10 @@ pub(crate) struct Pool {
     /// Times the watchdog found this pool stalled.
     pub(crate) stalls: AtomicU64,
     /// Items completed (run or discarded) in this pool: the watchdog's
-    /// measure of progress. Written under the pool lock.
-    pub(crate) completed: AtomicU64,
+    /// measure of progress. Written under the pool lock, once per item, so
+    /// in a cache line of its own: beside `nr_running` and `nr_waking` it
+    /// took their line from every queueing thread that reads them.
+    pub(crate) completed: CachePadded<AtomicU64>,
     inner: Mutex<PoolInner>,
     /// Every live worker of the pool. A leaf lock apart from the pool lock,
     /// so the monitor's ticks never wait for (or hold up) the worklist.
@@ -207,7 +209,7 @@ impl Pool {
             nice_granted: AtomicU64::new(u64::MAX),
             creation_failing: AtomicBool::new(false),
             stalls: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
+            completed: CachePadded::new(AtomicU64::new(0)),
             workers: Mutex::new(Vec::new()),
             inner: Mutex::new(PoolInner {
                 worklist: VecDeque::new(),

@@ -311,3 +311,59 @@ fn flush_racing_producers_waits_for_everything_queued_before_it() {
         assert!(flushes > 0);
     }
 }
+
+/// Queues are created, given one item and dropped while another queue keeps
+/// the same pool's worker busy, so each item goes through the inbox and its
+/// pwq is released right after the push (`pool/link.rs`, point 2: a pwq
+/// must not be freed while an entry of it waits in the inbox). Every item
+/// runs exactly once; a freed pwq under a waiting entry would panic a
+/// worker (debug builds) or lose the item.
+#[test]
+fn queues_dropped_right_after_queueing_lose_nothing() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let busy = rt.workqueue("busy").build().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let keep_busy = {
+        let (busy, stop) = (busy.clone(), stop.clone());
+        thread::spawn(move || {
+            // Rounds of tiny items keep the worker running (so the other
+            // queueing goes through the inbox) without a backlog to drain.
+            let done = Arc::new(AtomicUsize::new(0));
+            let mut sent = 0;
+            while !stop.load(SeqCst) {
+                for _ in 0..1_000 {
+                    let done = done.clone();
+                    busy.execute(move || {
+                        done.fetch_add(1, SeqCst);
+                    })
+                    .unwrap();
+                }
+                sent += 1_000;
+                while done.load(SeqCst) < sent - 100 {
+                    thread::yield_now();
+                }
+            }
+        })
+    };
+    let ran = Arc::new(AtomicUsize::new(0));
+    let mut queued = 0usize;
+    let start = Instant::now();
+    while start.elapsed() < RACE_TIME {
+        let q = rt.workqueue("short-lived").build().unwrap();
+        let ran = ran.clone();
+        q.execute(move || {
+            ran.fetch_add(1, SeqCst);
+        })
+        .unwrap();
+        queued += 1;
+    }
+    stop.store(true, SeqCst);
+    keep_busy.join().unwrap();
+    busy.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ran.load(SeqCst) < queued {
+        assert!(Instant::now() < deadline, "{} of {queued} items ran", ran.load(SeqCst));
+        thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(ran.load(SeqCst), queued, "an item ran twice");
+}

@@ -13,7 +13,14 @@
 //! 2. A slot is freed only under the pool lock, in `Pool::free_pwqs`, and
 //!    only once (a) the queue let go of it (its last [`PwqHandle`](super::PwqHandle)
 //!    dropped) and (b) nothing of it is in flight, counted after the inbox
-//!    was admitted.
+//!    was admitted. The order matters: `admit` takes the list of released
+//!    slots *before* it reads the inbox. A handle drops after the pushes
+//!    made through it, and both the push and the release go through a
+//!    lock (the inbox's, then the release list's) that the admitting
+//!    thread takes in the same order, so an inbox read after the release
+//!    was seen holds every entry pushed before it. (Read the other way
+//!    round, a push and release landing between the two reads would
+//!    leave an entry in the inbox of a freed slot.)
 //! 3. A `PwqRef` is made only from a live handle (`Workqueue::queue_with`,
 //!    which holds the queue's pwq set while it pushes), and lives only in
 //!    an entry and what it becomes: a worker's batch, the current item, a

@@ -247,13 +247,24 @@ impl Pool {
     /// after lowering `nr_running` or `nr_waking` and before deciding that
     /// nothing waits: see README.md, "The inbox".
     pub(crate) fn admit(&self, inner: &mut PoolInner) {
+        // Releases before the inbox: a pwq's last entries were pushed
+        // before its handle dropped, so an inbox read after the release
+        // list holds every one of them (`link.rs`, point 2).
+        let released = self.take_released();
         if !self.inbox.is_empty() {
             self.admit_inbox(inner);
         }
-        // After the inbox: a released slot's last entries may wait there.
-        if self.has_released.load(Relaxed) || !inner.freeable.is_empty() {
-            self.free_pwqs(inner);
+        if !released.is_empty() || !inner.freeable.is_empty() {
+            self.free_pwqs(inner, released);
         }
+    }
+
+    /// The slots whose last handle dropped since the last call.
+    fn take_released(&self) -> Vec<usize> {
+        if !self.has_released.load(Relaxed) || !self.has_released.swap(false, SeqCst) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.released.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn admit_inbox(&self, inner: &mut PoolInner) {
@@ -515,15 +526,12 @@ impl Pool {
     /// Frees the slots of released pwqs with nothing in flight; marks the
     /// others, for `complete` to hand over when their last entry is done
     /// (see `link.rs` for why entries' pointers stay valid until then).
-    fn free_pwqs(&self, inner: &mut PoolInner) {
-        if self.has_released.swap(false, SeqCst) {
-            let released = std::mem::take(&mut *self.released.lock().unwrap_or_else(|e| e.into_inner()));
-            for slot in released {
-                let pwq = inner.pwq_mut(slot);
-                pwq.released = true;
-                if pwq.nr_in_flight == 0 {
-                    inner.freeable.push(slot);
-                }
+    fn free_pwqs(&self, inner: &mut PoolInner, released: Vec<usize>) {
+        for slot in released {
+            let pwq = inner.pwq_mut(slot);
+            pwq.released = true;
+            if pwq.nr_in_flight == 0 {
+                inner.freeable.push(slot);
             }
         }
         while let Some(slot) = inner.freeable.pop() {

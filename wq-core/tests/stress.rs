@@ -226,11 +226,7 @@ fn destroy_racing_producers_runs_every_accepted_item_once_and_nothing_after() {
     for unbound in [false, true] {
         for round in 0..20 {
             let rt = Runtime::builder().build().unwrap();
-            let mut b = rt.workqueue("doomed");
-            if unbound {
-                b = b.flags(wq_core::Flags::UNBOUND);
-            }
-            let wq = b.build().unwrap();
+            let wq = bound_or_unbound(&rt, "doomed", unbound);
             let destroyed = Arc::new(AtomicBool::new(false));
             let (ran, late) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
             let producers: Vec<_> = (0..3)
@@ -272,11 +268,7 @@ fn flush_racing_producers_waits_for_everything_queued_before_it() {
     const PER_PRODUCER: usize = 20_000;
     for unbound in [false, true] {
         let rt = Runtime::builder().build().unwrap();
-        let mut b = rt.workqueue("flushed");
-        if unbound {
-            b = b.flags(wq_core::Flags::UNBOUND);
-        }
-        let wq = b.build().unwrap();
+        let wq = bound_or_unbound(&rt, "flushed", unbound);
         let done: Arc<Vec<Vec<AtomicBool>>> =
             Arc::new((0..2).map(|_| (0..PER_PRODUCER).map(|_| AtomicBool::new(false)).collect()).collect());
         let returned: Arc<Vec<AtomicUsize>> = Arc::new((0..2).map(|_| AtomicUsize::new(0)).collect());
@@ -366,4 +358,10 @@ fn queues_dropped_right_after_queueing_lose_nothing() {
         thread::sleep(Duration::from_millis(2));
     }
     assert_eq!(ran.load(SeqCst), queued, "an item ran twice");
+}
+
+/// A queue on `rt`'s bound pools, or its unbound ones.
+fn bound_or_unbound(rt: &Runtime, name: &str, unbound: bool) -> wq_core::Workqueue {
+    let flags = if unbound { wq_core::Flags::UNBOUND } else { wq_core::Flags::empty() };
+    rt.workqueue(name).flags(flags).build().unwrap()
 }

@@ -90,12 +90,6 @@ impl Deref for PwqRef {
     }
 }
 
-impl PartialEq for PwqRef {
-    fn eq(&self, other: &PwqRef) -> bool {
-        self.0 == other.0
-    }
-}
-
 #[cfg(all(test, not(loom)))]
 mod tests {
     use std::sync::{mpsc, Arc};

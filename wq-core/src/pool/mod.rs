@@ -296,12 +296,7 @@ impl Pool {
     /// entries find it decided (README.md, "The inbox").
     pub(crate) fn kick_for_inbox(self: &Arc<Self>) {
         if self.need_more_worker_unlocked() {
-            let mut inner = self.lock();
-            let woken = self.kick(&mut inner);
-            drop(inner);
-            if let Some(w) = woken {
-                w.unpark();
-            }
+            self.kick_and_unlock(self.lock());
         } else if self.nr_running() > 0 && self.rt.monitor.is_parked() {
             // Work waiting behind a running worker needs the monitor (the
             // worker may sleep unannounced). The inbox's `full` was raised
@@ -405,6 +400,15 @@ impl Pool {
         }
     }
 
+    /// `kick`, then releases the lock and unparks the worker it woke.
+    pub(crate) fn kick_and_unlock(self: &Arc<Self>, mut inner: MutexGuard<'_, PoolInner>) {
+        let woken = self.kick(&mut inner);
+        drop(inner);
+        if let Some(w) = woken {
+            w.unpark();
+        }
+    }
+
     /// Whether a worker waits on the idle list: waking it costs a futex
     /// call, not a thread creation.
     pub(crate) fn has_idle_worker(&self) -> bool {
@@ -449,11 +453,7 @@ impl Pool {
         // Work waiting behind a running worker needs the monitor (the
         // worker may sleep unannounced); work for an idle pool does not.
         let poke_monitor = self.nr_running() > 0 && self.rt.monitor.is_parked();
-        let woken = self.kick(&mut inner);
-        drop(inner);
-        if let Some(w) = woken {
-            w.unpark();
-        }
+        self.kick_and_unlock(inner);
         if poke_monitor {
             self.rt.monitor.poke();
         }
@@ -594,10 +594,8 @@ impl Pool {
     /// Activates what pwq `slot` can (a queue-wide slot freed elsewhere).
     pub(crate) fn activate_and_kick(self: &Arc<Self>, slot: usize) {
         let mut inner = self.lock();
-        let woken = if self.activate(&mut inner, slot) { self.kick(&mut inner) } else { None };
-        drop(inner);
-        if let Some(w) = woken {
-            w.unpark();
+        if self.activate(&mut inner, slot) {
+            self.kick_and_unlock(inner);
         }
     }
 
@@ -605,10 +603,8 @@ impl Pool {
     pub(crate) fn set_frozen(self: &Arc<Self>, slot: usize, frozen: bool) {
         let mut inner = self.lock();
         inner.pwq_mut(slot).frozen = frozen;
-        let woken = if !frozen && self.activate(&mut inner, slot) { self.kick(&mut inner) } else { None };
-        drop(inner);
-        if let Some(w) = woken {
-            w.unpark();
+        if !frozen && self.activate(&mut inner, slot) {
+            self.kick_and_unlock(inner);
         }
     }
 
@@ -746,10 +742,6 @@ pub(crate) fn complete_entry(done: Done) {
     let mut follow_ups = FollowUps::default();
     let mut inner = pool.lock();
     pool.apply(&mut inner, [done], &mut follow_ups);
-    let woken = pool.kick(&mut inner);
-    drop(inner);
-    if let Some(w) = woken {
-        w.unpark();
-    }
+    pool.kick_and_unlock(inner);
     follow_ups.run();
 }

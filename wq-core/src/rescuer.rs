@@ -26,8 +26,6 @@ pub(crate) const MAYDAY_INTERVAL: std::time::Duration = std::time::Duration::fro
 
 pub(crate) struct Rescuer {
     wq: Arc<WqCore>,
-    /// `(pool id, pwq slot)` of each pwq the queue ever had.
-    slots: Mutex<Vec<(usize, usize)>>,
     maydays: Mutex<Vec<Arc<Pool>>>,
     cv: Condvar,
     shutdown: AtomicBool,
@@ -38,7 +36,6 @@ impl Rescuer {
     pub(crate) fn start(wq: Arc<WqCore>) -> Result<Arc<Rescuer>, Error> {
         let rescuer = Arc::new(Rescuer {
             wq,
-            slots: Mutex::new(Vec::new()),
             maydays: Mutex::new(Vec::new()),
             cv: Condvar::new(),
             shutdown: AtomicBool::new(false),
@@ -48,10 +45,6 @@ impl Rescuer {
         let r = rescuer.clone();
         std::thread::Builder::new().name(name).spawn(move || r.run()).map_err(Error::Spawn)?;
         Ok(rescuer)
-    }
-
-    pub(crate) fn add_slots(&self, slots: impl IntoIterator<Item = (usize, usize)>) {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).extend(slots);
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Arc<Pool>>> {
@@ -97,13 +90,12 @@ impl Rescuer {
     }
 
     /// Runs this queue's entries of `pool` while the pool cannot create workers.
+    ///
+    /// Entries are picked by the queue they name, not by pwq slot: a slot
+    /// the queue gave up (`apply_attrs`) may since serve another queue.
     fn rescue(&self, pool: &Arc<Pool>, me: &Arc<WorkerShared>) {
-        let slots: Vec<usize> = {
-            let all = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            all.iter().filter(|(id, _)| *id == pool.id).map(|(_, slot)| *slot).collect()
-        };
         loop {
-            let mine: Vec<_> = slots.iter().flat_map(|&slot| pool.take_entries_of(slot)).collect();
+            let mine = pool.take_entries_of(&self.wq);
             if mine.is_empty() {
                 return;
             }

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::{thread_names, wait_until};
-use wq_core::{Detector, Flags, Runtime};
+use wq_core::{Attrs, Detector, Flags, Runtime};
 
 /// With worker creation failing and the pool's only worker blocked, a
 /// MEM_RECLAIM queue's items run through its rescuer; a plain queue's
@@ -81,6 +81,74 @@ fn rescuer_runs_mem_reclaim_work_when_workers_cannot_be_created() {
     assert_eq!(plain_runs.load(SeqCst), 50);
     assert_eq!(reclaim.stats().total, 1000);
     assert!(thread_names().iter().any(|n| n.starts_with("wq/r:reclaim")), "{:?}", thread_names());
+}
+
+/// A `MEM_RECLAIM` queue's rescuer takes only its own queue's entries,
+/// even from a pwq slot the queue gave up (`apply_attrs`) and another
+/// queue now uses. It used to remember slots, not queues, and ran the
+/// other queue's items.
+#[test]
+fn a_rescuer_leaves_a_reused_slot_to_its_new_queue() {
+    let fail = Arc::new(AtomicBool::new(false));
+    let f = fail.clone();
+    let rt = Runtime::builder()
+        .cpus([0])
+        .spawn_hook(move || if f.load(SeqCst) { Err(io::Error::from_raw_os_error(libc::EAGAIN)) } else { Ok(()) })
+        .build()
+        .unwrap();
+    let unbound = |name: &str, flags: Flags| rt.workqueue(name).flags(Flags::UNBOUND | flags).build().unwrap();
+    let reclaim = unbound("reclaim", Flags::MEM_RECLAIM);
+    let blocker_q = unbound("blocker", Flags::empty());
+    // The reclaim queue leaves the nice-0 pool; once its old pwq is
+    // dropped (stats prunes drained ones) and the pool admits again, the
+    // slot is free, and the next queue there takes it.
+    reclaim.apply_attrs(Attrs { nice: 5, ..Attrs::default() }).unwrap();
+    let _ = reclaim.stats();
+    blocker_q.execute(|| {}).unwrap();
+    blocker_q.flush().unwrap();
+    let plain = unbound("plain", Flags::empty());
+    // Back on the nice-0 pool, in a new slot.
+    reclaim.apply_attrs(Attrs::default()).unwrap();
+
+    fail.store(true, SeqCst);
+    let pool = |rt: &Runtime| rt.stats().pools.into_iter().find(|p| p.cpu.is_none() && p.nice == 0).unwrap();
+    let workers = pool(&rt).workers;
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+    let blocked = Arc::new(AtomicUsize::new(0));
+    for _ in 0..workers {
+        let (rx, b) = (release_rx.clone(), blocked.clone());
+        blocker_q
+            .execute(move || {
+                b.fetch_add(1, SeqCst);
+                wq_core::blocking(|| rx.lock().unwrap().recv().unwrap());
+            })
+            .unwrap();
+    }
+    wait_until("every worker of the pool is blocked", || blocked.load(SeqCst) == workers);
+    let plain_runs = Arc::new(AtomicUsize::new(0));
+    let rescued_runs = Arc::new(AtomicUsize::new(0));
+    for (q, runs) in [(&plain, &plain_runs), (&reclaim, &rescued_runs)] {
+        for _ in 0..50 {
+            let r = runs.clone();
+            q.execute(move || {
+                r.fetch_add(1, SeqCst);
+            })
+            .unwrap();
+        }
+    }
+    wait_until("the rescuer ran the reclaim queue's items", || rescued_runs.load(SeqCst) == 50);
+    assert_eq!(plain_runs.load(SeqCst), 0, "the rescuer ran another queue's items");
+    assert_eq!(reclaim.stats().rescued, 50);
+
+    fail.store(false, SeqCst);
+    for _ in 0..workers {
+        release_tx.send(()).unwrap();
+    }
+    plain.flush().unwrap();
+    blocker_q.flush().unwrap();
+    assert_eq!(plain_runs.load(SeqCst), 50);
+    assert_eq!(plain.stats().total, 50);
 }
 
 #[test]

@@ -581,11 +581,12 @@ impl Pool {
         }
     }
 
-    /// Takes the worklist entries of pwq `slot` (for its rescuer).
-    pub(crate) fn take_entries_of(&self, slot: usize) -> Vec<Entry> {
+    /// Takes the worklist entries of queue `wq`, whichever of its pwqs
+    /// they belong to (for its rescuer).
+    pub(crate) fn take_entries_of(&self, wq: &Arc<WqCore>) -> Vec<Entry> {
         let mut inner = self.lock();
         let (mine, rest): (VecDeque<Entry>, VecDeque<Entry>) =
-            std::mem::take(&mut inner.worklist).into_iter().partition(|e| e.pwq.slot == slot);
+            std::mem::take(&mut inner.worklist).into_iter().partition(|e| Arc::ptr_eq(&e.pwq.wq, wq));
         inner.worklist = rest;
         self.sync_pending(&inner);
         mine.into()

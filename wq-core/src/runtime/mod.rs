@@ -305,9 +305,6 @@ impl Runtime {
                 PwqSet { links, by_slot }
             }
         };
-        if let Some(r) = rescuer {
-            r.add_slots(set.links.iter().map(|l| (l.pool.id, l.slot)));
-        }
         Ok(set)
     }
 

@@ -1,6 +1,7 @@
 """Shared helpers for the cmwq test suite."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -54,14 +55,23 @@ def one_cpu_runtime():
     return cmwq.Runtime(cpus=[cpu], cpu_hog_threshold=30.0, detector="explicit")
 
 
+def _default_sigint():
+    # A shell starts background jobs with SIGINT ignored, and an interpreter that starts with
+    # it ignored installs no KeyboardInterrupt handler: the Ctrl-C tests would then test
+    # nothing, or fail, depending on how the suite was launched.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_script(source, timeout=60, env=None):
-    """Runs `source` in a fresh interpreter; returns the CompletedProcess."""
+    """Runs `source` in a fresh interpreter, with SIGINT's default disposition whatever ours
+    is; returns the CompletedProcess."""
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(source)],
         capture_output=True,
         text=True,
         timeout=timeout,
         env={**os.environ, **(env or {})},
+        preexec_fn=_default_sigint,
     )
 
 

@@ -95,6 +95,8 @@ pub(crate) struct Task<T, F> {
     /// Taken by the one `run` (the queued entry owns the only `Runnable`
     /// handle and `run` consumes it); a task dropped unrun drops it here.
     f: Mutex<Option<F>>,
+    /// The allocation comes from, and goes back to, `recycle.rs`.
+    recycled: bool,
 }
 
 impl<T, F> Task<T, F>
@@ -102,9 +104,13 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    /// The task to queue and the handle to its result.
-    pub(crate) fn split(f: F) -> (Arc<dyn Runnable>, Completion<T>) {
-        let task = Arc::new(Task { shared: CompletionShared::new(), f: Mutex::new(Some(f)) });
+    /// The task to queue and the handle to its result. `recycled`: take
+    /// the allocation from `recycle.rs`, and give it back there when a
+    /// worker drops it; worth it only when the worker runs on another CPU
+    /// (see `Workqueue::submit`).
+    pub(crate) fn split(f: F, recycled: bool) -> (Arc<dyn Runnable>, Completion<T>) {
+        let task = Task { shared: CompletionShared::new(), f: Mutex::new(Some(f)), recycled };
+        let task = if recycled { crate::recycle::arc(task) } else { Arc::new(task) };
         (task.clone(), Completion { shared: task })
     }
 }
@@ -214,7 +220,19 @@ where
         let f = self.f.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(f) = f else { return Outcome::Skipped };
         // Only the Completion can hold the other reference.
-        self.shared.run(f, || Arc::strong_count(&self) == 1)
+        let outcome = self.shared.run(f, || Arc::strong_count(&self) == 1);
+        if self.recycled && Arc::strong_count(&self) == 1 {
+            // Detached and done: empty it, then keep the allocation. The
+            // result (stored if the Completion went just after the run) and
+            // a waker a dropped Completion future left are user code.
+            let leftovers = {
+                let mut slot = self.shared.lock();
+                (slot.result.take(), slot.waker.take())
+            };
+            drop_quietly(leftovers);
+            crate::recycle::give_back(self);
+        }
+        outcome
     }
 }
 

@@ -18,6 +18,9 @@
 //!   state machine (pending bit, non-reentrancy, `cancel_sync`, `flush`).
 //! - [`blocking`]: tells the pool that the calling worker sleeps, so another
 //!   one takes over the pending work.
+//! - [`recycle`]: the allocations of items that one thread queues and a
+//!   worker on another CPU drops, handed back in batches (`submit` on
+//!   unbound queues, and executors built on [`Workqueue::execute_shared`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -56,6 +59,7 @@ mod loom_models;
 mod monitor;
 mod pool;
 mod publish;
+pub mod recycle;
 mod rescuer;
 mod runtime;
 mod stats;

@@ -29,6 +29,44 @@ fn builder_validates_its_input() {
     assert!(err.contains("name is empty"), "{err}");
 }
 
+/// Detached and kept `submit`s from two threads on one unbound queue, so
+/// allocations handed back by workers (`wq_core::recycle`) serve later
+/// ones: every kept `Completion` gets its own result, and every result,
+/// taken or not, is dropped exactly once.
+#[test]
+fn recycled_submits_keep_their_results_apart() {
+    static DROPS: AtomicUsize = AtomicUsize::new(0);
+    struct Tracked(u64);
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            DROPS.fetch_add(1, SeqCst);
+        }
+    }
+    let wq = Workqueue::builder("submit_recycled").flags(Flags::UNBOUND).build().unwrap();
+    let per_thread = 20_000u64;
+    let submitters: Vec<_> = (0..2u64)
+        .map(|s| {
+            let wq = wq.clone();
+            thread::spawn(move || {
+                let mut kept = Vec::new();
+                for i in 0..per_thread {
+                    let id = s * per_thread + i;
+                    let completion = wq.submit(move || Tracked(id)).unwrap();
+                    if i % 3 == 0 {
+                        kept.push((id, completion));
+                    }
+                }
+                for (id, completion) in kept {
+                    assert_eq!(completion.wait().unwrap().0, id, "a Completion got another closure's result");
+                }
+            })
+        })
+        .collect();
+    submitters.into_iter().for_each(|t| t.join().unwrap());
+    wq.flush().unwrap();
+    assert_eq!(DROPS.load(SeqCst), 2 * per_thread as usize, "a result was dropped twice or kept");
+}
+
 #[test]
 fn ordered_queue_runs_strictly_fifo_one_at_a_time() {
     let wq = Workqueue::builder("ordered").ordered().build().unwrap();

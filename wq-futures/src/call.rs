@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
-use wq_core::{SharedItem, Workqueue};
+use wq_core::{recycle, Flags, SharedItem, Workqueue};
 
 use crate::task::{Abort, JoinError, JoinHandle};
 
@@ -73,6 +73,8 @@ struct Call<T, F> {
     /// Taken by the worker that wins `QUEUED -> RUNNING`, or dropped by
     /// the side that cancels.
     f: Mutex<Option<F>>,
+    /// The allocation comes from, and goes back to, `wq_core::recycle`.
+    recycled: bool,
 }
 
 /// What a [`JoinHandle`] holds of a call: its state, with the closure's
@@ -130,6 +132,13 @@ where
             // (or the panic payload's) must not unwind into the worker.
             let _ = catch_unwind(AssertUnwindSafe(move || drop(result)));
             self.shared.state.store(DONE, Ordering::Release);
+            if self.recycled {
+                // Kept values must hold nothing: a dropped handle may have
+                // left its waker (the executor's code) registered.
+                let waker = self.shared.waker.take();
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(waker)));
+                recycle::give_back(self);
+            }
             return;
         }
         *self.shared.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
@@ -161,10 +170,17 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let call = Arc::new(Call {
+    // On an unbound queue the call usually runs on another CPU, which then
+    // frees what this thread allocated: recycle it (`wq_core::recycle`). On
+    // a bound queue it runs on this CPU, where the allocator's per-thread
+    // caches do as well.
+    let recycled = wq.flags().contains(Flags::UNBOUND);
+    let call = Call {
         shared: CallState { state: AtomicU8::new(QUEUED), result: Mutex::new(None), waker: AtomicWaker::new() },
         f: Mutex::new(Some(f)),
-    });
+        recycled,
+    };
+    let call = if recycled { recycle::arc(call) } else { Arc::new(call) };
     // A refusal discards the call, which cancels it, so the handle reports
     // a cancellation, as tokio's does once its runtime shut down.
     let _ = wq.execute_shared(Arc::clone(&call));

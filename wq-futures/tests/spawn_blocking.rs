@@ -44,6 +44,44 @@ fn every_call_runs_once_and_every_result_comes_back() {
     assert_eq!(runs.load(Ordering::SeqCst), 10_000, "every call ran exactly once");
 }
 
+/// Detached and awaited calls from two threads on one unbound queue, so
+/// allocations handed back by workers (`wq_core::recycle`) serve later
+/// calls: every awaited call still gets its own result, and every result,
+/// taken or not, is dropped exactly once.
+#[test]
+fn recycled_calls_keep_their_results_apart() {
+    static DROPS: AtomicUsize = AtomicUsize::new(0);
+    struct Tracked(u64);
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            DROPS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let wq = Workqueue::builder("fut_call_recycled").flags(wq_core::Flags::UNBOUND).build().unwrap();
+    let per_thread = 20_000u64;
+    let submitters: Vec<_> = (0..2u64)
+        .map(|s| {
+            let wq = wq.clone();
+            thread::spawn(move || {
+                let mut kept = Vec::new();
+                for i in 0..per_thread {
+                    let id = s * per_thread + i;
+                    let handle = wq.spawn_blocking(move || Tracked(id));
+                    if i % 3 == 0 {
+                        kept.push((id, handle));
+                    }
+                }
+                for (id, handle) in kept {
+                    assert_eq!(block_on(handle).expect("call ran").0, id, "a handle got another call's result");
+                }
+            })
+        })
+        .collect();
+    submitters.into_iter().for_each(|t| t.join().unwrap());
+    wq.flush().unwrap();
+    assert_eq!(DROPS.load(Ordering::SeqCst), 2 * per_thread as usize, "a result was dropped twice or kept");
+}
+
 #[test]
 fn abort_through_an_abort_handle_cancels_a_queued_call_and_drops_its_closure() {
     let wq = Workqueue::builder("fut_call_abort").max_active(1).build().unwrap();

@@ -79,6 +79,9 @@ struct Depot<T> {
     /// without it: a thread finding none moves on without locking, which
     /// matters while queueing outpaces the workers and shelves stay empty.
     stock: Box<[CachePadded<AtomicUsize>]>,
+    /// The sum of `stock`, kept the same way: one load tells a thread that
+    /// every shelf is empty, before it asks which CPU it is on.
+    total: CachePadded<AtomicUsize>,
 }
 
 struct Shelf<T> {
@@ -93,6 +96,7 @@ impl<T> Depot<T> {
         Depot {
             shelves: (0..n).map(|_| Mutex::new(Shelf { full: Vec::new(), empty: Vec::new() })).collect(),
             stock: (0..n).map(|_| CachePadded::new(AtomicUsize::new(0))).collect(),
+            total: CachePadded::new(AtomicUsize::new(0)),
         }
     }
 
@@ -193,6 +197,9 @@ impl<T> Local<T> {
         if let Some(arc) = self.returned.pop() {
             return Some(arc);
         }
+        if self.depot.total.load(Relaxed) == 0 {
+            return None;
+        }
         // This CPU's shelf first, then the others'.
         let home = self.depot.home();
         let n = self.depot.shelves.len();
@@ -203,6 +210,7 @@ impl<T> Local<T> {
             let mut shelf = self.depot.lock(at);
             let Some(full) = shelf.full.pop() else { continue };
             self.depot.stock[at].store(shelf.full.len(), Relaxed);
+            self.depot.total.fetch_sub(1, Relaxed);
             let empty = std::mem::replace(&mut self.loaded, full);
             if shelf.empty.len() < SHELF_FULL {
                 shelf.empty.push(empty);
@@ -230,6 +238,7 @@ impl<T> Local<T> {
         let full = std::mem::replace(&mut self.returned, empty);
         shelf.full.push(full);
         self.depot.stock[home].store(shelf.full.len(), Relaxed);
+        self.depot.total.fetch_add(1, Relaxed);
     }
 }
 

@@ -6,7 +6,8 @@
 //! once needs none of that: [`spawn_blocking`] puts the closure, its result
 //! slot and the waker of whoever awaits it in one allocation, [`Call`], and
 //! queues that `Arc` itself with `Workqueue::execute_shared`: one
-//! allocation per call.
+//! allocation per call. On an unbound queue, a detached call's worker
+//! hands the allocation back for a later call (`wq_core::recycle`).
 //!
 //! # States
 //!

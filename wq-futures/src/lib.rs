@@ -16,8 +16,9 @@
 //!   dropping it detaches the task, [`JoinHandle::abort`] cancels it, a panic
 //!   becomes a [`JoinError`] and the worker survives.
 //! - [`WorkqueueExt::spawn_blocking`] → the same [`JoinHandle`] for a
-//!   blocking closure run as one work item (one allocation per call; the
-//!   engine of `wq_tokio_compat::spawn_blocking`).
+//!   blocking closure run as one work item (one allocation per call,
+//!   reused by later calls when detached on an unbound queue; the engine
+//!   of `wq_tokio_compat::spawn_blocking`).
 //! - [`Executor`], a `futures::task::Spawn` implementation, for libraries
 //!   that take a spawner.
 //! - [`block_on`] for `main` functions and tests.

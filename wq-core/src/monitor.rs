@@ -48,7 +48,7 @@ use crate::runtime::RtCore;
 use crate::trace::TraceKind;
 use crate::worker::{WorkerShared, BLOCKING, CPU_INTENSIVE, IDLE, IGNORE_SLEEPS, SLEEPING};
 use crate::{sys, Error};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Relaxed, Ordering::SeqCst};
 
 /// How often busy workers are polled while work is pending. Each tick is a
 /// wake-up that preempts a worker (a context switch each way, ~5 µs here).
@@ -413,7 +413,7 @@ fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration, hog
     let unannounced = asleep && flags & (BLOCKING | IGNORE_SLEEPS) == 0;
     let Some(wall_ns) = hog_tick.filter(|_| !slept) else { return unannounced };
     let (item, used) = w.cpu_time_since_base(w.mon_slept.swap(false, Relaxed), wall_ns);
-    if flags & CPU_INTENSIVE == 0 && used >= hog_threshold && w.items_started.load(SeqCst) == item {
+    if flags & CPU_INTENSIVE == 0 && used >= hog_threshold && w.items_started.load(Acquire) == item {
         w.hog_marked.store(true, Relaxed);
         if w.set_flags(pool, CPU_INTENSIVE) {
             pool.worker_stopped_running(w);

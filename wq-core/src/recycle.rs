@@ -30,7 +30,7 @@
 //!
 //! Memory: only values of at most [`MAX_SIZE`] bytes are kept, at most 64
 //! per thread and type for up to 16 types, and 128 per type and CPU in the
-//! depot.
+//! depots (one per type, kept for the life of the process).
 //! A thread's magazines are freed when it exits.
 //!
 //! ```
@@ -70,9 +70,10 @@ pub const MAX_SIZE: usize = 256;
 /// The magazines of one type that any thread may take, on one shelf per
 /// CPU: a magazine filled by a worker goes to the shelf of the CPU it ran
 /// on, and a thread refills from its own CPU's shelf first, so the values'
-/// cache lines mostly stay where they are. (One shared shelf cost bound
-/// queues fed from two CPUs 30% of their throughput: every value crossed
-/// to the other CPU and back.)
+/// cache lines mostly stay where they are. (With one shared shelf, bound
+/// queues fed from two CPUs lost 30% of their throughput: values crossed
+/// to the other CPU and back. Bound queues no longer recycle at all; see
+/// `Workqueue::submit`.)
 struct Depot<T> {
     shelves: Box<[Mutex<Shelf<T>>]>,
     /// Full magazines on each shelf. Written under the shelf's lock, read
@@ -123,7 +124,9 @@ thread_local! {
     static LOCALS: RefCell<Vec<(TypeId, Box<dyn Any>)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The depot of type `T`, created on first use (once per type and thread).
+/// The depot of type `T`, created on its first use and kept for the life
+/// of the process (one per type ever recycled: the program's item types).
+/// Looked up once per type and thread.
 fn depot<T: Send + Sync + 'static>() -> Arc<Depot<T>> {
     static DEPOTS: OnceLock<Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>> = OnceLock::new();
     let mut all = DEPOTS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -65,6 +66,30 @@ fn recycled_submits_keep_their_results_apart() {
     submitters.into_iter().for_each(|t| t.join().unwrap());
     wq.flush().unwrap();
     assert_eq!(DROPS.load(SeqCst), 2 * per_thread as usize, "a result was dropped twice or kept");
+}
+
+/// A `Completion` polled (its waker registered) and then dropped leaves
+/// its waker in the task; the worker that keeps the task's allocation for
+/// reuse (`wq_core::recycle`) must drop that waker first, not keep it
+/// alive until the allocation is reused.
+#[test]
+fn a_recycled_submit_keeps_no_waker_of_a_dropped_completion() {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let wq = Workqueue::builder("submit_recycled_waker").flags(Flags::UNBOUND).build().unwrap();
+    let waker_alive = Arc::new(Noop);
+    let waker = std::task::Waker::from(waker_alive.clone());
+    let (release, gate) = mpsc::channel::<()>();
+    let mut completion = wq.submit(move || gate.recv().unwrap()).unwrap();
+    let pending = std::pin::Pin::new(&mut completion).poll(&mut std::task::Context::from_waker(&waker));
+    assert!(pending.is_pending());
+    drop((completion, waker));
+    assert_eq!(Arc::strong_count(&waker_alive), 2, "the task holds the registered waker");
+    release.send(()).unwrap();
+    wq.flush().unwrap();
+    assert_eq!(Arc::strong_count(&waker_alive), 1, "the finished, detached task still holds the waker");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
@@ -80,6 +81,29 @@ fn recycled_calls_keep_their_results_apart() {
     submitters.into_iter().for_each(|t| t.join().unwrap());
     wq.flush().unwrap();
     assert_eq!(DROPS.load(Ordering::SeqCst), 2 * per_thread as usize, "a result was dropped twice or kept");
+}
+
+/// A handle polled (its waker registered) and then dropped leaves its
+/// waker in the call; the worker that keeps the call's allocation for reuse
+/// (`wq_core::recycle`) must drop that waker first.
+#[test]
+fn a_recycled_call_keeps_no_waker_of_a_dropped_handle() {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let wq = Workqueue::builder("fut_call_recycled_waker").flags(wq_core::Flags::UNBOUND).build().unwrap();
+    let waker_alive = Arc::new(Noop);
+    let waker = std::task::Waker::from(waker_alive.clone());
+    let (release, gate) = mpsc::channel::<()>();
+    let mut handle = wq.spawn_blocking(move || gate.recv().unwrap());
+    let pending = std::pin::Pin::new(&mut handle).poll(&mut std::task::Context::from_waker(&waker));
+    assert!(pending.is_pending());
+    drop((handle, waker));
+    assert_eq!(Arc::strong_count(&waker_alive), 2, "the call holds the registered waker");
+    release.send(()).unwrap();
+    wq.flush().unwrap();
+    assert_eq!(Arc::strong_count(&waker_alive), 1, "the finished, detached call still holds the waker");
 }
 
 #[test]

@@ -11,11 +11,9 @@ use std::time::Duration;
 use common::{thread_names, wait_until};
 use wq_core::{Attrs, Detector, Flags, Runtime};
 
-/// With worker creation failing and the pool's only worker blocked, a
-/// MEM_RECLAIM queue's items run through its rescuer; a plain queue's
-/// items wait, and run once creation works again. Nothing is lost.
-#[test]
-fn rescuer_runs_mem_reclaim_work_when_workers_cannot_be_created() {
+/// A runtime on CPU 0 whose worker creation fails (EAGAIN) while the
+/// returned flag is set.
+fn one_cpu_runtime_with_failing_spawns() -> (Runtime, Arc<AtomicBool>) {
     let fail = Arc::new(AtomicBool::new(false));
     let f = fail.clone();
     let rt = Runtime::builder()
@@ -23,6 +21,15 @@ fn rescuer_runs_mem_reclaim_work_when_workers_cannot_be_created() {
         .spawn_hook(move || if f.load(SeqCst) { Err(io::Error::from_raw_os_error(libc::EAGAIN)) } else { Ok(()) })
         .build()
         .unwrap();
+    (rt, fail)
+}
+
+/// With worker creation failing and the pool's only worker blocked, a
+/// MEM_RECLAIM queue's items run through its rescuer; a plain queue's
+/// items wait, and run once creation works again. Nothing is lost.
+#[test]
+fn rescuer_runs_mem_reclaim_work_when_workers_cannot_be_created() {
+    let (rt, fail) = one_cpu_runtime_with_failing_spawns();
     let reclaim = rt.workqueue("reclaim").flags(Flags::MEM_RECLAIM).build().unwrap();
     let plain = rt.workqueue("plain").build().unwrap();
     let blocker_q = rt.workqueue("blocker").build().unwrap();
@@ -89,13 +96,7 @@ fn rescuer_runs_mem_reclaim_work_when_workers_cannot_be_created() {
 /// other queue's items.
 #[test]
 fn a_rescuer_leaves_a_reused_slot_to_its_new_queue() {
-    let fail = Arc::new(AtomicBool::new(false));
-    let f = fail.clone();
-    let rt = Runtime::builder()
-        .cpus([0])
-        .spawn_hook(move || if f.load(SeqCst) { Err(io::Error::from_raw_os_error(libc::EAGAIN)) } else { Ok(()) })
-        .build()
-        .unwrap();
+    let (rt, fail) = one_cpu_runtime_with_failing_spawns();
     let unbound = |name: &str, flags: Flags| rt.workqueue(name).flags(Flags::UNBOUND | flags).build().unwrap();
     let reclaim = unbound("reclaim", Flags::MEM_RECLAIM);
     let blocker_q = unbound("blocker", Flags::empty());

@@ -108,7 +108,10 @@ fn a_recycled_call_keeps_no_waker_of_a_dropped_handle() {
 
 #[test]
 fn abort_through_an_abort_handle_cancels_a_queued_call_and_drops_its_closure() {
-    let wq = Workqueue::builder("fut_call_abort").max_active(1).build().unwrap();
+    // Ordered: one call at a time, whichever CPU queues it. (A bound
+    // queue's max_active is per CPU: a test thread that moved to the other
+    // CPU between the two calls saw the second one run at once.)
+    let wq = Workqueue::builder("fut_call_abort").ordered().build().unwrap();
     let (started_tx, started_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let blocker = wq.spawn_blocking(move || {
@@ -116,7 +119,7 @@ fn abort_through_an_abort_handle_cancels_a_queued_call_and_drops_its_closure() {
         release_rx.recv().unwrap();
     });
     started_rx.recv().unwrap();
-    // max_active 1: this call waits behind the blocker.
+    // This call waits behind the blocker.
     let dropped = Arc::new(AtomicBool::new(false));
     let flag = DropFlag(dropped.clone());
     let ran = Arc::new(AtomicBool::new(false));

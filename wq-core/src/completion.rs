@@ -107,7 +107,7 @@ where
     /// The task to queue and the handle to its result. `recycled`: take
     /// the allocation from `recycle.rs`, and give it back there when a
     /// worker drops it; worth it only when the worker runs on another CPU
-    /// (see `Workqueue::submit`).
+    /// (`recycle::pays_off_on`).
     pub(crate) fn split(f: F, recycled: bool) -> (Arc<dyn Runnable>, Completion<T>) {
         let task = Task { shared: CompletionShared::new(), f: Mutex::new(Some(f)), recycled };
         let task = if recycled { crate::recycle::arc(task) } else { Arc::new(task) };

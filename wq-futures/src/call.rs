@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
-use wq_core::{recycle, Flags, SharedItem, Workqueue};
+use wq_core::{recycle, SharedItem, Workqueue};
 
 use crate::task::{Abort, JoinError, JoinHandle};
 
@@ -171,11 +171,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    // On an unbound queue the call usually runs on another CPU, which then
-    // frees what this thread allocated: recycle it (`wq_core::recycle`). On
-    // a bound queue it runs on this CPU, where the allocator's per-thread
-    // caches do as well.
-    let recycled = wq.flags().contains(Flags::UNBOUND);
+    let recycled = recycle::pays_off_on(wq);
     let call = Call {
         shared: CallState { state: AtomicU8::new(QUEUED), result: Mutex::new(None), waker: AtomicWaker::new() },
         f: Mutex::new(Some(f)),

@@ -352,11 +352,7 @@ impl Workqueue {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        // An unbound queue's item usually runs on another CPU, which then
-        // frees what this thread allocated: recycle it (`recycle.rs`). A
-        // bound queue's runs on this CPU, where the allocator's own
-        // per-thread caches do as well and recycling only adds its cost.
-        let (task, completion) = Task::split(f, self.shared.core.flags.contains(Flags::UNBOUND));
+        let (task, completion) = Task::split(f, crate::recycle::pays_off_on(self));
         self.queue_job(Job::Shared(SharedJob::new(task)), self.shared.rt.local_slot())?;
         Ok(completion)
     }

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
@@ -235,4 +235,68 @@ fn batched_tiny_items_charge_their_cpu_time_to_their_own_queue() {
         sa.cpu_time,
         sb.cpu_time
     );
+}
+
+/// A worker merges the records of a stash's items per queue and flush
+/// colour (`pool/done.rs`). Two queues interleaved in short runs on one
+/// pool, with panics and cancelled work items among them and one queue's
+/// `max_active` below a stash, must still count every item on its own
+/// queue and give back every active slot.
+#[test]
+fn merged_records_keep_each_queues_counts_and_slots() {
+    const RUNS: usize = 40;
+    const RUN_LEN: usize = 5;
+    const LIMIT: usize = 8;
+    let rt = Runtime::builder().cpus([0]).publish(false).build().unwrap();
+    let a = rt.workqueue("limited").max_active(LIMIT as u32).build().unwrap();
+    let b = rt.workqueue("plain").build().unwrap();
+    let release = hold(&rt.workqueue("holder").build().unwrap());
+    let ran = Arc::new(AtomicUsize::new(0));
+    let mut panics = 0;
+    let cancelled = wq_core::Work::new(|| panic!("a cancelled work item ran"));
+    for run in 0..RUNS {
+        for i in 0..RUN_LEN {
+            let r = ran.clone();
+            // Not `panic!`: `resume_unwind` skips the panic hook, so the
+            // injected panics stay out of the test output.
+            let panics_now = (run * RUN_LEN + i) % 7 == 0;
+            panics += usize::from(panics_now);
+            a.execute(move || {
+                r.fetch_add(1, SeqCst);
+                if panics_now {
+                    std::panic::resume_unwind(Box::new("injected"));
+                }
+            })
+            .unwrap();
+        }
+        tiny(&b, &ran, RUN_LEN);
+        assert!(b.queue(&cancelled));
+        assert!(cancelled.cancel());
+    }
+    release.store(true, SeqCst);
+    wait_until("every item ran", || ran.load(SeqCst) >= 2 * RUNS * RUN_LEN);
+    a.flush().unwrap();
+    b.flush().unwrap();
+    let n = (RUNS * RUN_LEN) as u64;
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!((sa.total, sa.panics, sa.in_flight), (n, panics as u64, 0), "{sa:?}");
+    // Cancelled instances are discarded, not counted as run.
+    assert_eq!((sb.total, sb.panics, sb.in_flight), (n, 0, 0), "{sb:?}");
+    // Every active slot is free again: `max_active` items can all be
+    // running at once (a slot lost to a merged record would keep one of
+    // them inactive, and the barrier closed).
+    let all_in = Arc::new(Barrier::new(LIMIT + 1));
+    for _ in 0..LIMIT {
+        let all_in = all_in.clone();
+        a.execute(move || {
+            wq_core::blocking(|| all_in.wait());
+        })
+        .unwrap();
+    }
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        all_in.wait();
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(HANG).expect("fewer than max_active items of the limited queue could run at once");
 }

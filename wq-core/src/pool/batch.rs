@@ -182,12 +182,15 @@ impl WorkerShared {
         if b.stash.len() < 2 {
             return None;
         }
-        let pushed = b.done.len();
-        b.done.append(done);
         // Read after the push and under the batch lock: a flusher raises
         // `flushers` before it settles (locking this batch), so either it
         // finds these records or this sees it and applies them now.
-        let flushing = b.done[pushed..].iter().any(|d| d.link.wq.has_flushers());
+        let mut flushing = false;
+        for d in done.drain(..) {
+            let link = d.link;
+            d.push_into(&mut b.done);
+            flushing |= link.wq.has_flushers();
+        }
         if flushing || pool.nr_running() > pool.target as isize {
             return None;
         }

@@ -73,6 +73,11 @@ impl PwqRef {
         }
     }
 
+    /// Whether `self` and `other` name the same pwq.
+    pub(crate) fn same(self, other: PwqRef) -> bool {
+        self.0 == other.0
+    }
+
     /// Whether `self` and `link` name the same pwq.
     pub(crate) fn is(self, link: &Arc<PwqLink>) -> bool {
         std::ptr::eq(self.0.as_ptr().cast_const(), Arc::as_ptr(link))

@@ -7,6 +7,7 @@
 //! rules and the lost-wake-up argument.
 
 mod batch;
+mod done;
 mod inbox;
 mod link;
 mod pwq;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 pub(crate) use batch::{Batch, FollowUps};
 use crossbeam_utils::CachePadded;
+pub(crate) use done::Done;
 use inbox::Inbox;
 pub(crate) use link::PwqRef;
 pub(crate) use pwq::{PwqHandle, PwqLink, PwqState};
@@ -463,18 +465,17 @@ impl Pool {
     /// activates the oldest inactive entry, counts stats. Says whether a
     /// flush colour retired and whether other pods' pwqs need activating.
     pub(crate) fn complete(&self, inner: &mut PoolInner, done: &Done) -> Completed {
+        let entries = done.entries();
         let pwq = inner.pwq_mut(done.link.slot);
-        let other_pods = pwq.release();
-        if done.outcome != Outcome::Skipped {
-            pwq.total += 1;
-            pwq.cpu_time += done.cpu_time;
-            pwq.panics += u64::from(done.outcome == Outcome::Panicked);
-        }
-        let retired = pwq.dec_in_flight(done.color);
+        let other_pods = pwq.release(entries);
+        pwq.total += u64::from(done.ran);
+        pwq.cpu_time += done.cpu_time;
+        pwq.panics += u64::from(done.panicked);
+        let retired = pwq.dec_in_flight(done.color, entries);
         if pwq.released && pwq.nr_in_flight == 0 {
             inner.freeable.push(done.link.slot);
         }
-        self.completed.store(self.completed.load(Relaxed) + 1, Relaxed);
+        self.completed.store(self.completed.load(Relaxed) + entries as u64, Relaxed);
         self.activate(inner, done.link.slot);
         Completed { retired, other_pods }
     }
@@ -482,13 +483,14 @@ impl Pool {
     /// Moves inactive entries of pwq `slot` to the worklist while it has room.
     pub(crate) fn activate(&self, inner: &mut PoolInner, slot: usize) -> bool {
         let mut any = false;
-        loop {
-            let Some(next) = inner.pwq_mut(slot).activate_one() else { break };
+        let PoolInner { pwqs, worklist, .. } = inner;
+        let pwq = pwqs[slot].as_mut().expect("activating a freed pool workqueue");
+        while let Some(next) = pwq.activate_one() {
             tracing::trace!(target: "wq", pool = self.id, "activate_work");
             if self.rt.trace.on() {
                 self.rt.trace.record(TraceKind::Activate, crate::sys::gettid(), None, Some(&next.pwq.wq.name));
             }
-            inner.worklist.push_back(next);
+            worklist.push_back(next);
             any = true;
         }
         if any {
@@ -709,15 +711,6 @@ impl PoolInner {
     pub(crate) fn pwq_mut(&mut self, slot: usize) -> &mut PwqState {
         self.pwqs[slot].as_mut().expect("entry refers to a freed pool workqueue")
     }
-}
-
-/// The accounting of one finished (or discarded) entry, applied under the
-/// lock of the entry's pool.
-pub(crate) struct Done {
-    pub(crate) link: PwqRef,
-    pub(crate) color: u64,
-    pub(crate) outcome: Outcome,
-    pub(crate) cpu_time: Duration,
 }
 
 /// What completing an entry left to do once the pool is unlocked.

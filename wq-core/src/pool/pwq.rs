@@ -114,14 +114,14 @@ impl PwqState {
         true
     }
 
-    /// Gives back an active slot. Returns true if entries of another pod
+    /// Gives back `n` active slots. Returns true if entries of another pod
     /// may be waiting for the queue-wide limit.
-    pub(crate) fn release(&mut self) -> bool {
-        debug_assert!(self.nr_active > 0, "nr_active underflow");
-        self.nr_active -= 1;
+    pub(crate) fn release(&mut self, n: usize) -> bool {
+        debug_assert!(self.nr_active >= n, "nr_active underflow");
+        self.nr_active -= n;
         match &self.limit {
             Some(limit) => {
-                limit.release();
+                limit.release(n);
                 self.inactive.is_empty() && limit.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0
             }
             None => false,
@@ -161,14 +161,15 @@ impl PwqState {
         }
     }
 
-    /// Uncounts a completed entry. Returns true if the oldest colour retired
-    /// (a flusher may be waiting for it).
-    pub(crate) fn dec_in_flight(&mut self, color: u64) -> bool {
-        debug_assert!(self.nr_in_flight > 0, "in-flight underflow");
-        self.nr_in_flight -= 1;
+    /// Uncounts `n` completed entries of `color`. Returns true if the oldest
+    /// colour retired (a flusher may be waiting for it).
+    pub(crate) fn dec_in_flight(&mut self, color: u64, n: usize) -> bool {
+        debug_assert!(self.nr_in_flight >= n, "in-flight underflow");
+        self.nr_in_flight -= n;
         let idx =
             self.colors.iter().position(|(c, _)| *c == color).expect("completed entry's flush colour is not in flight");
-        self.colors[idx].1 -= 1;
+        debug_assert!(self.colors[idx].1 >= n, "more entries of a colour completed than were in flight");
+        self.colors[idx].1 -= n;
         if self.colors[idx].1 == 0 {
             self.colors.remove(idx);
             return idx == 0;
@@ -193,9 +194,9 @@ mod tests {
         p.add_in_flight(1);
         p.add_in_flight(2);
         assert!(!p.flushed(1));
-        assert!(!p.dec_in_flight(2), "a younger colour retiring does not unblock flushers");
-        assert!(!p.dec_in_flight(1));
-        assert!(p.dec_in_flight(1));
+        assert!(!p.dec_in_flight(2, 1), "a younger colour retiring does not unblock flushers");
+        assert!(!p.dec_in_flight(1, 1));
+        assert!(p.dec_in_flight(1, 1));
         assert!(p.flushed(2));
         assert_eq!(p.nr_in_flight, 0);
     }

@@ -30,7 +30,7 @@ pub(crate) struct Parked {
 impl Parked {
     /// The accounting of an instance that will not run.
     pub(crate) fn discarded(self) -> Done {
-        Done { link: self.link, color: self.color, outcome: Outcome::Skipped, cpu_time: Default::default() }
+        Done::new(self.link, self.color, Outcome::Skipped, Default::default())
     }
 }
 

@@ -641,11 +641,11 @@ fn process_one(pool: &Arc<Pool>, me: &WorkerShared, meter: &mut CpuMeter, entry:
     match job {
         Job::Once(f) => {
             let (link, outcome, cpu_time) = execute(pool, me, meter, link, None, f);
-            finish_entry(pool, Done { link, color, outcome, cpu_time }, done);
+            finish_entry(pool, Done::new(link, color, outcome, cpu_time), done);
         }
         Job::Shared(item) => {
             let (link, outcome, cpu_time) = execute(pool, me, meter, link, None, || item.run());
-            finish_entry(pool, Done { link, color, outcome, cpu_time }, done);
+            finish_entry(pool, Done::new(link, color, outcome, cpu_time), done);
         }
         Job::Work { work, gen } => {
             run_work(pool, me, meter, &work, Parked { link, color, gen }, done);
@@ -682,7 +682,7 @@ fn run_work(
         let Parked { link, color, gen } = inst;
         let (link, outcome, cpu_time) =
             execute(pool, me, meter, link, Some(work.id), || Outcome::of_call(|| work.call()));
-        finish_entry(pool, Done { link, color, outcome, cpu_time }, done);
+        finish_entry(pool, Done::new(link, color, outcome, cpu_time), done);
         match take_next_instance(pool, work, gen, done) {
             Some(next) => inst = next,
             None => return,
@@ -728,7 +728,7 @@ fn take_next_instance(pool: &Arc<Pool>, work: &WorkShared, gen: u64, done: &mut 
 /// entry belongs to another pool.
 fn finish_entry(pool: &Arc<Pool>, d: Done, done: &mut Vec<Done>) {
     if Arc::ptr_eq(&d.link.pool, pool) {
-        done.push(d);
+        d.push_into(done);
     } else {
         complete_entry(d);
     }

@@ -86,8 +86,8 @@ impl Limit {
         self.active.fetch_update(SeqCst, SeqCst, |a| (a < self.max).then_some(a + 1)).is_ok()
     }
 
-    pub(crate) fn release(&self) {
-        let prev = self.active.fetch_sub(1, SeqCst);
-        debug_assert!(prev > 0, "unbound max_active underflow");
+    pub(crate) fn release(&self, n: usize) {
+        let prev = self.active.fetch_sub(n, SeqCst);
+        debug_assert!(prev >= n, "unbound max_active underflow");
     }
 }

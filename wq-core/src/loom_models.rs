@@ -32,7 +32,7 @@ use loom::sync::atomic::{fence, AtomicBool, AtomicIsize, AtomicU64, AtomicUsize,
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
-use crate::work::{gen_of, Claim, NotQueued, State, PENDING, RUNNING, WAITERS};
+use crate::work::{gen_of, Claim, Ended, NotQueued, State, PENDING, RUNNING, WAITERS};
 
 /// Mask of the state bits that say an instance exists (queued or running).
 const BUSY: u64 = PENDING | RUNNING;
@@ -60,22 +60,35 @@ fn sc_order() {
 /// function and the hand-off slot, over the real [`State`].
 struct Item {
     state: State,
-    /// Highest generation that finished running or was cancelled.
-    retired: AtomicU64,
+    /// Highest generation that finished running or was cancelled, and the
+    /// count of finished runs: the real `Ended` word.
+    ended: Ended,
     wait_lock: Mutex<()>,
     wait_cv: Condvar,
 }
 
 impl Item {
     fn new() -> Item {
-        Item { state: State::new(), retired: AtomicU64::new(0), wait_lock: Mutex::new(()), wait_cv: Condvar::new() }
+        Item { state: State::new(), ended: Ended::new(), wait_lock: Mutex::new(()), wait_cv: Condvar::new() }
     }
 
     /// `WorkShared::retire`: change what waiters read, then notify.
     fn retire(&self, gen: u64) {
-        self.retired.fetch_max(gen, SeqCst);
+        self.ended.retire(gen);
         sc_order();
         self.notify_if_waited();
+    }
+
+    /// `WorkShared::retire_run`: the same for a run that ended.
+    fn retire_run(&self, gen: u64) {
+        self.ended.retire_run(gen);
+        sc_order();
+        self.notify_if_waited();
+    }
+
+    /// The generation `retired` has reached.
+    fn retired(&self) -> u64 {
+        Ended::retired_of(self.ended.load())
     }
 
     /// `WorkShared::notify_if_waited` + `notify_waiters`.
@@ -126,7 +139,7 @@ impl Item {
             Claim::Run => {
                 on_start(gen);
                 assert!(self.state.try_finish().is_ok(), "nobody parked an instance: HANDOFF stays clear");
-                self.retire(gen);
+                self.retire_run(gen);
                 true
             }
             Claim::Stale => false,
@@ -205,7 +218,7 @@ fn loom_queue_vs_cancel_sync() {
         }
         let s = item.state.load();
         assert_eq!(s & (BUSY | DISABLE_BITS), 0, "item left busy or disabled: {s:#x}");
-        assert!(item.retired.load(SeqCst) >= *accepted.iter().max().unwrap());
+        assert!(item.retired() >= *accepted.iter().max().unwrap());
     });
 }
 
@@ -225,7 +238,7 @@ fn loom_flush_and_cancel_sync_wake_up() {
         let flusher = {
             let item = item.clone();
             thread::spawn(move || {
-                item.wait_until(|w| w.retired.load(SeqCst) >= gen);
+                item.wait_until(|w| w.retired() >= gen);
                 assert_eq!(item.state.load() & RUNNING, 0, "flush returned while the run it waited for runs");
             })
         };

@@ -189,3 +189,40 @@ fn flush_of_an_idle_item_returns_at_once() {
     assert!(!work.flush().unwrap());
     assert!(!work.cancel_sync().unwrap());
 }
+
+/// `flush` of a running item waits for that run, not for the item to go
+/// idle: when an instance queued meanwhile was handed to the running worker
+/// (`work/README.md`), `RUNNING` never clears between the two runs, and
+/// `flush` must still return once the first run ended.
+#[test]
+fn flush_returns_after_the_run_it_saw_even_when_a_handed_off_run_follows() {
+    const PATIENCE: Duration = Duration::from_secs(10);
+    let rt = common::one_cpu_runtime();
+    let wq = rt.workqueue("hand-off").build().unwrap();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let runs = AtomicUsize::new(0);
+    let work = Work::new(move || {
+        started_tx.send(runs.fetch_add(1, SeqCst) + 1).unwrap();
+        // The hook lets the pool start another worker, which dequeues the
+        // next instance and hands it to this one.
+        wq_core::blocking(|| release_rx.lock().unwrap().recv_timeout(PATIENCE).expect("never released"));
+    });
+    assert!(wq.queue(&work));
+    assert_eq!(started_rx.recv_timeout(PATIENCE), Ok(1));
+    let (flushed_tx, flushed_rx) = mpsc::channel();
+    let w = work.clone();
+    thread::spawn(move || flushed_tx.send(w.flush()).unwrap());
+    thread::sleep(common::UNIT);
+    assert!(wq.queue(&work), "the running item is not pending");
+    // Time for the second worker to dequeue the instance and park it.
+    thread::sleep(common::UNIT * 2);
+    release_tx.send(()).unwrap();
+    assert_eq!(started_rx.recv_timeout(PATIENCE), Ok(2));
+    let flushed = flushed_rx.recv_timeout(PATIENCE);
+    release_tx.send(()).unwrap();
+    let flushed = flushed.expect("flush waited for the run queued after it");
+    assert!(flushed.unwrap(), "flush saw nothing to wait for");
+    work.flush().unwrap();
+}

@@ -15,7 +15,7 @@ use crate::worker;
 use crate::Error;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-pub(crate) use state::{gen_of, Claim, NotQueued, State, PENDING, RUNNING, WAITERS};
+pub(crate) use state::{gen_of, Claim, Ended, NotQueued, State, PENDING, RUNNING, WAITERS};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -41,12 +41,10 @@ pub(crate) struct WorkShared {
     func: Box<dyn Fn() + Send + Sync>,
     /// Instances dequeued while the item ran elsewhere (see `HANDOFF`).
     parked: Mutex<Vec<Parked>>,
-    /// Highest generation that finished running or was cancelled.
-    /// Invariant: only grows; `flush` of generation `g` returns once `retired >= g`.
-    retired: AtomicU64,
-    /// Runs that finished (RUNNING cleared or handed to the next instance).
-    /// Only grows; a `flush` that saw the item running waits for it to move.
-    runs: AtomicU64,
+    /// The highest generation that finished running or was cancelled, and
+    /// the count of finished runs (`RUNNING` cleared or handed to the next
+    /// instance): what `flush` waits on (see `Ended`).
+    ended: Ended,
     wait_lock: Mutex<()>,
     wait_cv: Condvar,
 }
@@ -58,8 +56,7 @@ impl WorkShared {
             state: State::new(),
             func,
             parked: Mutex::new(Vec::new()),
-            retired: AtomicU64::new(0),
-            runs: AtomicU64::new(0),
+            ended: Ended::new(),
             wait_lock: Mutex::new(()),
             wait_cv: Condvar::new(),
         }
@@ -77,14 +74,14 @@ impl WorkShared {
     /// to the next instance — or was cancelled): release its flushers and
     /// any `cancel_sync` waiting for `RUNNING` to clear.
     pub(crate) fn retire(&self, gen: u64) {
-        self.retired.fetch_max(gen, SeqCst);
+        self.ended.retire(gen);
         self.notify_if_waited();
     }
 
     /// A run of generation `gen` ended.
     pub(crate) fn retire_run(&self, gen: u64) {
-        self.runs.fetch_add(1, SeqCst);
-        self.retire(gen);
+        self.ended.retire_run(gen);
+        self.notify_if_waited();
     }
 
     fn notify_if_waited(&self) {
@@ -151,10 +148,11 @@ impl WorkShared {
         // progress must end — even if the newer instance is cancelled (its
         // retirement says nothing of the older run).
         let pending = (s & PENDING != 0).then(|| gen_of(s));
-        let runs_before = (s & RUNNING != 0).then(|| self.runs.load(SeqCst));
+        let runs_before = (s & RUNNING != 0).then(|| Ended::runs_of(self.ended.load()));
         self.wait_until(|w| {
-            pending.is_none_or(|p| w.retired.load(SeqCst) >= p)
-                && runs_before.is_none_or(|n| w.runs.load(SeqCst) > n || w.state.load() & RUNNING == 0)
+            let ended = w.ended.load();
+            pending.is_none_or(|p| Ended::retired_of(ended) >= p)
+                && runs_before.is_none_or(|n| Ended::runs_of(ended) != n || w.state.load() & RUNNING == 0)
         });
         Ok(true)
     }

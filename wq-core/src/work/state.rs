@@ -197,9 +197,92 @@ impl State {
     }
 }
 
+/// Bits of [`Ended`] that count finished runs.
+const RUNS_MASK: u64 = (1 << 24) - 1;
+
+/// How far a work item's instances have got, in one word so that a worker
+/// ends a run with one atomic step (it used to take two, a third of the
+/// atomic operations a worker makes per item):
+///
+/// ```text
+///  63                                24 23                 0
+/// +-------------------------------------+--------------------+
+/// |              retired                |  runs (mod 2^24)   |
+/// +-------------------------------------+--------------------+
+/// ```
+///
+/// - `retired`: the highest generation that finished running or was
+///   cancelled. Only grows; `flush` of generation `g` waits for
+///   `retired >= g`. A generation is 40 bits (the state word's `gen`), so
+///   it fits.
+/// - `runs`: runs that finished, counted modulo 2^24. Only ever stepped by
+///   one; a `flush` that saw the item running waits for it to change (or
+///   for `RUNNING` to clear). A waiter that slept through exactly 2^24 runs
+///   would see no change and wait for the next run to end, which a run in
+///   progress always does: a wrap delays that `flush`, never hangs it.
+#[derive(Debug)]
+pub(crate) struct Ended(AtomicU64);
+
+impl Ended {
+    pub(crate) fn new() -> Ended {
+        Ended(AtomicU64::new(0))
+    }
+
+    /// The word as it is now; read it with [`Ended::retired_of`] and
+    /// [`Ended::runs_of`].
+    pub(crate) fn load(&self) -> u64 {
+        self.0.load(SeqCst)
+    }
+
+    pub(crate) fn retired_of(word: u64) -> u64 {
+        word >> 24
+    }
+
+    pub(crate) fn runs_of(word: u64) -> u64 {
+        word & RUNS_MASK
+    }
+
+    /// Generation `gen` was cancelled: raise `retired` to it.
+    pub(crate) fn retire(&self, gen: u64) {
+        debug_assert!(gen < 1 << 40, "generation {gen} does not fit");
+        let _ =
+            self.0.fetch_update(SeqCst, SeqCst, |w| (Ended::retired_of(w) < gen).then_some(gen << 24 | w & RUNS_MASK));
+    }
+
+    /// A run of generation `gen` ended: count it and raise `retired` to it.
+    pub(crate) fn retire_run(&self, gen: u64) {
+        debug_assert!(gen < 1 << 40, "generation {gen} does not fit");
+        let step = |w: u64| Some(Ended::retired_of(w).max(gen) << 24 | (w + 1) & RUNS_MASK);
+        let _ = self.0.fetch_update(SeqCst, SeqCst, step);
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ended_keeps_the_highest_generation_and_counts_runs() {
+        let e = Ended::new();
+        e.retire_run(3);
+        e.retire(2);
+        assert_eq!((Ended::retired_of(e.load()), Ended::runs_of(e.load())), (3, 1));
+        e.retire(5);
+        e.retire_run(4);
+        assert_eq!((Ended::retired_of(e.load()), Ended::runs_of(e.load())), (5, 2));
+        let top = (1 << 40) - 1;
+        e.retire(top);
+        assert_eq!(Ended::retired_of(e.load()), top, "a 40-bit generation fits");
+    }
+
+    #[test]
+    fn ended_runs_wrap_without_touching_retired() {
+        let e = Ended::new();
+        e.retire(7);
+        e.0.store(7 << 24 | RUNS_MASK, SeqCst);
+        e.retire_run(6);
+        assert_eq!((Ended::retired_of(e.load()), Ended::runs_of(e.load())), (7, 0));
+    }
 
     #[test]
     fn queue_is_refused_while_pending_and_while_disabled() {

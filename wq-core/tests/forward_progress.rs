@@ -205,6 +205,39 @@ fn freeze_stops_freezable_queues_and_thaw_resumes_without_losing_work() {
     assert_eq!(ran.load(SeqCst), 1001);
 }
 
+/// Items already waiting behind `max_active` when the freeze begins stay
+/// inactive: the in-flight item finishing during the freeze frees its
+/// active slot, and nothing may take it until the thaw.
+#[test]
+fn freeze_keeps_items_queued_before_it_inactive() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let q = rt.workqueue("freezable").flags(Flags::FREEZABLE).max_active(1).build().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicBool::new(false));
+    let (r, s) = (ran.clone(), started.clone());
+    q.execute(move || {
+        s.store(true, SeqCst);
+        wq_core::blocking(|| thread::sleep(common::UNIT * 2));
+        r.fetch_add(1, SeqCst);
+    })
+    .unwrap();
+    for _ in 0..3 {
+        let r = ran.clone();
+        q.execute(move || {
+            r.fetch_add(1, SeqCst);
+        })
+        .unwrap();
+    }
+    wait_until("the first item started", || started.load(SeqCst));
+    rt.freeze().unwrap();
+    assert_eq!(ran.load(SeqCst), 1, "freeze returned before the in-flight item finished, or let a waiting one start");
+    thread::sleep(common::UNIT);
+    assert_eq!(ran.load(SeqCst), 1, "an item that waited behind max_active started while frozen");
+    rt.thaw();
+    q.flush().unwrap();
+    assert_eq!(ran.load(SeqCst), 4);
+}
+
 #[test]
 fn freeze_from_a_freezable_item_is_refused() {
     let rt = Runtime::builder().cpus([0]).build().unwrap();

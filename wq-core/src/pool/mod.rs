@@ -461,8 +461,9 @@ impl Pool {
         }
     }
 
-    /// Accounts one finished entry of pwq `slot`: frees its active slot,
-    /// activates the oldest inactive entry, counts stats. Says whether a
+    /// Accounts the finished entries of one record: frees their active
+    /// slots, activates the oldest inactive entries into them, counts
+    /// stats. Says whether a
     /// flush colour retired and whether other pods' pwqs need activating.
     pub(crate) fn complete(&self, inner: &mut PoolInner, done: &Done) -> Completed {
         let entries = done.entries();
@@ -482,21 +483,21 @@ impl Pool {
 
     /// Moves inactive entries of pwq `slot` to the worklist while it has room.
     pub(crate) fn activate(&self, inner: &mut PoolInner, slot: usize) -> bool {
-        let mut any = false;
         let PoolInner { pwqs, worklist, .. } = inner;
         let pwq = pwqs[slot].as_mut().expect("activating a freed pool workqueue");
-        while let Some(next) = pwq.activate_one() {
-            tracing::trace!(target: "wq", pool = self.id, "activate_work");
-            if self.rt.trace.on() {
-                self.rt.trace.record(TraceKind::Activate, crate::sys::gettid(), None, Some(&next.pwq.wq.name));
+        let n = pwq.activate_into(worklist);
+        if n == 0 {
+            return false;
+        }
+        tracing::trace!(target: "wq", pool = self.id, n, "activate_work");
+        if self.rt.trace.on() {
+            let tid = crate::sys::gettid();
+            for e in worklist.range(worklist.len() - n..) {
+                self.rt.trace.record(TraceKind::Activate, tid, None, Some(&e.pwq.wq.name));
             }
-            worklist.push_back(next);
-            any = true;
         }
-        if any {
-            self.sync_pending(inner);
-        }
-        any
+        self.sync_pending(inner);
+        true
     }
 
     /// Creates a pwq of `wq` on this pool; the handle keeps its slot.

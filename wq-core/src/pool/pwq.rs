@@ -136,6 +136,26 @@ impl PwqState {
         self.inactive.push_back(entry);
     }
 
+    /// Moves to the back of `worklist`, oldest first, every inactive entry
+    /// that may be activated now; returns how many. Without a queue-wide
+    /// limit that is one bulk move of as many as `max_active` leaves room for.
+    pub(crate) fn activate_into(&mut self, worklist: &mut VecDeque<Entry>) -> usize {
+        if self.limit.is_some() {
+            let before = worklist.len();
+            while let Some(next) = self.activate_one() {
+                worklist.push_back(next);
+            }
+            return worklist.len() - before;
+        }
+        if self.frozen {
+            return 0;
+        }
+        let n = self.inactive.len().min(self.max_active.saturating_sub(self.nr_active));
+        self.nr_active += n;
+        worklist.extend(self.inactive.drain(..n));
+        n
+    }
+
     /// Takes the oldest inactive entry if it may be activated now.
     pub(crate) fn activate_one(&mut self) -> Option<Entry> {
         if self.inactive.is_empty() || !self.try_claim() {

@@ -463,8 +463,8 @@ impl Pool {
 
     /// Accounts the finished entries of one record: frees their active
     /// slots, activates the oldest inactive entries into them, counts
-    /// stats. Says whether a
-    /// flush colour retired and whether other pods' pwqs need activating.
+    /// stats. Says whether a flush colour retired and whether other pods'
+    /// pwqs need activating.
     pub(crate) fn complete(&self, inner: &mut PoolInner, done: &Done) -> Completed {
         let entries = done.entries();
         let pwq = inner.pwq_mut(done.link.slot);

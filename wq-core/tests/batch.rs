@@ -41,6 +41,10 @@ fn tiny(wq: &Workqueue, count: &Arc<AtomicUsize>, n: usize) {
     }
 }
 
+/// More entries than a worker's batch holds (`MAX_BATCH` in
+/// `pool/batch.rs`, 32).
+const MORE_THAN_A_BATCH: usize = 40;
+
 /// Item X waits (plainly, or inside `ignore_sleeps`) for item Y queued
 /// right behind it. Each round queues them behind `k` tiny items, for
 /// every `k` up to a batch and more, so X and Y share a stash at every
@@ -48,7 +52,7 @@ fn tiny(wq: &Workqueue, count: &Arc<AtomicUsize>, n: usize) {
 /// `ignore_sleeps` may rightly take every worker an unbound pool runs.
 fn waiter_and_its_helper_in_one_burst(wq: &Workqueue, ignore_sleeps: bool) {
     let count = Arc::new(AtomicUsize::new(0));
-    for k in 0..20 {
+    for k in 0..MORE_THAN_A_BATCH {
         let release = hold(wq);
         tiny(wq, &count, k);
         let (tx, rx) = mpsc::channel::<()>();
@@ -60,13 +64,13 @@ fn waiter_and_its_helper_in_one_burst(wq: &Workqueue, ignore_sleeps: bool) {
         })
         .unwrap();
         wq.execute(move || tx.send(()).unwrap()).unwrap();
-        tiny(wq, &count, 16);
+        tiny(wq, &count, MORE_THAN_A_BATCH);
         release.store(true, SeqCst);
         let ok = done_rx.recv_timeout(HANG).unwrap_or(false);
         assert!(ok, "round {k}: the waiter never saw the item queued right behind it");
     }
     wq.flush().unwrap();
-    assert_eq!(count.load(SeqCst), (0..20).map(|k| k + 16).sum::<usize>());
+    assert_eq!(count.load(SeqCst), (0..MORE_THAN_A_BATCH).map(|k| k + MORE_THAN_A_BATCH).sum::<usize>());
 }
 
 #[test]
@@ -96,7 +100,7 @@ fn flushing_a_queue_whose_records_a_waiting_worker_holds_returns() {
         let rt = Runtime::builder().cpus([0]).detector(detector).publish(false).build().unwrap();
         let a = rt.workqueue("a").build().unwrap();
         let b = rt.workqueue("b").build().unwrap();
-        for round in 0..16 {
+        for round in 0..MORE_THAN_A_BATCH {
             let count = Arc::new(AtomicUsize::new(0));
             let release = hold(&a);
             tiny(&a, &count, 1 + round);

@@ -226,3 +226,51 @@ fn flush_returns_after_the_run_it_saw_even_when_a_handed_off_run_follows() {
     assert!(flushed.unwrap(), "flush saw nothing to wait for");
     work.flush().unwrap();
 }
+
+/// A run's worker takes the next instance queued meanwhile straight from
+/// the hand-off slot, `RUNNING` staying set. A `flush` whose look at the
+/// state falls between that claim and the end of the run before it must
+/// still wait for the claimed instance, which was queued before the flush.
+/// The item requeues itself on alternating CPUs (so other pools' workers
+/// hand it back), while a thread flushes at random moments and checks
+/// that every instance accepted before each flush has started by its end.
+#[test]
+fn flush_waits_for_an_instance_claimed_from_the_hand_off_slot() {
+    const FOR: Duration = Duration::from_millis(1500);
+    let rt = Runtime::builder().publish(false).build().unwrap();
+    let cpus = rt.cpus().to_vec();
+    let wq = rt.workqueue("hand-off-flush").build().unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let me: Arc<OnceLock<Work>> = Arc::new(OnceLock::new());
+    let (s, a, st, m, q) = (started.clone(), accepted.clone(), stop.clone(), me.clone(), wq.clone());
+    let work = Work::new(move || {
+        let run = s.fetch_add(1, SeqCst);
+        // Long enough for the other pool's worker to find the item running.
+        let until = Instant::now() + Duration::from_micros(3);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        if !st.load(SeqCst) && matches!(q.queue_on(cpus[run % cpus.len()], m.get().unwrap()), Ok(true)) {
+            a.fetch_add(1, SeqCst);
+        }
+    });
+    me.set(work.clone()).unwrap();
+    assert!(wq.queue(&work));
+    let deadline = Instant::now() + FOR;
+    let mut flushes = 0u64;
+    while Instant::now() < deadline {
+        let owed = accepted.load(SeqCst);
+        work.flush().unwrap();
+        let ran = started.load(SeqCst);
+        assert!(ran >= owed, "flush {flushes} returned with {ran} instances started of {owed} queued before it");
+        flushes += 1;
+        for _ in 0..flushes % 64 {
+            std::hint::spin_loop();
+        }
+    }
+    stop.store(true, SeqCst);
+    work.cancel_sync().unwrap();
+    assert!(flushes > 0);
+}

@@ -145,6 +145,14 @@ impl State {
         }
     }
 
+    /// Whether generation `gen` is the pending instance: the one a claim
+    /// would start. Once false for a `gen`, it stays false (`gen` only
+    /// grows, and `PENDING` of a generation never comes back).
+    pub(crate) fn is_live(&self, gen: u64) -> bool {
+        let s = self.load();
+        s & PENDING != 0 && gen_of(s) == gen
+    }
+
     /// The runner took a parked entry of generation `gen`: rerun it in place
     /// (PENDING -> 0, RUNNING stays) if it is the live instance.
     pub(crate) fn claim_parked(&self, gen: u64) -> bool {

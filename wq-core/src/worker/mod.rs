@@ -692,13 +692,18 @@ fn run_work(
 
 /// Ends the execution of generation `gen`: clears `RUNNING`, unless
 /// instances were parked for this worker, in which case the live one is
-/// returned to run next. `gen` retires only then, so a `flush` that
-/// returns finds the item no longer running (as the kernel's `flush_work`).
+/// returned to run next. `gen` retires after `RUNNING` is cleared, so a
+/// `flush` that returns finds the item no longer running (as the kernel's
+/// `flush_work`), or, when a live instance was handed over, just before
+/// that instance is claimed (`work/README.md`, "Waiting").
 fn take_next_instance(pool: &Arc<Pool>, work: &WorkShared, gen: u64, done: &mut Vec<Done>) -> Option<Parked> {
+    let mut retired = false;
     loop {
         match work.state.try_finish() {
             Ok(_) => {
-                work.retire_run(gen);
+                if !retired {
+                    work.retire_run(gen);
+                }
                 return None;
             }
             Err(_) => {
@@ -707,6 +712,17 @@ fn take_next_instance(pool: &Arc<Pool>, work: &WorkShared, gen: u64, done: &mut 
                     work.state.clear_handoff();
                     std::mem::take(&mut *slot)
                 };
+                // Claiming clears PENDING while RUNNING stays set: a flush
+                // that looked in between would find the item running and
+                // nothing pending, wait for the run count to move, and
+                // return when this run retired, before the claimed
+                // instance (queued before that flush) ran. So this run
+                // retires first. (Liveness only ever ends, so an instance
+                // not live here cannot be claimed below.)
+                if !retired && parked.iter().any(|p| work.state.is_live(p.gen)) {
+                    work.retire_run(gen);
+                    retired = true;
+                }
                 let mut next = None;
                 for p in parked {
                     if next.is_none() && work.state.claim_parked(p.gen) {
@@ -716,7 +732,7 @@ fn take_next_instance(pool: &Arc<Pool>, work: &WorkShared, gen: u64, done: &mut 
                     }
                 }
                 if next.is_some() {
-                    work.retire_run(gen);
+                    debug_assert!(retired, "claimed a handed-off instance before retiring the run it follows");
                     return next;
                 }
             }

@@ -259,6 +259,74 @@ fn loom_flush_and_cancel_sync_wake_up() {
     });
 }
 
+/// (2b) A run ending with an instance handed to its worker
+/// (`worker::take_next_instance`), against `cancel_sync` of that
+/// instance. The worker retires the ended run before it claims the parked
+/// instance (so a `flush` never takes the ended run for the claimed one);
+/// if the cancel wins the claim, the worker clears `RUNNING` with no
+/// retirement after it, and must still wake the `cancel_sync` waiting for
+/// that. Without the wake-up in `take_next_instance`'s `Ok` arm, loom
+/// reports the waiter asleep for ever.
+#[test]
+fn loom_handoff_finish_vs_cancel_sync() {
+    check(3, || {
+        let item = Arc::new(Item::new());
+        let slot = Arc::new(Mutex::new(Vec::new()));
+        let g1 = item.state.try_mark_pending().unwrap();
+        assert_eq!(item.state.claim(g1), Claim::Run);
+        // Queued while g1 runs, dequeued by another worker and parked.
+        let g2 = item.state.try_mark_pending().unwrap();
+        assert_eq!(item.state.claim(g2), Claim::Busy);
+        {
+            let mut parked = slot.lock().unwrap();
+            assert!(item.state.try_set_handoff());
+            parked.push(g2);
+        }
+        let canceller = {
+            let item = item.clone();
+            thread::spawn(move || {
+                let cancelled = item.cancel_sync(|w| assert_eq!(w.state.load() & RUNNING, 0));
+                // Either it cancelled g2, or g2 had been claimed and ran.
+                assert!(cancelled.is_none_or(|g| g == g2));
+            })
+        };
+        // The runner of g1: `take_next_instance`, then g2's own end if claimed.
+        let mut retired = false;
+        let mut gen = g1;
+        loop {
+            match item.state.try_finish() {
+                Ok(_) => {
+                    if retired {
+                        sc_order();
+                        item.notify_if_waited();
+                    } else {
+                        item.retire_run(gen);
+                    }
+                    break;
+                }
+                Err(_) => {
+                    let parked = {
+                        let mut parked = slot.lock().unwrap();
+                        item.state.clear_handoff();
+                        std::mem::take(&mut *parked)
+                    };
+                    if !retired && parked.iter().any(|&g| item.state.is_live(g)) {
+                        item.retire_run(gen);
+                        retired = true;
+                    }
+                    if let Some(next) = parked.into_iter().find(|&g| item.state.claim_parked(g)) {
+                        // g2 runs on this worker; its own end follows.
+                        gen = next;
+                        retired = false;
+                    }
+                }
+            }
+        }
+        canceller.join().unwrap();
+        assert_eq!(item.state.load() & (BUSY | DISABLE_BITS), 0);
+    });
+}
+
 /// The pool state model (3) reads: `Pool`'s counts and inbox, and the
 /// `PoolInner` fields behind its lock.
 mod wake {

@@ -84,7 +84,9 @@ impl WorkShared {
         self.notify_if_waited();
     }
 
-    fn notify_if_waited(&self) {
+    /// Wakes waiters after a change of what they wait for (`ended`, or
+    /// `RUNNING` cleared), if any announced themselves.
+    pub(crate) fn notify_if_waited(&self) {
         if self.state.load() & WAITERS != 0 {
             self.notify_waiters();
         }

@@ -701,7 +701,12 @@ fn take_next_instance(pool: &Arc<Pool>, work: &WorkShared, gen: u64, done: &mut 
     loop {
         match work.state.try_finish() {
             Ok(_) => {
-                if !retired {
+                if retired {
+                    // Retired before a claim that a cancel then beat:
+                    // `cancel_sync` and `flush` also wait for RUNNING to
+                    // clear, and nobody else wakes them for it.
+                    work.notify_if_waited();
+                } else {
                     work.retire_run(gen);
                 }
                 return None;

@@ -209,8 +209,7 @@ impl State {
 const RUNS_MASK: u64 = (1 << 24) - 1;
 
 /// How far a work item's instances have got, in one word so that a worker
-/// ends a run with one atomic step (it used to take two, a third of the
-/// atomic operations a worker makes per item):
+/// ends a run with one atomic step instead of two:
 ///
 /// ```text
 ///  63                                24 23                 0

@@ -437,6 +437,86 @@ fn a_shared_item_runs_once_per_queueing_and_a_refused_one_is_discarded() {
     assert_eq!(Arc::strong_count(&refused), 1);
 }
 
+/// A future that wakes itself and yields `yields` times, then completes;
+/// it counts its polls and the polls that ran on a runtime thread, and
+/// panics on its first poll when told to.
+struct Yielding {
+    yields: usize,
+    polls: Arc<AtomicUsize>,
+    on_workers: Arc<AtomicUsize>,
+    panic: bool,
+    /// Set when the future is dropped (a cancelled task drops it unpolled).
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Future for Yielding {
+    type Output = usize;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<usize> {
+        assert!(!self.panic, "task panics");
+        let polls = self.polls.fetch_add(1, SeqCst) + 1;
+        if thread::current().name().is_some_and(|n| n.starts_with("wq/")) {
+            self.on_workers.fetch_add(1, SeqCst);
+        }
+        if self.yields == 0 {
+            return std::task::Poll::Ready(polls);
+        }
+        self.yields -= 1;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for Yielding {
+    fn drop(&mut self) {
+        self.dropped.store(true, SeqCst);
+    }
+}
+
+fn yielding(yields: usize, panic: bool) -> Yielding {
+    Yielding { yields, polls: Arc::default(), on_workers: Arc::default(), panic, dropped: Arc::default() }
+}
+
+/// Spawns `fut` as an async-task whose every poll is queued with `execute_runnable`.
+fn spawn_polled<F>(wq: &Workqueue, fut: F) -> async_task::Task<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let queue = wq.clone();
+    let (runnable, task) = async_task::spawn(fut, move |r| {
+        let _ = queue.execute_runnable(r);
+    });
+    runnable.schedule();
+    task
+}
+
+#[test]
+fn each_poll_of_a_task_is_one_item_and_a_refused_poll_cancels_it() {
+    let wq = Workqueue::builder("polls").build().unwrap();
+    let fut = yielding(9, false);
+    let (polls, on_workers) = (fut.polls.clone(), fut.on_workers.clone());
+    assert_eq!(block_on(spawn_polled(&wq, fut)), 10);
+    assert_eq!(on_workers.load(SeqCst), 10, "a poll ran outside the queue's workers");
+    wq.flush().unwrap();
+    assert_eq!(polls.load(SeqCst), 10);
+    assert_eq!((wq.stats().total, wq.stats().panics), (10, 0), "one item per poll");
+
+    // A panic unwinding out of a poll is the item's panic; the worker lives on.
+    let _task = spawn_polled(&wq, yielding(0, true));
+    wq.flush().unwrap();
+    assert_eq!((wq.stats().total, wq.stats().panics), (11, 1));
+    assert_eq!(block_on(spawn_polled(&wq, yielding(2, false))), 3);
+
+    wq.destroy().unwrap();
+    let fut = yielding(0, false);
+    let dropped = fut.dropped.clone();
+    let (runnable, task) = async_task::spawn(fut, |_| {});
+    assert!(matches!(wq.execute_runnable(runnable), Err(Error::Destroyed { .. })));
+    assert!(dropped.load(SeqCst), "the refused poll's future was not dropped before the error returned");
+    assert_eq!(block_on(task.fallible()), None, "the refused task was not cancelled");
+}
+
 /// Entries queued behind a running worker wait in the pool's inbox until
 /// that worker next locks the pool (`pool/README.md`, "The inbox"). `flush`
 /// must admit them before it advances the flush colour, or they get the

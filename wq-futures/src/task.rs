@@ -1,7 +1,8 @@
 //! Tasks: a future turned into work items, and the handle that awaits it.
 //!
 //! A task is an `async-task` allocation whose schedule function queues the
-//! task's `Runnable` on a workqueue with `Workqueue::execute`. Every poll is
+//! task's `Runnable` on a workqueue with `Workqueue::execute_runnable`, which
+//! queues the `Runnable` itself (no allocation per poll). Every poll is
 //! therefore one work item, and the queue's policy (HIGHPRI pools,
 //! `max_active`, ordering) applies to polls exactly as to any other item.
 //!
@@ -122,13 +123,11 @@ impl<F: Future> Future for Guarded<F> {
 /// Queues one poll of a task on `wq`.
 ///
 /// When the queue refuses (it was destroyed, or is draining and the wake-up
-/// came from outside it), `execute` drops the closure and with it the
-/// `Runnable`; async-task then cancels the task, so its [`JoinHandle`]
-/// resolves to a cancelled [`JoinError`] instead of hanging.
+/// came from outside it), `execute_runnable` drops the `Runnable`;
+/// async-task then cancels the task, so its [`JoinHandle`] resolves to a
+/// cancelled [`JoinError`] instead of hanging.
 fn queue_poll(wq: &Workqueue, runnable: Runnable) -> Result<(), Error> {
-    wq.execute(move || {
-        runnable.run();
-    })
+    wq.execute_runnable(runnable)
 }
 
 /// Builds a task for `fut` whose polls run on `wq`; the caller queues the

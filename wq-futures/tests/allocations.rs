@@ -1,11 +1,16 @@
 //! `spawn_blocking` costs one allocation per call: the call's closure,
 //! result slot and waker share one `Arc`, queued as its own work item
 //! (`Workqueue::execute_shared`), and detached calls on unbound queues
-//! reuse earlier calls' allocations. Counted by a global allocator, on the
-//! calling thread only, so alone in its test binary.
+//! reuse earlier calls' allocations. Waking a task queues its next poll
+//! without allocating (`Workqueue::execute_runnable`). Counted by a global
+//! allocator, on the calling thread only, so alone in its test binary.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 
 use wq_core::{Flags, Workqueue};
 use wq_futures::{block_on, WorkqueueExt};
@@ -82,4 +87,47 @@ fn detached_calls_on_an_unbound_queue_reuse_their_allocations() {
             assert!(allocated <= calls - 64, "{allocated} allocations for {calls} detached calls");
         }
     }
+}
+
+/// A task woken from this thread has its next poll queued right here, by
+/// the task's schedule function: that must not allocate (it used to box a
+/// closure around the task's `Runnable` for every poll).
+#[test]
+fn waking_a_task_queues_its_poll_without_allocating() {
+    let wq = Workqueue::builder("poll_without_allocating").build().unwrap();
+    let wakes = 300;
+    let signals = Arc::new(AtomicUsize::new(0));
+    let parked: Arc<Mutex<Option<Waker>>> = Arc::default();
+    let (s, p) = (signals.clone(), parked.clone());
+    let task = wq.spawn(async move {
+        let mut seen = 0;
+        poll_fn(|cx| {
+            seen = s.load(SeqCst);
+            if seen == wakes {
+                return Poll::Ready(seen);
+            }
+            *p.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    });
+    let mut per_wake = Vec::with_capacity(wakes);
+    for _ in 0..wakes {
+        // The task parks its waker once per poll; each wake-up queues one poll.
+        let waker = loop {
+            if let Some(w) = parked.lock().unwrap().take() {
+                break w;
+            }
+            std::thread::yield_now();
+        };
+        signals.fetch_add(1, SeqCst);
+        let before = allocations();
+        waker.wake();
+        per_wake.push(allocations() - before);
+    }
+    assert_eq!(block_on(task).unwrap(), wakes);
+    // Now and then a wake-up may grow a shared structure (the inbox, a
+    // worker request); the typical one must not allocate.
+    per_wake.sort_unstable();
+    assert_eq!(per_wake[per_wake.len() * 9 / 10], 0, "{per_wake:?}");
 }

@@ -57,6 +57,10 @@ pub(crate) enum Job {
     /// An entry that is its own allocation, shared with whoever waits for
     /// it: a submitted closure with its result slot, or a `SharedItem`.
     Shared(crate::completion::SharedJob),
+    /// One poll of an async task. The `Runnable` is itself the task's
+    /// handle, so queueing a poll allocates nothing; dropping it unrun
+    /// cancels the task (async-task's rule).
+    Poll(async_task::Runnable),
 }
 
 /// How the user code of one entry ended.

@@ -358,7 +358,8 @@ impl Workqueue {
     }
 
     /// Runs `f` once on this queue without a handle: the cheapest way to
-    /// queue a closure (executors use it for each poll). A panic in `f` is
+    /// queue a closure (one allocation, the boxed `f`; an executor's polls
+    /// have [`execute_runnable`](Workqueue::execute_runnable)). A panic in `f` is
     /// caught, counted in [`WorkqueueStats::panics`] and otherwise ignored.
     ///
     /// # Errors
@@ -377,6 +378,37 @@ impl Workqueue {
     pub fn execute_shared(&self, item: Arc<impl SharedItem>) -> Result<(), Error> {
         let job = Job::Shared(SharedJob::new(item));
         self.queue_job(job, self.shared.rt.local_slot())
+    }
+
+    /// Queues one poll of an `async-task` task on this queue: the schedule
+    /// function of an executor whose polls are work items (wq-futures is
+    /// one). Unlike [`execute`](Workqueue::execute) it allocates nothing:
+    /// the `Runnable` is the entry. A panic that unwinds out of the poll is
+    /// caught and counted in [`WorkqueueStats::panics`].
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use wq_core::Workqueue;
+    ///
+    /// let wq = Workqueue::builder("polls").build()?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let queue = wq.clone();
+    /// let schedule = move |runnable| {
+    ///     // A refused poll is dropped, which cancels the task.
+    ///     let _ = queue.execute_runnable(runnable);
+    /// };
+    /// let (runnable, task) = async_task::spawn(async move { tx.send(6 * 7).unwrap() }, schedule);
+    /// task.detach();
+    /// wq.execute_runnable(runnable)?;
+    /// assert_eq!(rx.recv().unwrap(), 42);
+    /// # Ok::<(), wq_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Destroyed`] or [`Error::Draining`]; `runnable` is dropped
+    /// before this returns, so the task is cancelled.
+    pub fn execute_runnable(&self, runnable: async_task::Runnable) -> Result<(), Error> {
+        self.queue_job(Job::Poll(runnable), self.shared.rt.local_slot())
     }
 
     /// Waits for every work item queued before the call to finish. Items

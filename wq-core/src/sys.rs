@@ -78,9 +78,6 @@ pub(crate) fn set_current_nice(nice: i32) -> io::Result<()> {
     }
 }
 
-/// Sets the calling thread's timer slack (how late the kernel may fire its
-/// timers to batch wake-ups); failures are ignored, as the default only
-/// makes short sleeps longer.
 /// The calling thread's timer slack in nanoseconds.
 pub(crate) fn current_timer_slack() -> Option<u64> {
     // SAFETY: PR_GET_TIMERSLACK takes no pointer; it returns the slack.
@@ -88,12 +85,66 @@ pub(crate) fn current_timer_slack() -> Option<u64> {
     u64::try_from(slack).ok()
 }
 
+/// Sets the calling thread's timer slack (how late the kernel may fire its
+/// timers to batch wake-ups); failures are ignored, as the default only
+/// makes short sleeps longer.
 pub(crate) fn set_current_timer_slack(nanos: u64) {
     // SAFETY: PR_SET_TIMERSLACK takes an integer and touches no memory of ours.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, nanos as libc::c_ulong, 0, 0, 0) };
 }
 
-/// CPU time consumed by the calling thread (`CLOCK_THREAD_CPUTIME_ID`, a vDSO read).
+/// The first version of the kernel's `struct sched_attr` (48 bytes): all
+/// that a fair-class thread's attributes need.
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+/// `SCHED_FLAG_RESET_ON_FORK`, the one flag kept when attributes are set again.
+const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
+
+/// Asks the scheduler for a slice of `slice` for the calling thread, or
+/// for the default slice again (`None`): a fair-class thread's
+/// `sched_runtime`, which EEVDF (Linux 6.12 on) turns into an earlier
+/// deadline, so that the thread preempts the running one when it wakes.
+/// Earlier kernels accept and ignore it. The thread's policy and nice
+/// value are read first and kept; a thread outside the fair classes is
+/// left alone (an error).
+pub(crate) fn set_current_slice(slice: Option<Duration>) -> io::Result<()> {
+    let mut attr = SchedAttr::default();
+    let size = std::mem::size_of::<SchedAttr>() as u32;
+    // SAFETY: `attr` is live and writable, and `size` is its length: the
+    // kernel writes at most that many bytes.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut SchedAttr, size, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fair = [libc::SCHED_OTHER, libc::SCHED_BATCH, libc::SCHED_IDLE].map(|p| p as u32);
+    if !fair.contains(&attr.policy) {
+        return Err(io::Error::other(format!("policy {} is not a fair one", attr.policy)));
+    }
+    attr.size = size;
+    attr.flags &= SCHED_FLAG_RESET_ON_FORK;
+    attr.runtime = slice.map_or(0, |s| u64::try_from(s.as_nanos()).unwrap_or(u64::MAX));
+    // SAFETY: `attr` is a valid `sched_attr` of the size it names, only read.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// CPU time consumed by the calling thread (`CLOCK_THREAD_CPUTIME_ID`: a
+/// system call, as the vDSO does not serve thread clocks).
 pub(crate) fn thread_cpu_time() -> Duration {
     clock(libc::CLOCK_THREAD_CPUTIME_ID)
 }

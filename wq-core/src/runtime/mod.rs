@@ -38,6 +38,9 @@ pub(crate) struct Config {
     pub(crate) detector: Detector,
     pub(crate) watchdog_threshold: Duration,
     pub(crate) publish: bool,
+    /// The scheduler slice a worker parked in a quiet pool asks for
+    /// (`worker/slice.rs`); `None`: workers keep the default slice.
+    pub(crate) wake_slice: Option<Duration>,
 }
 
 /// What pools, the manager and workers share; holds no pool, so it never
@@ -365,6 +368,9 @@ impl fmt::Debug for Runtime {
     }
 }
 
+/// The custom slices Linux accepts for a fair-class thread (100 µs to 100 ms).
+const WAKE_SLICE_RANGE: (Duration, Duration) = (Duration::from_micros(100), Duration::from_millis(100));
+
 /// Configures a [`Runtime`].
 #[derive(Clone)]
 #[must_use = "a builder does nothing until .build() is called"]
@@ -385,6 +391,7 @@ impl Default for RuntimeBuilder {
                 detector: Detector::Auto,
                 publish: true,
                 watchdog_threshold: Duration::from_secs(30),
+                wake_slice: Some(WAKE_SLICE_RANGE.0),
             },
         }
     }
@@ -448,6 +455,20 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The scheduler slice a worker asks for while it waits in a pool with
+    /// nothing running or queued (default 100 µs, the shortest Linux
+    /// takes); `None` keeps every worker on the default slice. With it, the
+    /// wake-up for a lone item preempts the queueing thread on its CPU, so
+    /// the item starts at once instead of when that thread blocks. A worker
+    /// that finds more work queued behind its item goes back to the default
+    /// slice, so bursts still batch and a busy pool shares CPUs as before.
+    /// Linux 6.12 and later honour it (EEVDF's custom slices); earlier
+    /// kernels ignore it.
+    pub fn wake_slice(mut self, slice: Option<Duration>) -> Self {
+        self.config.wake_slice = slice;
+        self
+    }
+
     /// Whether the runtime publishes its counters for the `wq` tool
     /// (`wq dump PID`, `wq monitor PID`) in a small file under
     /// `$XDG_RUNTIME_DIR/cmwq` or the temp dir (default `true`). A failure
@@ -465,8 +486,8 @@ impl RuntimeBuilder {
     ///
     /// # Errors
     /// [`Error::NoCpus`] or [`Error::InvalidCpu`] for a bad CPU set,
-    /// [`Error::InvalidConfig`] for a zero timeout or a worker cap below
-    /// the number of pools, [`Error::Spawn`] if the runtime's own threads
+    /// [`Error::InvalidConfig`] for a zero timeout, a worker cap below
+    /// the number of pools or a `wake_slice` outside 100 µs..=100 ms, [`Error::Spawn`] if the runtime's own threads
     /// cannot be created (a worker that cannot be created delays its pool's
     /// items, retried with backoff: see [`spawn_hook`](Self::spawn_hook)).
     pub fn build(self) -> Result<Runtime, Error> {
@@ -484,6 +505,12 @@ impl RuntimeBuilder {
         }
         if config.cpu_hog_threshold.is_zero() {
             return Err(Error::InvalidConfig("cpu_hog_threshold must be above zero".into()));
+        }
+        let (shortest, longest) = WAKE_SLICE_RANGE;
+        if let Some(slice) = config.wake_slice.filter(|s| !(shortest..=longest).contains(s)) {
+            return Err(Error::InvalidConfig(format!(
+                "wake_slice {slice:?} is outside {shortest:?}..={longest:?}, the slices Linux accepts"
+            )));
         }
         let nr_pools = 2 * topology.cpus().len() + 2 * topology.pods(crate::Scope::Cache).len();
         if config.max_workers < nr_pools {
@@ -562,6 +589,7 @@ impl fmt::Debug for RuntimeBuilder {
             .field("idle_timeout", &self.config.idle_timeout)
             .field("cpu_hog_threshold", &self.config.cpu_hog_threshold)
             .field("max_workers", &self.config.max_workers)
+            .field("wake_slice", &self.config.wake_slice)
             .finish()
     }
 }

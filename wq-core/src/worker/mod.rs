@@ -7,10 +7,12 @@
 
 mod hooks;
 mod meter;
+mod slice;
 
 pub use hooks::{blocking, ignore_sleeps, min_sleep};
 pub(crate) use meter::Charge;
 use meter::CpuMeter;
+use slice::WakeSlice;
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -336,6 +338,7 @@ pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
     attach(&pool, &me);
     let mut done: Vec<Done> = Vec::new();
     let mut meter = CpuMeter::default();
+    let mut slice = WakeSlice::new(pool.rt.config.wake_slice);
     let mut inner = pool.lock();
     inner.nr_starting -= 1;
     loop {
@@ -347,7 +350,7 @@ pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
             break;
         }
         if !inner.dying && !pool.need_more_worker(&inner) {
-            match idle_wait(&pool, &me, inner) {
+            match idle_wait(&pool, &me, inner, &mut slice) {
                 Some(guard) => {
                     inner = guard;
                     continue;
@@ -362,7 +365,7 @@ pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
         }
         me.clr_flags(&pool, IDLE | SLEEPING);
         meter.checkpoint();
-        inner = work_while_needed(&pool, &me, &mut meter, inner, &mut done);
+        inner = work_while_needed(&pool, &me, (&mut meter, &mut slice), inner, &mut done);
         me.set_flags(&pool, IDLE);
     }
     pool.remove_worker(&me);
@@ -377,7 +380,7 @@ pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
 fn work_while_needed<'a>(
     pool: &'a Arc<Pool>,
     me: &WorkerShared,
-    meter: &mut CpuMeter,
+    (meter, slice): (&mut CpuMeter, &mut WakeSlice),
     mut inner: MutexGuard<'a, PoolInner>,
     done: &mut Vec<Done>,
 ) -> MutexGuard<'a, PoolInner> {
@@ -386,7 +389,11 @@ fn work_while_needed<'a>(
         let Some(mut entry) = inner.worklist.pop_front() else { break };
         let stashed = pool.batching && meter.last_was_tiny() && pool.stash_more(&mut inner, me);
         pool.sync_pending(&inner);
+        let backlog = stashed || !inner.worklist.is_empty();
         drop(inner);
+        if backlog {
+            slice.backlog(&me.name);
+        }
         // 2. Unlocked: run it, then the stash while `next_stashed` allows.
         //    (Only the owner fills its batch: without a stash it is empty.)
         //    Items of a stash are timed in windows (`meter.rs`).
@@ -462,8 +469,11 @@ fn idle_wait<'a>(
     pool: &'a Arc<Pool>,
     me: &Arc<WorkerShared>,
     mut inner: MutexGuard<'a, PoolInner>,
+    slice: &mut WakeSlice,
 ) -> Option<MutexGuard<'a, PoolInner>> {
     me.woken.store(false, SeqCst);
+    // This worker no longer counts in `nr_running`.
+    let quiet = pool.nr_running() <= 0 && inner.worklist.is_empty();
     inner.idle.push(me.clone());
     let timeout = pool.rt.config.idle_timeout;
     // An idle timeout too long for a deadline means never reaping.
@@ -474,6 +484,9 @@ fn idle_wait<'a>(
     // thread that is not parked is just a store) and lets a producer on this
     // CPU queue a batch before the worker takes the CPU back.
     spin_until_woken(me);
+    if !me.woken.load(SeqCst) {
+        slice.before_park(quiet, &me.name);
+    }
     loop {
         match deadline {
             Some(d) => thread::park_timeout(d.saturating_duration_since(Instant::now())),

@@ -138,9 +138,12 @@ impl DelayedWork {
         if !delay.is_zero() {
             wq.runtime().timer().ensure_running()?;
         }
-        let mut slot = shared.lock();
         // Re-arming takes the old instance back first; a queue that refuses
-        // must leave it alone, so refusal is checked before anything changes.
+        // must leave it alone, so refusal is decided once, before anything
+        // changes, and a drain beginning later waits for the re-arm
+        // (`WqCore::rearming`).
+        let _rearming = modify.then(|| wq.shared.core.rearming.read().unwrap_or_else(|e| e.into_inner()));
+        let mut slot = shared.lock();
         if modify {
             if let Some(err) = wq.refusal_for_arming() {
                 wq.shared.core.counters.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -150,13 +153,17 @@ impl DelayedWork {
         let was_pending = modify && (shared.disarm(&mut slot) || shared.work.cancel());
         if delay.is_zero() {
             // Marked pending under the pool lock, after the refusal check.
-            let queued = wq.queue_now(&shared.work, cpu_slot)?;
-            return Ok(if modify { was_pending } else { queued });
+            if modify {
+                wq.requeue_now(&shared.work, cpu_slot)?;
+                return Ok(was_pending);
+            }
+            return wq.queue_now(&shared.work, cpu_slot);
         }
         // Arming and `destroy` both decide under the queue's `armed` lock;
         // the item becomes pending only once the queue accepted it.
         let mut armed_set = wq.shared.armed.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(err) = wq.refusal_for_arming() {
+        let refusal = if modify { wq.refusal_for_rearming() } else { wq.refusal_for_arming() };
+        if let Some(err) = refusal {
             drop(armed_set);
             wq.shared.core.counters.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(err);

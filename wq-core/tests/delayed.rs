@@ -133,3 +133,42 @@ fn many_delayed_items_each_run_once() {
     wq.flush().unwrap();
     assert_eq!(count.load(SeqCst), 200);
 }
+
+/// `mod_delayed` racing a `drain` of its queue: a refusal must leave the
+/// item as it was (still pending, its run still owed); an acceptance must
+/// re-arm it. Either way every pending instance runs once.
+#[test]
+fn a_refused_mod_delayed_leaves_the_pending_item_alone() {
+    let wq = Workqueue::builder("mod_vs_drain").build().unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let dw = DelayedWork::new(move || {
+        r.fetch_add(1, SeqCst);
+    });
+    let (mut refused, mut owed) = (0, 0);
+    for round in 0..4_000 {
+        assert!(wq.queue_delayed(&dw, Duration::from_secs(60)));
+        owed += 1;
+        let delay = if round % 2 == 0 { Duration::ZERO } else { Duration::from_millis(1) };
+        let gate = std::sync::Barrier::new(2);
+        let result = std::thread::scope(|s| {
+            s.spawn(|| {
+                gate.wait();
+                wq.drain().unwrap();
+            });
+            gate.wait();
+            wq.mod_delayed(&dw, delay)
+        });
+        match result {
+            Ok(was_pending) => assert!(was_pending, "round {round}: the armed item was not pending"),
+            Err(Error::Draining { .. }) => {
+                refused += 1;
+                assert!(dw.is_pending(), "round {round}: a refused mod_delayed took the pending instance away");
+            }
+            Err(e) => panic!("round {round}: {e}"),
+        }
+        dw.flush().unwrap();
+        assert_eq!(runs.load(SeqCst), owed, "round {round}: runs against pending instances");
+    }
+    eprintln!("{refused} of 4000 mod_delayed calls were refused");
+}

@@ -42,6 +42,9 @@ impl Workqueue {
     pub(super) fn drain_inner(&self) {
         let core = &self.shared.core;
         core.draining.fetch_add(1, SeqCst);
+        // A `mod_delayed` that passed its check before `draining` rose
+        // finishes its re-arm first (`WqCore::rearming`).
+        drop(core.rearming.write().unwrap_or_else(|e| e.into_inner()));
         let mut rounds = 0u64;
         loop {
             // A queueing thread that passed its check before `draining`

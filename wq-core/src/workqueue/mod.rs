@@ -11,7 +11,7 @@ mod flush;
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use crossbeam_utils::sync::ShardedLock;
@@ -94,6 +94,13 @@ pub(crate) struct WqCore {
     retired_stats: Mutex<(u64, Duration, u64)>,
     /// `drain` calls in progress; while non-zero only chained work may queue.
     pub(crate) draining: AtomicUsize,
+    /// Held shared by `mod_delayed` from its refusal check until the
+    /// instance it took back is queued or armed again; `drain` takes it
+    /// exclusively once after raising `draining`. So a re-arm is either
+    /// refused before it changes anything or completes, and the drain then
+    /// waits for what it queued (or `destroy` refuses what it armed): a
+    /// refused `mod_delayed` never loses the pending instance it replaced.
+    pub(crate) rearming: RwLock<()>,
     pub(crate) destroyed: AtomicBool,
     flushers: AtomicUsize,
     flush_lock: Mutex<()>,
@@ -114,6 +121,7 @@ impl WqCore {
             pods: Mutex::new(Vec::new()),
             retired_stats: Mutex::new((0, Duration::ZERO, 0)),
             draining: AtomicUsize::new(0),
+            rearming: RwLock::new(()),
             destroyed: AtomicBool::new(false),
             flushers: AtomicUsize::new(0),
             flush_lock: Mutex::new(()),
@@ -338,7 +346,9 @@ impl Workqueue {
     /// whether it was pending before.
     ///
     /// # Errors
-    /// As [`try_queue_delayed`](Workqueue::try_queue_delayed).
+    /// As [`try_queue_delayed`](Workqueue::try_queue_delayed). A refused
+    /// call changes nothing: a pending instance stays where it was. (A
+    /// `drain` or `destroy` that begins during the call lets it finish.)
     pub fn mod_delayed(&self, dwork: &DelayedWork, delay: Duration) -> Result<bool, Error> {
         dwork.queue_on_wq(self, None, delay, true)
     }
@@ -680,6 +690,21 @@ impl Workqueue {
     /// by `DelayedWork` under the `armed` lock to keep the two in step.
     pub(crate) fn refusal_for_arming(&self) -> Option<Error> {
         self.shared.core.refusal(false)
+    }
+
+    /// `mod_delayed`'s re-arm, decided under `WqCore::rearming`: a drain
+    /// that began since waits for it and does not refuse it (as it does not
+    /// refuse the timer); only a destroyed queue does, which cannot happen
+    /// while the guard is held.
+    pub(crate) fn refusal_for_rearming(&self) -> Option<Error> {
+        self.shared.core.refusal(true)
+    }
+
+    /// `queue_now` for `mod_delayed`'s re-arm with a zero delay (see
+    /// `refusal_for_rearming`).
+    pub(crate) fn requeue_now(&self, work: &Arc<WorkShared>, slot: Option<usize>) -> Result<bool, Error> {
+        let slot = slot.unwrap_or_else(|| self.shared.rt.local_slot());
+        self.queue_with(slot, true, || mark_pending(work))
     }
 }
 

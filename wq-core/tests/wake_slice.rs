@@ -132,8 +132,10 @@ fn a_lone_item_runs_on_the_short_slice_and_a_backlog_gives_it_back() {
 #[test]
 fn a_worker_parking_beside_a_running_one_keeps_the_default_slice() {
     let (short, default) = kernel_slices();
-    // An unbound pool on one CPU runs two workers at once.
-    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    // An unbound pool on one CPU runs two workers at once. The spinner
+    // must keep counting as running, however long a loaded machine takes:
+    // a CPU hog would stop counting, and the pool would look quiet.
+    let rt = Runtime::builder().cpus([0]).cpu_hog_threshold(Duration::from_secs(600)).build().unwrap();
     let wq = rt.workqueue("beside").flags(Flags::UNBOUND).build().unwrap();
     parked_worker(&wq, short);
     let spinning = Arc::new(AtomicBool::new(true));

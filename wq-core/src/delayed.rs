@@ -145,7 +145,7 @@ impl DelayedWork {
         let _rearming = modify.then(|| wq.shared.core.rearming.read().unwrap_or_else(|e| e.into_inner()));
         let mut slot = shared.lock();
         if modify {
-            if let Some(err) = wq.refusal_for_arming() {
+            if let Some(err) = wq.refusal_for_arming(false) {
                 wq.shared.core.counters.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Err(err);
             }
@@ -153,17 +153,13 @@ impl DelayedWork {
         let was_pending = modify && (shared.disarm(&mut slot) || shared.work.cancel());
         if delay.is_zero() {
             // Marked pending under the pool lock, after the refusal check.
-            if modify {
-                wq.requeue_now(&shared.work, cpu_slot)?;
-                return Ok(was_pending);
-            }
-            return wq.queue_now(&shared.work, cpu_slot);
+            let queued = wq.queue_now(&shared.work, cpu_slot, modify)?;
+            return Ok(if modify { was_pending } else { queued });
         }
         // Arming and `destroy` both decide under the queue's `armed` lock;
         // the item becomes pending only once the queue accepted it.
         let mut armed_set = wq.shared.armed.lock().unwrap_or_else(|e| e.into_inner());
-        let refusal = if modify { wq.refusal_for_rearming() } else { wq.refusal_for_arming() };
-        if let Some(err) = refusal {
+        if let Some(err) = wq.refusal_for_arming(modify) {
             drop(armed_set);
             wq.shared.core.counters.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(err);

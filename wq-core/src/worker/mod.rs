@@ -365,7 +365,7 @@ pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
         }
         me.clr_flags(&pool, IDLE | SLEEPING);
         meter.checkpoint();
-        inner = work_while_needed(&pool, &me, (&mut meter, &mut slice), inner, &mut done);
+        inner = work_while_needed(&pool, &me, &mut meter, &mut slice, inner, &mut done);
         me.set_flags(&pool, IDLE);
     }
     pool.remove_worker(&me);
@@ -380,7 +380,8 @@ pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
 fn work_while_needed<'a>(
     pool: &'a Arc<Pool>,
     me: &WorkerShared,
-    (meter, slice): (&mut CpuMeter, &mut WakeSlice),
+    meter: &mut CpuMeter,
+    slice: &mut WakeSlice,
     mut inner: MutexGuard<'a, PoolInner>,
     done: &mut Vec<Done>,
 ) -> MutexGuard<'a, PoolInner> {
@@ -534,13 +535,13 @@ fn spin_until_woken(me: &WorkerShared) {
 fn process_one(pool: &Arc<Pool>, me: &WorkerShared, meter: &mut CpuMeter, entry: Entry, done: &mut Vec<Done>) {
     let Entry { pwq: link, color, job } = entry;
     match job {
-        Job::Once(f) => one_shot(pool, me, meter, (link, color), f, done),
-        Job::Shared(item) => one_shot(pool, me, meter, (link, color), || item.run(), done),
+        Job::Once(f) => one_shot(pool, me, meter, link, color, f, done),
+        Job::Shared(item) => one_shot(pool, me, meter, link, color, || item.run(), done),
         // Whether the task was woken during its poll is not ours to act
         // on: that wake-up queued the next poll.
         Job::Poll(runnable) => {
             let poll = || Outcome::of_call(|| _ = runnable.run());
-            one_shot(pool, me, meter, (link, color), poll, done);
+            one_shot(pool, me, meter, link, color, poll, done);
         }
         Job::Work { work, gen } => {
             run_work(pool, me, meter, &work, Parked { link, color, gen }, done);
@@ -555,7 +556,8 @@ fn one_shot(
     pool: &Arc<Pool>,
     me: &WorkerShared,
     meter: &mut CpuMeter,
-    (link, color): (PwqRef, u64),
+    link: PwqRef,
+    color: u64,
     f: impl FnOnce() -> Outcome,
     done: &mut Vec<Done>,
 ) {

@@ -547,10 +547,11 @@ impl Workqueue {
     }
 
     /// Marks `work` pending and queues it now (a zero delay), on `slot` or
-    /// the caller's CPU.
-    pub(crate) fn queue_now(&self, work: &Arc<WorkShared>, slot: Option<usize>) -> Result<bool, Error> {
+    /// the caller's CPU. `rearm`: a `mod_delayed` past its refusal check
+    /// (see `refusal_for_arming`).
+    pub(crate) fn queue_now(&self, work: &Arc<WorkShared>, slot: Option<usize>, rearm: bool) -> Result<bool, Error> {
         let slot = slot.unwrap_or_else(|| self.shared.rt.local_slot());
-        self.queue_with(slot, false, || mark_pending(work))
+        self.queue_with(slot, rearm, || mark_pending(work))
     }
 
     /// Puts `job` on the pwq for CPU slot `slot`, unless the queue refuses.
@@ -688,23 +689,12 @@ impl Workqueue {
 
     /// Whether `destroy` should refuse because of armed delayed work; used
     /// by `DelayedWork` under the `armed` lock to keep the two in step.
-    pub(crate) fn refusal_for_arming(&self) -> Option<Error> {
-        self.shared.core.refusal(false)
-    }
-
-    /// `mod_delayed`'s re-arm, decided under `WqCore::rearming`: a drain
-    /// that began since waits for it and does not refuse it (as it does not
-    /// refuse the timer); only a destroyed queue does, which cannot happen
-    /// while the guard is held.
-    pub(crate) fn refusal_for_rearming(&self) -> Option<Error> {
-        self.shared.core.refusal(true)
-    }
-
-    /// `queue_now` for `mod_delayed`'s re-arm with a zero delay (see
-    /// `refusal_for_rearming`).
-    pub(crate) fn requeue_now(&self, work: &Arc<WorkShared>, slot: Option<usize>) -> Result<bool, Error> {
-        let slot = slot.unwrap_or_else(|| self.shared.rt.local_slot());
-        self.queue_with(slot, true, || mark_pending(work))
+    /// `rearm`: a `mod_delayed` past its refusal check, made under
+    /// `WqCore::rearming`. A drain that began since waits for it and does
+    /// not refuse it (as it does not refuse the timer); only a destroyed
+    /// queue does, which cannot happen while that guard is held.
+    pub(crate) fn refusal_for_arming(&self, rearm: bool) -> Option<Error> {
+        self.shared.core.refusal(rearm)
     }
 }
 

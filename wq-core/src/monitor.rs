@@ -25,6 +25,17 @@
 //! parked, the monitor waits `DISARM_AFTER` and closes them all before it
 //! parks for good.
 //!
+//! The monitor runs as `SCHED_BATCH` (at nice −10 where allowed), so no
+//! wake-up of it preempts a running thread. A sleep costs the pool only
+//! when its CPU would otherwise idle, and on an idle CPU the monitor runs
+//! at once; on a busy CPU it waits for the next switch there (a thread
+//! blocks, or a slice ends at a scheduler tick) rather than forcing one.
+//! Forced switches were most of what detection cost a busy pool: each tick
+//! preempted a worker, often with a second switch between workers after
+//! it (BENCHMARKS.md, session 12). Workers it starts take back the runtime
+//! builder's policy (`worker::attach`), since a lone item's wake-up must
+//! preempt (`worker/slice.rs`).
+//!
 //! A panic on this thread (user code runs here: `tracing` subscribers, the
 //! spawn hook, periodic jobs) does not end it: the monitor counts it in
 //! `RuntimeStats::monitor_panics`, logs it, asks again for the workers
@@ -51,7 +62,10 @@ use crate::{sys, Error};
 use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Relaxed, Ordering::SeqCst};
 
 /// How often busy workers are polled while work is pending. Each tick is a
-/// wake-up that preempts a worker (a context switch each way, ~5 µs here).
+/// wake-up: on a CPU busy with workers it used to preempt one (a context
+/// switch each way, 10–15 µs of CPU on this VM, and often a second switch
+/// between workers after it); as `SCHED_BATCH` the monitor waits for the
+/// next switch there instead, or takes an idle CPU at once.
 /// A bound pool has no spare runner: its CPU idles until a sleep is seen,
 /// so while one has work pending the monitor ticks every 40 µs (a sleep is
 /// seen ~60 µs after it began, on average). Unbound pools keep a spare
@@ -178,6 +192,17 @@ impl Monitor {
         // Best effort: without the privilege it runs at the default priority.
         if sys::set_current_nice(-10).is_err() {
             tracing::debug!(target: "wq", "the monitor runs at the default priority (raising it was refused)");
+        }
+        // The kernel's hook runs inside `schedule()`, at a switch that happens
+        // anyway. As `SCHED_BATCH` the monitor's wake-ups never preempt: on an
+        // idle CPU (the case a missed sleep costs) it runs at once; on a busy
+        // one it waits for the next switch there instead of forcing one
+        // (BENCHMARKS.md, session 12). Threads it starts take back the
+        // builder's policy (`worker::attach`).
+        if sys::current_fair_policy() == Some(sys::FairPolicy::Normal) {
+            if let Err(err) = sys::set_current_fair_policy(sys::FairPolicy::Batch) {
+                tracing::debug!(target: "wq", %err, "the monitor's wake-ups may preempt (SCHED_BATCH was refused)");
+            }
         }
         let hog_threshold = core.config.cpu_hog_threshold;
         let mut busy: Vec<Arc<WorkerShared>> = Vec::new();

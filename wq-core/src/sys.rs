@@ -111,14 +111,12 @@ struct SchedAttr {
 /// `SCHED_FLAG_RESET_ON_FORK`, the one flag kept when attributes are set again.
 const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
 
-/// Asks the scheduler for a slice of `slice` for the calling thread, or
-/// for the default slice again (`None`): a fair-class thread's
-/// `sched_runtime`, which EEVDF (Linux 6.12 on) turns into an earlier
-/// deadline, so that the thread preempts the running one when it wakes.
-/// Earlier kernels accept and ignore it. The thread's policy and nice
-/// value are read first and kept; a thread outside the fair classes is
-/// left alone (an error).
-pub(crate) fn set_current_slice(slice: Option<Duration>) -> io::Result<()> {
+/// Reads the calling thread's scheduling attributes, lets `change` edit
+/// them, and sets them again. Only fair-class threads (`SCHED_OTHER`,
+/// `SCHED_BATCH`, `SCHED_IDLE`) are touched; any other policy is an error
+/// and left alone. Nice value, policy and slice are kept unless `change`
+/// edits them.
+fn update_current_sched_attr(change: impl FnOnce(&mut SchedAttr)) -> io::Result<()> {
     let mut attr = SchedAttr::default();
     let size = std::mem::size_of::<SchedAttr>() as u32;
     // SAFETY: `attr` is live and writable, and `size` is its length: the
@@ -133,7 +131,7 @@ pub(crate) fn set_current_slice(slice: Option<Duration>) -> io::Result<()> {
     }
     attr.size = size;
     attr.flags &= SCHED_FLAG_RESET_ON_FORK;
-    attr.runtime = slice.map_or(0, |s| u64::try_from(s.as_nanos()).unwrap_or(u64::MAX));
+    change(&mut attr);
     // SAFETY: `attr` is a valid `sched_attr` of the size it names, only read.
     let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
     if rc == 0 {
@@ -141,6 +139,54 @@ pub(crate) fn set_current_slice(slice: Option<Duration>) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Asks the scheduler for a slice of `slice` for the calling thread, or
+/// for the default slice again (`None`): a fair-class thread's
+/// `sched_runtime`, which EEVDF (Linux 6.12 on) turns into an earlier
+/// deadline, so that the thread preempts the running one when it wakes.
+/// Earlier kernels accept and ignore it. The thread's policy and nice
+/// value are kept; a thread outside the fair classes is left alone (an
+/// error).
+pub(crate) fn set_current_slice(slice: Option<Duration>) -> io::Result<()> {
+    update_current_sched_attr(|attr| {
+        attr.runtime = slice.map_or(0, |s| u64::try_from(s.as_nanos()).unwrap_or(u64::MAX));
+    })
+}
+
+/// The two fair scheduling policies the runtime moves its threads
+/// between. They differ in one thing that matters here: a waking
+/// `SCHED_BATCH` thread never preempts the running one; it waits for the
+/// next scheduling point (the running thread blocks, or its slice ends at
+/// a scheduler tick), or runs at once on an idle CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FairPolicy {
+    /// `SCHED_OTHER`: wake-ups may preempt.
+    Normal,
+    /// `SCHED_BATCH`: wake-ups never preempt.
+    Batch,
+}
+
+/// The calling thread's policy if it is `SCHED_OTHER` or `SCHED_BATCH`;
+/// `None` for any other policy (or if the kernel would not say).
+pub(crate) fn current_fair_policy() -> Option<FairPolicy> {
+    // SAFETY: `sched_getscheduler` takes a thread id (0: the caller) and touches no memory.
+    match unsafe { libc::sched_getscheduler(0) } {
+        libc::SCHED_OTHER => Some(FairPolicy::Normal),
+        libc::SCHED_BATCH => Some(FairPolicy::Batch),
+        _ => None,
+    }
+}
+
+/// Moves the calling thread to `policy`, keeping its nice value and slice.
+/// Moving between these two needs no privilege.
+pub(crate) fn set_current_fair_policy(policy: FairPolicy) -> io::Result<()> {
+    update_current_sched_attr(|attr| {
+        attr.policy = match policy {
+            FairPolicy::Normal => libc::SCHED_OTHER,
+            FairPolicy::Batch => libc::SCHED_BATCH,
+        } as u32;
+    })
 }
 
 /// CPU time consumed by the calling thread (`CLOCK_THREAD_CPUTIME_ID`: a

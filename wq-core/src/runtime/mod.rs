@@ -67,6 +67,9 @@ pub(crate) struct RtCore {
     /// monitor's 1 ns: a sleeping item should not wake more precisely (and
     /// more often) than on any other thread of the program.
     pub(crate) base_timer_slack: Option<u64>,
+    /// The builder thread's policy if it is `SCHED_OTHER` or `SCHED_BATCH`,
+    /// which workers take back from the monitor's `SCHED_BATCH`.
+    pub(crate) base_policy: Option<crate::sys::FairPolicy>,
 }
 
 impl RtCore {
@@ -532,6 +535,7 @@ impl RuntimeBuilder {
             monitor_panics: AtomicU64::new(0),
             base_nice: crate::sys::current_nice(),
             base_timer_slack: crate::sys::current_timer_slack(),
+            base_policy: crate::sys::current_fair_policy(),
         });
         let cpus = topology.cpus().to_vec();
         let pools = Pools::new(core.clone(), &cpus);

@@ -299,11 +299,20 @@ fn attach(pool: &Arc<Pool>, me: &Arc<WorkerShared>) {
     if let Err(err) = sys::set_current_affinity(&pool.attrs.cpus) {
         tracing::warn!(target: "wq", worker = %me.name, %err, "could not set worker CPU affinity");
     }
-    // Workers start from the monitor's thread (nice -10, timer slack 1 ns)
-    // or a highpri worker's (a pool drained at shutdown): take back the
-    // runtime builder's slack, and for default priority its nice value.
+    // Workers start from the monitor's thread (nice -10, timer slack 1 ns,
+    // `SCHED_BATCH`) or a highpri worker's (a pool drained at shutdown):
+    // take back the runtime builder's slack and policy (a batch worker's
+    // wake-up would never preempt, so a lone item would wait for the
+    // queueing thread to block), and for default priority its nice value.
     if let Some(slack) = pool.rt.base_timer_slack {
         sys::set_current_timer_slack(slack);
+    }
+    if let Some(policy) = pool.rt.base_policy {
+        if sys::current_fair_policy() != Some(policy) {
+            if let Err(err) = sys::set_current_fair_policy(policy) {
+                tracing::warn!(target: "wq", worker = %me.name, %err, ?policy, "could not take back the runtime builder's scheduling policy");
+            }
+        }
     }
     if pool.attrs.nice == 0 {
         let _ = sys::set_current_nice(pool.rt.base_nice.unwrap_or(0));

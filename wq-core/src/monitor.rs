@@ -193,12 +193,7 @@ impl Monitor {
         if sys::set_current_nice(-10).is_err() {
             tracing::debug!(target: "wq", "the monitor runs at the default priority (raising it was refused)");
         }
-        // The kernel's hook runs inside `schedule()`, at a switch that happens
-        // anyway. As `SCHED_BATCH` the monitor's wake-ups never preempt: on an
-        // idle CPU (the case a missed sleep costs) it runs at once; on a busy
-        // one it waits for the next switch there instead of forcing one
-        // (BENCHMARKS.md, session 12). Threads it starts take back the
-        // builder's policy (`worker::attach`).
+        // Its wake-ups must never preempt a worker (module docs).
         if sys::current_fair_policy() == Some(sys::FairPolicy::Normal) {
             if let Err(err) = sys::set_current_fair_policy(sys::FairPolicy::Batch) {
                 tracing::debug!(target: "wq", %err, "the monitor's wake-ups may preempt (SCHED_BATCH was refused)");

@@ -11,6 +11,7 @@ mod done;
 mod inbox;
 mod link;
 mod pwq;
+mod spread;
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -23,6 +24,7 @@ pub(crate) use done::Done;
 use inbox::Inbox;
 pub(crate) use link::PwqRef;
 pub(crate) use pwq::{PwqHandle, PwqLink, PwqState};
+use spread::Spread;
 
 use crate::rescuer::Rescuer;
 use crate::runtime::RtCore;
@@ -118,6 +120,9 @@ pub(crate) struct Pool {
     /// How many workers may count as running before no more are woken:
     /// 1 for a bound pool, twice the number of its CPUs for an unbound one.
     pub(crate) target: usize,
+    /// An unbound pool's items in flight per CPU of its pod (`spread.rs`);
+    /// `None` for bound pools and pools of one CPU.
+    pub(crate) spread: Option<Spread>,
     /// Workers running work items and not marked sleeping, blocking or
     /// CPU-intensive. Changed only through `WorkerShared::set_flags` /
     /// `clr_flags`; invariant: equals the number of this pool's workers
@@ -202,10 +207,16 @@ impl Pool {
             (None, None) => attrs.cpus.len().max(1) * UNBOUND_RUNNERS_PER_CPU,
         };
         let batching = rt.detector.kind != crate::Detector::ExplicitOnly;
+        let spread = match (&attrs.cpu, &attrs.pod) {
+            (Some(_), _) => None,
+            (None, Some(pod)) => Spread::new(pod),
+            (None, None) => Spread::new(&attrs.cpus),
+        };
         Arc::new(Pool {
             id,
             attrs,
             target,
+            spread,
             nr_running: AtomicIsize::new(0),
             nr_waking: AtomicUsize::new(0),
             inbox: CachePadded::new(Inbox::default()),

@@ -11,7 +11,7 @@ mod slice;
 
 pub use hooks::{blocking, ignore_sleeps, min_sleep};
 pub(crate) use meter::Charge;
-use meter::CpuMeter;
+use meter::{CpuMeter, Start};
 use slice::WakeSlice;
 
 use std::cell::RefCell;
@@ -686,6 +686,8 @@ fn execute(
 ) -> (PwqRef, Outcome, Duration) {
     let intensive = link.wq.flags.contains(Flags::CPU_INTENSIVE);
     let wq_id = link.wq.id;
+    // Read before `item_start`: whether the item before this one was tiny.
+    let tiny = meter.last_was_tiny();
     let (start, closed) = meter.item_start(link);
     if let Some(charge) = closed {
         me.push_charge(charge);
@@ -699,6 +701,12 @@ fn execute(
     if let Some(pod) = &pool.attrs.pod {
         repatriate(pod, &pool.attrs.cpus);
     }
+    // Counted on its CPU until it ends (`pool/spread.rs`), unless it runs
+    // in a stash of tiny items.
+    let _placed = match (&pool.spread, &start) {
+        (Some(spread), Start::Timed(_)) if !tiny => spread.place(&pool.attrs.cpus),
+        _ => None,
+    };
     // Only this thread writes these; the monitor reads them. Release, not
     // SeqCst: no store-then-load protocol uses it (the monitor's hog check
     // only compares two readings), and a SeqCst store costs every item a

@@ -1,0 +1,165 @@
+//! Spreading an unbound pool's items over its CPUs.
+//!
+//! The scheduler balances an unbound pool's workers badly when their items
+//! sleep. A sleeping thread's timer fires on the CPU it slept on, and with
+//! every CPU of the cache domain busy the wake-up stays there: the search
+//! for an idle CPU is skipped when the domain is nearly fully used
+//! (`SIS_UTIL`). A CPU that goes idle for a moment pulls nothing either,
+//! because a task that ran in the last 0.5 ms is "cache hot"
+//! (`sched_migration_cost`) and is not moved to a newly idle CPU. So the
+//! workers split into one group per CPU, each item coming back where it
+//! slept, and the groups need not be equal: in traces of the mixed
+//! workload one CPU held 13 workers and the other 5, and that one idled in
+//! 100–500 µs gaps, 50 ms per run, while runnable workers queued on the
+//! other (BENCHMARKS.md, session 13).
+//!
+//! The kernel's own workers have no such problem: an unbound work item
+//! runs wherever the scheduler finds room. Here each item that starts
+//! counts itself on its CPU until it ends, sleeping or not. An item about
+//! to start on a CPU with at least `IMBALANCE` more items in flight than
+//! the pool's least busy CPU moves there first, by pinning the worker to
+//! that CPU (which migrates it before the call returns) and widening its
+//! affinity again, as a pod's repatriation does. The items in flight on a
+//! CPU are the ones that will want it again when they wake, so evening
+//! them out evens out the load the scheduler will not.
+//!
+//! The counts are a heuristic: relaxed, and the scheduler may still move a
+//! worker after its item started. Each item's count goes back to the CPU
+//! it was added to (`Placed` remembers it), so they never drift. Tiny items
+//! (a worker's stash, `batch.rs`) are not counted: they end before they
+//! could sleep, and the shared counters would cost them a cache line each.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use crossbeam_utils::CachePadded;
+
+use crate::sys;
+
+/// An item moves to the least busy CPU when its own has this many more
+/// items in flight. With 1, two CPUs one item apart would trade items back
+/// and forth; 2 still catches a lasting lopsided split.
+const IMBALANCE: usize = 2;
+
+/// Items in flight per CPU of one unbound pool.
+pub(crate) struct Spread {
+    /// The CPUs items are spread over: the pool's pod, or all its CPUs.
+    cpus: Vec<usize>,
+    /// `counts[i]` is the number of items that started on `cpus[i]` and
+    /// have not ended. Each in a cache line of its own: items on
+    /// different CPUs change different counts.
+    counts: Box<[CachePadded<AtomicUsize>]>,
+}
+
+/// An item counted on one CPU of its pool; the count drops with it.
+pub(crate) struct Placed<'a> {
+    spread: &'a Spread,
+    index: usize,
+}
+
+impl Drop for Placed<'_> {
+    fn drop(&mut self) {
+        let prev = self.spread.counts[self.index].fetch_sub(1, Relaxed);
+        debug_assert!(prev > 0, "item count of CPU {} underflowed", self.spread.cpus[self.index]);
+    }
+}
+
+impl Spread {
+    /// Counts for items over `cpus`; `None` if there is nothing to spread
+    /// over (fewer than two CPUs).
+    pub(crate) fn new(cpus: &[usize]) -> Option<Spread> {
+        (cpus.len() > 1).then(|| Spread {
+            cpus: cpus.to_vec(),
+            counts: cpus.iter().map(|_| CachePadded::new(AtomicUsize::new(0))).collect(),
+        })
+    }
+
+    /// An item starts on the calling worker: moves the worker to the least
+    /// busy CPU if its own is `IMBALANCE` items ahead, then counts the item
+    /// there. `widen` is the worker's whole affinity, restored after the
+    /// move. `None` if the worker runs outside the spread CPUs (a pod's
+    /// worker that repatriation could not move).
+    pub(crate) fn place(&self, widen: &[usize]) -> Option<Placed<'_>> {
+        let here = self.cpus.iter().position(|&c| Some(c) == sys::current_cpu())?;
+        let index = self.choose(here);
+        if index != here && Self::migrate(self.cpus[index], widen).is_err() {
+            return Some(self.count(here));
+        }
+        Some(self.count(index))
+    }
+
+    /// Where an item that would start on `cpus[here]` should start: there,
+    /// unless the least busy CPU has `IMBALANCE` fewer items in flight.
+    fn choose(&self, here: usize) -> usize {
+        let mine = self.counts[here].load(Relaxed);
+        let (least, fewest) = self
+            .counts
+            .iter()
+            .map(|c| c.load(Relaxed))
+            .enumerate()
+            .min_by_key(|&(_, n)| n)
+            .expect("a spread has at least two CPUs");
+        if mine >= fewest + IMBALANCE {
+            least
+        } else {
+            here
+        }
+    }
+
+    fn count(&self, index: usize) -> Placed<'_> {
+        self.counts[index].fetch_add(1, Relaxed);
+        Placed { spread: self, index }
+    }
+
+    /// Moves the calling thread to `cpu` and lets it roam `widen` again.
+    fn migrate(cpu: usize, widen: &[usize]) -> std::io::Result<()> {
+        sys::set_current_affinity(&[cpu])?;
+        sys::set_current_affinity(widen)
+    }
+
+    /// Items in flight per CPU, for tests.
+    #[cfg(test)]
+    fn in_flight(&self) -> Vec<usize> {
+        self.counts.iter().map(|c| c.load(Relaxed)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_cpu_is_nothing_to_spread() {
+        assert!(Spread::new(&[3]).is_none());
+        assert!(Spread::new(&[]).is_none());
+    }
+
+    #[test]
+    fn an_item_stays_until_its_cpu_is_two_ahead() {
+        let s = Spread::new(&[0, 1, 2]).unwrap();
+        let a = s.count(0);
+        assert_eq!(s.choose(0), 0, "one ahead stays");
+        let b = s.count(0);
+        assert_eq!(s.choose(0), 1, "two ahead moves to the first least busy CPU");
+        assert_eq!(s.choose(1), 1, "the least busy CPU keeps its items");
+        let c = s.count(1);
+        let d = s.count(2);
+        assert_eq!(s.in_flight(), vec![2, 1, 1]);
+        assert_eq!(s.choose(0), 0, "one ahead of the least busy stays");
+        drop((a, c));
+        assert_eq!(s.in_flight(), vec![1, 0, 1]);
+        drop((b, d));
+        assert_eq!(s.in_flight(), vec![0, 0, 0], "every count goes back with its item");
+    }
+
+    #[test]
+    fn sequential_starts_on_one_cpu_end_up_spread() {
+        // Every item starts on CPU 0 and follows `choose`, as place() does.
+        let s = Spread::new(&[0, 1]).unwrap();
+        let placed: Vec<Placed<'_>> = (0..8).map(|_| s.count(s.choose(0))).collect();
+        let n = s.in_flight();
+        assert!(n[0].abs_diff(n[1]) <= IMBALANCE, "{n:?}");
+        assert!(n[1] >= 3, "{n:?}");
+        drop(placed);
+        assert_eq!(s.in_flight(), vec![0, 0]);
+    }
+}

@@ -9,7 +9,7 @@
 //! (`sched_migration_cost`) and is not moved to a newly idle CPU. So the
 //! workers split into one group per CPU, each item coming back where it
 //! slept, and the groups need not be equal: in traces of the mixed
-//! workload one CPU held 13 workers and the other 5, and that one idled in
+//! workload one CPU held 13 workers and the other 7, and that one idled in
 //! 100–500 µs gaps, 50 ms per run, while runnable workers queued on the
 //! other (BENCHMARKS.md, session 13).
 //!

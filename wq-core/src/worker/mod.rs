@@ -686,7 +686,7 @@ fn execute(
 ) -> (PwqRef, Outcome, Duration) {
     let intensive = link.wq.flags.contains(Flags::CPU_INTENSIVE);
     let wq_id = link.wq.id;
-    // Read before `item_start`: whether the item before this one was tiny.
+    // The item before this one was tiny: this one most likely is too.
     let tiny = meter.last_was_tiny();
     let (start, closed) = meter.item_start(link);
     if let Some(charge) = closed {
@@ -702,9 +702,10 @@ fn execute(
         repatriate(pod, &pool.attrs.cpus);
     }
     // Counted on its CPU until it ends (`pool/spread.rs`), unless it runs
-    // in a stash of tiny items.
+    // in a stash of tiny items, or on a rescuer (which keeps `IDLE`, and
+    // its own affinity: it serves other pools too).
     let _placed = match (&pool.spread, &start) {
-        (Some(spread), Start::Timed(_)) if !tiny => spread.place(&pool.attrs.cpus),
+        (Some(spread), Start::Timed(_)) if !tiny && me.flags() & IDLE == 0 => spread.place(&pool.attrs.cpus),
         _ => None,
     };
     // Only this thread writes these; the monitor reads them. Release, not

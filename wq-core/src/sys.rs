@@ -34,6 +34,14 @@ pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
     Ok((0..max).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
 }
 
+/// Moves the calling thread onto `to` and lets it roam `widen` again:
+/// pinning migrates a running thread before the call returns, and widening
+/// afterwards leaves it where it is until the scheduler moves it.
+pub(crate) fn move_current(to: &[usize], widen: &[usize]) -> io::Result<()> {
+    set_current_affinity(to)?;
+    set_current_affinity(widen)
+}
+
 /// Restricts the calling thread to `cpus`.
 pub(crate) fn set_current_affinity(cpus: &[usize]) -> io::Result<()> {
     // SAFETY: an all-zero `cpu_set_t` is a valid, empty CPU set.

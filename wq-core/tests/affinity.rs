@@ -7,13 +7,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::wait_until;
+use common::{current_cpu, wait_until};
 use wq_core::{Attrs, Error, Flags, Runtime, Scope, Work};
-
-fn current_cpu() -> usize {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(36).unwrap().parse().unwrap()
-}
 
 fn per_cpu_queue(rt: &Runtime, strict: bool, max_active: u32) -> wq_core::Workqueue {
     rt.workqueue("per-cpu")

@@ -3,22 +3,15 @@
 //! two more of the pool's items than another moves there first, even when
 //! the scheduler would keep every worker on one CPU.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use common::current_cpu;
 use wq_core::{Flags, Runtime};
-
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: an all-zero `cpu_set_t` is a valid, empty CPU set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is live and writable, and its exact size is passed.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    assert_eq!(rc, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
-    // SAFETY: `set` was filled by the kernel; `CPU_ISSET` only reads it.
-    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
-}
 
 fn pin_current(cpu: usize) {
     // SAFETY: an all-zero `cpu_set_t` is a valid, empty CPU set.
@@ -30,14 +23,10 @@ fn pin_current(cpu: usize) {
     assert_eq!(rc, 0, "sched_setaffinity({cpu}): {}", std::io::Error::last_os_error());
 }
 
-fn current_cpu() -> usize {
-    // SAFETY: `sched_getcpu` takes no arguments.
-    usize::try_from(unsafe { libc::sched_getcpu() }).expect("sched_getcpu")
-}
-
 #[test]
 fn items_in_flight_are_spread_over_an_unbound_pools_cpus() {
-    let cpus = allowed_cpus();
+    // The CPUs this process may use (a runtime takes all of them by default).
+    let cpus = Runtime::builder().build().unwrap().cpus().to_vec();
     if cpus.len() < 2 {
         eprintln!("one CPU allowed: nothing to spread over");
         return;

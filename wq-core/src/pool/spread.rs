@@ -92,7 +92,7 @@ impl Spread {
     pub(crate) fn place(&self, widen: &[usize]) -> Option<Placed<'_>> {
         let here = self.cpus.iter().position(|&c| Some(c) == sys::current_cpu())?;
         let index = self.choose(here, self.two_others(here));
-        if index != here && Self::migrate(self.cpus[index], widen).is_err() {
+        if index != here && sys::move_current(&[self.cpus[index]], widen).is_err() {
             return Some(self.count(here));
         }
         Some(self.count(index))
@@ -124,12 +124,6 @@ impl Spread {
     fn count(&self, index: usize) -> Placed<'_> {
         self.counts[index].fetch_add(1, Relaxed);
         Placed { spread: self, index }
-    }
-
-    /// Moves the calling thread to `cpu` and lets it roam `widen` again.
-    fn migrate(cpu: usize, widen: &[usize]) -> std::io::Result<()> {
-        sys::set_current_affinity(&[cpu])?;
-        sys::set_current_affinity(widen)
     }
 
     /// Items in flight per CPU, for tests.

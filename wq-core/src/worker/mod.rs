@@ -741,7 +741,6 @@ fn execute(
 /// scheduler move it out later if the pod is busy.
 fn repatriate(pod: &[usize], cpus: &[usize]) {
     if sys::current_cpu().is_some_and(|cpu| !pod.contains(&cpu)) {
-        let _ = sys::set_current_affinity(pod);
-        let _ = sys::set_current_affinity(cpus);
+        let _ = sys::move_current(pod, cpus);
     }
 }

@@ -217,22 +217,68 @@ where
     T: Send + 'static,
 {
     fn run(self: Arc<Self>) -> Outcome {
-        let f = self.f.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let this = match Task::run_detached(self) {
+            Ok(outcome) => return outcome,
+            Err(this) => this,
+        };
+        let f = this.f.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(f) = f else { return Outcome::Skipped };
         // Only the Completion can hold the other reference.
-        let outcome = self.shared.run(f, || Arc::strong_count(&self) == 1);
-        if self.recycled && Arc::strong_count(&self) == 1 {
+        let outcome = this.shared.run(f, || Arc::strong_count(&this) == 1);
+        if this.recycled && Arc::strong_count(&this) == 1 {
             // Detached and done: empty it, then keep the allocation. The
             // result (stored if the Completion went just after the run) and
             // a waker a dropped Completion future left are user code.
             let leftovers = {
-                let mut slot = self.shared.lock();
+                let mut slot = this.shared.lock();
                 (slot.result.take(), slot.waker.take())
             };
             drop_quietly(leftovers);
-            crate::recycle::give_back(self);
+            crate::recycle::give_back(this);
         }
         outcome
+    }
+}
+
+impl<T, F> Task<T, F>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    /// `run` for a task whose `Completion` is gone (`Arc::get_mut`
+    /// succeeds; else the task comes back): nobody can cancel it any more
+    /// or wait for its value, so it needs neither the lock on `f` nor the
+    /// `QUEUED -> STARTED` exchange, two atomic read-modify-writes of a
+    /// tiny item's ten or so. A `cancel` made before the `Completion` went
+    /// is still honoured.
+    fn run_detached(mut this: Arc<Self>) -> Result<Outcome, Arc<Self>> {
+        let Some(task) = Arc::get_mut(&mut this) else { return Err(this) };
+        let f = task.f.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let cancelled = *task.shared.state.get_mut() == CANCELLED;
+        let outcome = match f {
+            None => Outcome::Skipped,
+            Some(f) if cancelled => {
+                drop_quietly(f);
+                Outcome::Skipped
+            }
+            Some(f) => match catch_unwind(AssertUnwindSafe(f)) {
+                Ok(value) => {
+                    drop_quietly(value);
+                    Outcome::Ran
+                }
+                Err(payload) => {
+                    drop_quietly(payload);
+                    Outcome::Panicked
+                }
+            },
+        };
+        if task.recycled {
+            // A waker a dropped Completion future left is user code.
+            let slot = task.shared.slot.get_mut().unwrap_or_else(|e| e.into_inner());
+            drop_quietly((slot.result.take(), slot.waker.take()));
+            crate::recycle::give_back(this);
+        }
+        Ok(outcome)
     }
 }
 

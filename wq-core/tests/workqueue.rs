@@ -309,6 +309,56 @@ fn completion_is_a_future_and_can_be_cancelled_before_it_starts() {
     assert!(started.cancel().is_err(), "a finished closure cannot be cancelled");
 }
 
+/// Counts its drops: a detached closure's value, and a cancelled one's
+/// captures, are dropped exactly once.
+struct Dropped(Arc<AtomicUsize>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+/// Detached submits (the Completion dropped before the closure starts) take
+/// a path of their own: bound queues, and unbound queues whose tasks are
+/// recycled allocations.
+#[test]
+fn detached_submits_run_once_count_panics_honour_cancel_and_drop_values() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    for unbound in [false, true] {
+        let mut b = rt.workqueue("detached").max_active(1);
+        if unbound {
+            b = b.flags(Flags::UNBOUND);
+        }
+        let wq = b.build().unwrap();
+        let (tx, rx) = mpsc::channel::<()>();
+        let gate = wq.submit(move || rx.recv().unwrap()).unwrap();
+        let (ran, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        for _ in 0..100 {
+            let (r, d) = (ran.clone(), dropped.clone());
+            drop(wq.submit(move || {
+                r.fetch_add(1, SeqCst);
+                Dropped(d)
+            }));
+        }
+        let captured = Dropped(dropped.clone());
+        let r = ran.clone();
+        let cancelled = wq.submit(move || {
+            let _keep = &captured;
+            r.fetch_add(1, SeqCst);
+        });
+        assert!(cancelled.unwrap().cancel().is_ok(), "not started yet: cancel must win");
+        drop(wq.submit(|| panic!("detached")));
+        tx.send(()).unwrap();
+        gate.wait().unwrap();
+        wq.flush().unwrap();
+        assert_eq!(ran.load(SeqCst), 100, "unbound: {unbound}");
+        assert_eq!(dropped.load(SeqCst), 101, "values and the cancelled captures, unbound: {unbound}");
+        let s = wq.stats();
+        assert_eq!((s.total, s.panics), (102, 1), "unbound: {unbound}");
+    }
+}
+
 #[test]
 fn stats_count_cpu_time_and_in_flight() {
     let wq = Workqueue::builder("stats").flags(Flags::CPU_INTENSIVE).build().unwrap();

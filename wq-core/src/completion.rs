@@ -272,10 +272,10 @@ where
                 }
             },
         };
+        // A waker a dropped Completion future left is user code.
+        let slot = task.shared.slot.get_mut().unwrap_or_else(|e| e.into_inner());
+        drop_quietly(slot.waker.take());
         if task.recycled {
-            // A waker a dropped Completion future left is user code.
-            let slot = task.shared.slot.get_mut().unwrap_or_else(|e| e.into_inner());
-            drop_quietly((slot.result.take(), slot.waker.take()));
             crate::recycle::give_back(this);
         }
         Ok(outcome)

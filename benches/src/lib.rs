@@ -28,6 +28,7 @@ pub mod peers;
 pub mod scenario;
 pub mod stats;
 pub mod sys;
+pub mod targets;
 pub mod tracker;
 
 pub use peer::{registry, Peer, PeerError, PeerSpec, RunError, Runner};

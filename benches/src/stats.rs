@@ -92,6 +92,9 @@ pub struct Table {
     pub headers: Vec<String>,
     /// Cells, one `Vec` per row, as many as the headers.
     pub rows: Vec<Vec<String>>,
+    /// How many leading columns hold text, aligned left (at least the first); the rest hold
+    /// numbers, aligned right.
+    pub text_columns: usize,
 }
 
 impl Table {
@@ -124,8 +127,7 @@ impl Table {
             let mut s = String::from("|");
             for (i, c) in cells.iter().enumerate().take(cols) {
                 let pad = width[i] - c.chars().count();
-                // The first column holds names (left), the rest numbers (right).
-                if i == 0 {
+                if i < self.text_columns.max(1) {
                     let _ = write!(s, " {c}{} |", " ".repeat(pad));
                 } else {
                     let _ = write!(s, " {}{c} |", " ".repeat(pad));
@@ -145,7 +147,7 @@ impl Table {
         let mut rule = String::from("|");
         for (i, w) in width.iter().enumerate() {
             let dashes = "-".repeat((*w).max(3));
-            if i == 0 {
+            if i < self.text_columns.max(1) {
                 let _ = write!(rule, " {dashes} |");
             } else {
                 let _ = write!(rule, " {}: |", &dashes[1..]);

@@ -2,8 +2,10 @@
 //!
 //! Usage: `cargo run --release -p benches --bin compare -- [--rounds N] [scenario...]`
 //! with scenarios `latency`, `throughput`, `mixed`, `timeline`, `detect` (none = all). Prints one Markdown
-//! table per scenario on stdout, progress on stderr, and exits with status 1 if any peer lost or
-//! duplicated an item or failed a run (2 for bad arguments).
+//! table per scenario on stdout, then the issues' targets judged on this run's medians
+//! (`benches::targets`), progress on stderr, and exits with status 1 if any peer lost or
+//! duplicated an item or failed a run (2 for bad arguments). A missed target is reported, not
+//! an error: the numbers move with the machine's load.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use benches::scenario::{
 };
 use benches::stats::{num, rate, ratio, Spread, Table};
 use benches::sys::{cpus, os_threads, settle_threads, tasks, HostTicks};
+use benches::targets::{rows as names, Checks, Detect, Throughput};
 use benches::{registry, Integrity, PeerSpec, RunError, Runner, Scenario};
 
 const USAGE: &str = "usage: compare [--rounds N] [--peers TEXT] [latency|throughput|mixed|timeline|detect]...";
@@ -253,7 +256,12 @@ fn is_wq<T>(r: &Row<T>) -> bool {
     r.name.starts_with("wq-core")
 }
 
-fn latency_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, bool) {
+/// The median of the row named `name`, if the run has that row and it has results.
+fn median_of<T>(rows: &[Row<T>], name: &str, f: impl Fn(&T) -> f64) -> Option<f64> {
+    rows.iter().find(|r| r.name == name).map(|r| r.median(f)).filter(|v| !v.is_nan())
+}
+
+fn latency_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize, checks: &mut Checks) -> (Table, bool) {
     let cfg = LatencyConfig::default();
     let peers: Vec<&PeerSpec> = specs.iter().filter(|s| s.runs(Scenario::Latency)).collect();
     let mut rows: Vec<Row<LatencyRun>> = peers.iter().map(|s| Row::new(&s.name)).collect();
@@ -290,6 +298,9 @@ fn latency_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, 
         }
     }
     let wq = reference(&rows, is_wq, |r| r.p50_us);
+    let p50 = |name| median_of(&rows, name, |r| r.p50_us);
+    let floor = median_of(std::slice::from_ref(&park_rt), names::ROUND_TRIP, |r| r.p50_us);
+    checks.wake_latency(p50(names::SUBMIT_BOUND), p50(names::SPAWN_BLOCKING), p50(names::TOKIO), floor);
     let mut t = Table::new(
         "Wake latency: submit-to-start of an idle pool (µs)",
         &["peer", "p50", "p99", "max", "p50 / wq", "items run once"],
@@ -315,7 +326,7 @@ fn latency_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, 
     (t, clean)
 }
 
-fn throughput_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, bool) {
+fn throughput_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize, checks: &mut Checks) -> (Table, bool) {
     let cfg = ThroughputConfig::default();
     let peers: Vec<&PeerSpec> = specs.iter().filter(|s| s.runs(Scenario::Throughput)).collect();
     let mut one: Vec<Row<ThroughputRun>> = peers.iter().map(|s| Row::new(&s.name)).collect();
@@ -329,6 +340,18 @@ fn throughput_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Tabl
                 });
             }
         }
+    }
+    for (submitters, rows) in [(1, &one), (2, &two)] {
+        let m = |name| median_of(rows, name, |r| r.items_per_sec);
+        let t = Throughput {
+            submit_bound: m(names::SUBMIT_BOUND),
+            submit_unbound: m(names::SUBMIT_UNBOUND),
+            queue_work: m(names::QUEUE_WORK),
+            spawn_blocking: m(names::SPAWN_BLOCKING),
+            tokio: m(names::TOKIO),
+            rayon: m(names::RAYON),
+        };
+        checks.throughput(submitters, &t);
     }
     let wq1 = reference(&one, is_wq, |r| r.items_per_sec);
     let wq2 = reference(&two, is_wq, |r| r.items_per_sec);
@@ -367,7 +390,7 @@ fn throughput_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Tabl
     (t, clean)
 }
 
-fn mixed_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, bool) {
+fn mixed_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize, checks: &mut Checks) -> (Table, bool) {
     let cfg = MixedConfig::default();
     let mut variants: Vec<(&PeerSpec, bool)> = Vec::new();
     for s in specs.iter().filter(|s| s.runs(Scenario::Mixed)) {
@@ -391,6 +414,11 @@ fn mixed_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, bo
     let ideal = cfg.ideal().as_secs_f64() * 1e3;
     let ms = |r: &MixedRun| r.makespan.as_secs_f64() * 1e3;
     let wq = reference(&rows, |r| is_wq(r) && r.name.contains("blocking("), ms);
+    for (issue, name) in [(4, names::MIXED_UNBOUND), (6, names::SPAWN_BLOCKING)] {
+        let row = rows.iter().find(|r| r.name == name);
+        let threads = row.and_then(|r| Spread::of(&r.threads)).map(|s| s.median);
+        checks.mixed(issue, name, median_of(&rows, name, ms).map(|m| m / ideal), threads);
+    }
     let mut t = Table::new(
         "Mixed burn/sleep: makespan, threads, context switches, CPU time",
         &[
@@ -429,7 +457,7 @@ fn mixed_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, bo
         t.row(vec![
             r.name.clone(),
             r.cell(ms, num),
-            r.cell(|x| ms(x) / ideal, |v| format!("{v:.2}")),
+            r.cell(|x| ms(x) / ideal, |v| format!("{v:.3}")),
             Spread::of(&r.threads).map_or("–".into(), |s| s.show(count)),
             r.cell(|x| x.voluntary_switches as f64, num),
             r.cell(|x| x.involuntary_switches as f64, num),
@@ -441,7 +469,7 @@ fn mixed_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, bo
     (t, clean)
 }
 
-fn timeline_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, bool) {
+fn timeline_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize, checks: &mut Checks) -> (Table, bool) {
     let cfg = TimelineConfig::default();
     let peers: Vec<&PeerSpec> = specs.iter().filter(|s| s.runs(Scenario::Timeline)).collect();
     let mut rows: Vec<Row<TimelineRun>> = peers.iter().map(|s| Row::new(&s.name)).collect();
@@ -454,6 +482,8 @@ fn timeline_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table,
             });
         }
     }
+    let w = |i: usize| median_of(&rows, names::TIMELINE, |r| r.finish_ms[i]);
+    checks.timeline(w(0).zip(w(1)).zip(w(2)).map(|((a, b), c)| [a, b, c]));
     let mut t = Table::new(
         "Seed timeline on one CPU: finish times of w0, w1, w2 (ms after queueing)",
         &["peer", "w0", "w1", "w2", "items run once"],
@@ -484,7 +514,7 @@ fn timeline_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table,
 /// noise on a shared machine, and a run takes well under a second.
 const DETECT_THROUGHPUT_RUNS: usize = 3;
 
-fn detect_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, bool) {
+fn detect_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize, checks: &mut Checks) -> (Table, bool) {
     let cfg = DetectConfig::default();
     let tcfg = ThroughputConfig::default();
     // Before any run, so its threads are gone by the time the first one settles.
@@ -510,6 +540,13 @@ fn detect_table(h: &mut Harness, specs: &[PeerSpec], rounds: usize) -> (Table, b
         }
     }
     let explicit = reference(&tput, |r| r.name.contains("explicit-only"), |r| r.items_per_sec);
+    let perf = median_of(&lat, names::DETECT_PERF, |r| r.p50_us).zip(median_of(&lat, names::DETECT_PERF, |r| r.p99_us));
+    let throughput_ratios = [names::DETECT_AUTO, names::DETECT_PERF, names::DETECT_PROCFS]
+        .into_iter()
+        .filter_map(|name| Some((name.to_owned(), median_of(&tput, name, |r| r.items_per_sec)? / explicit)))
+        .filter(|(_, ratio)| ratio.is_finite())
+        .collect();
+    checks.detect(&Detect { perf, procfs: median_of(&lat, names::DETECT_PROCFS, |r| r.p50_us), throughput_ratios });
     let mut t = Table::new(
         "Sleep detection: sleep-to-next-start latency (µs) and throughput overhead",
         &["runtime", "p50", "p99", "max", "late / early", "empty items/s", "items/s / explicit-only", "items run once"],
@@ -600,6 +637,7 @@ fn main() -> ExitCode {
         }
     }
     let mut h = Harness { base_threads, problems: Vec::new() };
+    let mut checks = Checks::new();
     let started = Instant::now();
     let mut clean = true;
     for &s in &args.scenarios {
@@ -607,11 +645,11 @@ fn main() -> ExitCode {
         let t0 = Instant::now();
         let host0 = HostTicks::now().ok();
         let (mut table, ok) = match s {
-            Scenario::Latency => latency_table(&mut h, &specs, rounds),
-            Scenario::Throughput => throughput_table(&mut h, &specs, rounds),
-            Scenario::Mixed => mixed_table(&mut h, &specs, rounds),
-            Scenario::Timeline => timeline_table(&mut h, &specs, rounds),
-            Scenario::Detect => detect_table(&mut h, &specs, rounds),
+            Scenario::Latency => latency_table(&mut h, &specs, rounds, &mut checks),
+            Scenario::Throughput => throughput_table(&mut h, &specs, rounds, &mut checks),
+            Scenario::Mixed => mixed_table(&mut h, &specs, rounds, &mut checks),
+            Scenario::Timeline => timeline_table(&mut h, &specs, rounds, &mut checks),
+            Scenario::Detect => detect_table(&mut h, &specs, rounds, &mut checks),
         };
         clean &= ok;
         if let (Some(before), Ok(after)) = (host0, HostTicks::now()) {
@@ -623,6 +661,9 @@ fn main() -> ExitCode {
         }
         println!("{}", table.render());
         eprintln!("[{s}] done in {:.1} s", t0.elapsed().as_secs_f64());
+    }
+    if !checks.all().is_empty() {
+        println!("{}", checks.table().render());
     }
     eprintln!("all scenarios done in {:.1} s", started.elapsed().as_secs_f64());
     if clean && h.problems.is_empty() {

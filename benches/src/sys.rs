@@ -99,9 +99,10 @@ pub struct ThreadCounter {
 }
 
 impl ThreadCounter {
-    /// Opens `/proc/self/status`.
+    /// Opens `/proc/self/stat`. (`/proc/self/status` has the same count, but generating it took
+    /// twice as long here: 9.5 against 4.6 µs, a thousand times per second of a mixed run.)
     pub fn open() -> io::Result<ThreadCounter> {
-        Ok(ThreadCounter { file: File::open("/proc/self/status")?, buf: String::with_capacity(2048) })
+        Ok(ThreadCounter { file: File::open("/proc/self/stat")?, buf: String::with_capacity(512) })
     }
 
     /// The number of OS threads in the process right now.
@@ -111,12 +112,17 @@ impl ThreadCounter {
         self.file.seek(SeekFrom::Start(0))?;
         self.buf.clear();
         self.file.read_to_string(&mut self.buf)?;
-        self.buf
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Threads: line"))
+        stat_threads(&self.buf)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no thread count in /proc/self/stat"))
     }
+}
+
+/// `num_threads`, the 20th field of a `/proc/<pid>/stat` line. The command name (field 2) is
+/// in parentheses and may hold spaces and parentheses itself, so fields are counted from the
+/// last `)`, after which field 3 comes.
+fn stat_threads(line: &str) -> Option<usize> {
+    let rest = &line[line.rfind(')')? + 1..];
+    rest.split_whitespace().nth(20 - 3)?.parse().ok()
 }
 
 /// The machine's CPU time counters from `/proc/stat`'s `cpu` line: how a
@@ -440,9 +446,15 @@ mod tests {
         let all = tasks().unwrap();
         assert!(all.iter().any(|t| t.name == "bench-probe-7"));
         assert!(all.iter().any(|t| t.tid == current_tid()));
-        let foreign = Foreign::snapshot(&["bench-probe"]).unwrap().finish().unwrap();
-        // Everything but the probe is foreign; the probe is the caller's peer.
-        assert_eq!(foreign.threads, all.len() - 1);
+        // Everything but the probe is foreign; the probe is the caller's peer. Other tests'
+        // threads start and end between two readings, so the counts are compared until two
+        // readings agree (a probe counted as foreign never would).
+        let agrees = (0..50).any(|_| {
+            let before = tasks().unwrap().len();
+            let foreign = Foreign::snapshot(&["bench-probe"]).unwrap().finish().unwrap();
+            foreign.threads == before - 1 && tasks().unwrap().len() == before
+        });
+        assert!(agrees, "the probe was counted as foreign, or the thread count never held still");
         tx.send(()).unwrap();
         h.join().unwrap();
     }
@@ -455,6 +467,19 @@ mod tests {
         assert_eq!(t.name, "x) y");
         assert_eq!((t.usage.voluntary, t.usage.involuntary), (5, 2));
         assert_eq!(t.usage.cpu, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn stat_thread_count_survives_odd_names() {
+        let line = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 23 0 99 1 2";
+        assert_eq!(stat_threads(line), Some(23));
+        assert_eq!(stat_threads("4242 (cut"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let from_status: usize =
+            status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).unwrap();
+        // Test threads come and go; both readings are of this process, a moment apart.
+        assert!(stat_threads(&own).is_some_and(|n| n >= 1 && n.abs_diff(from_status) < 64), "{own}");
     }
 
     #[test]

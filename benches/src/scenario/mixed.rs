@@ -20,6 +20,8 @@ pub fn run<P: Peer>(peer: &P, cfg: &MixedConfig, hooked: bool) -> Result<MixedRu
     warm_up(peer, 4)?;
     let mut lease = Lease::new(cfg.items);
     let t = lease.tracker();
+    // The harness sleeps until the last item (no polling thread competes with the items).
+    lease.wake_at_last();
     let sampler = ThreadSampler::start(Duration::from_millis(1))?;
     // The process-wide readings enclose the per-thread ones, so what is subtracted happened
     // inside the measured window: an idle thread waking up between two readings can only be
@@ -37,11 +39,11 @@ pub fn run<P: Peer>(peer: &P, cfg: &MixedConfig, hooked: bool) -> Result<MixedRu
                 std::thread::sleep(sleep);
             }
             burn_cpu(burn);
-            t.hit(i);
+            t.hit_and_count_down(i);
         })?;
     }
     let waiter_before = Rusage::thread();
-    lease.wait(cfg.timeout, Duration::from_micros(200));
+    lease.wait_for_last(cfg.timeout, Duration::from_millis(50));
     let makespan = start.elapsed();
     let waiter = Rusage::thread().since(waiter_before);
     let others = foreign.finish()?;

@@ -167,6 +167,26 @@ fn interlocked_blocking_items_always_get_their_workers() {
 
 /// Pools start without workers; a pool gets its first worker (and an idle
 /// reserve) from its first item, and the others stay empty.
+/// A worker woken for a lone item asks for an idle reserve, and is usually
+/// idle again before the manager serves the request. The manager used to drop
+/// the request then, so the worker asked again at every item, and every
+/// item's start waited for a cross-CPU wake-up of the manager. It now creates
+/// the reserve: the pool settles at two workers.
+#[test]
+fn a_pool_serving_lone_items_settles_with_an_idle_reserve() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let wq = rt.workqueue("lone").build().unwrap();
+    let bound = |rt: &Runtime| rt.stats().pools.into_iter().find(|p| p.cpu == Some(0) && !p.highpri).unwrap();
+    for _ in 0..30 {
+        assert_eq!(wq.submit(|| 1).unwrap().wait().unwrap(), 1);
+        thread::sleep(Duration::from_millis(2));
+    }
+    wait_until("the pool keeps a reserve beside its worker", || {
+        let p = bound(&rt);
+        p.workers == 2 && p.idle == 2
+    });
+}
+
 #[test]
 fn pools_start_without_workers_until_their_first_item() {
     let rt = Runtime::builder().cpus([0]).build().unwrap();

@@ -446,6 +446,19 @@ impl Pool {
         inner.idle.is_empty() && inner.nr_starting == 0 && !inner.dying
     }
 
+    /// Whether a request for an idle reserve still stands when the manager
+    /// serves it: [`wants_worker`](Pool::wants_worker), or the pool's only
+    /// worker is idle again. A worker that takes a lone item asks for a
+    /// reserve and is often idle again before the manager runs; dropping the
+    /// request then had it ask again at its next wake-up, so every lone item
+    /// woke the manager (a cross-CPU wake-up, 10–13 µs of the item's start
+    /// on this VM). The kernel keeps two idle workers per pool for the same
+    /// reason (`too_many_workers`).
+    pub(crate) fn wants_reserve(&self, inner: &PoolInner) -> bool {
+        let alone = self.workers().len() < 2;
+        (inner.idle.is_empty() || alone) && inner.nr_starting == 0 && !inner.dying
+    }
+
     /// Puts an admitted entry on its pwq: on the worklist if `max_active`
     /// leaves room, else on the pwq's inactive list.
     fn insert(&self, inner: &mut PoolInner, entry: Entry) {

@@ -181,7 +181,7 @@ fn creation_failed(retries: &mut Retries, pool: Arc<Pool>, err: &Error) {
 fn maybe_create_worker(pool: &Arc<Pool>) -> Result<(), Error> {
     {
         let mut inner = pool.lock();
-        if !pool.wants_worker(&inner) {
+        if !pool.wants_reserve(&inner) {
             inner.want_worker = false;
             return Ok(());
         }

@@ -117,12 +117,16 @@ impl ThreadCounter {
     }
 }
 
-/// `num_threads`, the 20th field of a `/proc/<pid>/stat` line. The command name (field 2) is
-/// in parentheses and may hold spaces and parentheses itself, so fields are counted from the
-/// last `)`, after which field 3 comes.
-fn stat_threads(line: &str) -> Option<usize> {
-    let rest = &line[line.rfind(')')? + 1..];
-    rest.split_whitespace().nth(20 - 3)?.parse().ok()
+/// Field `n` of a `/proc/<pid>/stat` line, numbered from 1 as proc(5) does, for `n` ≥ 3. The
+/// command name (field 2) is in parentheses and may hold spaces and parentheses itself, so
+/// fields are counted from the last `)`, after which field 3 comes.
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    stat.rsplit_once(')')?.1.split_whitespace().nth(n.checked_sub(3)?)
+}
+
+/// `num_threads`, field 20 of a `/proc/<pid>/stat` line.
+fn stat_threads(stat: &str) -> Option<usize> {
+    stat_field(stat, 20)?.parse().ok()
 }
 
 /// The machine's CPU time counters from `/proc/stat`'s `cpu` line: how a
@@ -284,11 +288,8 @@ fn parse_task(tid: i32, status: &str, stat: &str, ticks: u64) -> Option<Task> {
     let name = field("Name:")?;
     let voluntary = field("voluntary_ctxt_switches:")?.parse().ok()?;
     let involuntary = field("nonvoluntary_ctxt_switches:")?.parse().ok()?;
-    // The name in `stat` may hold spaces or parentheses: the fields start after the last ')'.
-    // Then state is field 3, so utime (14) and stime (15) are at indexes 11 and 12.
-    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: u64 = rest.get(11)?.parse().ok()?;
-    let stime: u64 = rest.get(12)?.parse().ok()?;
+    let utime: u64 = stat_field(stat, 14)?.parse().ok()?;
+    let stime: u64 = stat_field(stat, 15)?.parse().ok()?;
     let t = utime + stime;
     Some(Task {
         tid,

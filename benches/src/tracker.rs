@@ -188,35 +188,20 @@ impl Lease {
 
     /// Waits until `n` executions were recorded or `timeout` passed; true if they were.
     ///
-    /// Polls with short sleeps: the waiting thread must not burn a CPU the peer could use.
+    /// Checks every `poll`, parked in between: the waiting thread must not burn a CPU the peer
+    /// could use. After [`Lease::wake_at_last`] the last item also ends the wait.
     pub fn wait(&self, timeout: Duration, poll: Duration) -> bool {
         self.wait_or(timeout, poll, || false)
     }
 
     /// Makes the calling thread the one [`Tracker::hit_and_count_down`] wakes at the last item;
-    /// call it before any item can run, then [`Lease::wait_for_last`] on the same thread.
+    /// call it before any item can run, then [`Lease::wait`] on the same thread with a long
+    /// `poll`: it sleeps until the last item, so a waiting harness takes no CPU time from the
+    /// items. (Polling every 200 µs cost 10–12 ms of CPU per mixed run, about 10 µs per wake-up
+    /// on this VM.) An item run twice ends the countdown early and a lost one never ends it; the
+    /// wait then falls back to its polls, and `verify` reports them.
     pub fn wake_at_last(&self) {
         *self.tracker.waiter.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
-    }
-
-    /// Sleeps until `n` executions were recorded or `timeout` passed; true if they were. Unlike
-    /// [`Lease::wait`] it polls nothing while items run, so a waiting harness takes no CPU time
-    /// from them: the last item's [`Tracker::hit_and_count_down`] wakes it. (Polling every
-    /// 200 µs cost 10–12 ms of CPU per mixed run, about 10 µs per wake-up on this VM.) An
-    /// item run twice ends the countdown early and a lost one never ends it; both fall back to
-    /// checking every `recheck` until the timeout, and `verify` reports them.
-    pub fn wait_for_last(&self, timeout: Duration, recheck: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.tracker.completed() >= self.n {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            thread::park_timeout((deadline - now).min(recheck));
-        }
     }
 
     /// As [`Lease::wait`], but also stops early once `give_up()` returns true (a submitter
@@ -227,10 +212,12 @@ impl Lease {
             if self.tracker.completed() >= self.n {
                 return true;
             }
-            if Instant::now() >= deadline || give_up() {
+            let now = Instant::now();
+            if now >= deadline || give_up() {
                 return false;
             }
-            std::thread::sleep(poll);
+            // Parked rather than asleep, so that a countdown's last item ends the wait at once.
+            thread::park_timeout((deadline - now).min(poll));
         }
     }
 
@@ -306,7 +293,7 @@ mod tests {
         });
         let start = Instant::now();
         // A recheck longer than the timeout: only the last item's unpark can end this in time.
-        assert!(l.wait_for_last(Duration::from_secs(20), Duration::from_secs(60)));
+        assert!(l.wait(Duration::from_secs(20), Duration::from_secs(60)));
         assert!(start.elapsed() < Duration::from_secs(10), "woken by the timeout, not the last item");
         h.join().unwrap();
         assert_eq!(l.tracker().completed(), 3);
@@ -317,7 +304,7 @@ mod tests {
         let l = Lease::new(2);
         l.wake_at_last();
         l.tracker().hit_and_count_down(0);
-        assert!(!l.wait_for_last(Duration::from_millis(30), Duration::from_millis(5)));
+        assert!(!l.wait(Duration::from_millis(30), Duration::from_millis(5)));
     }
 
     #[test]

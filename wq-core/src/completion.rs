@@ -261,16 +261,13 @@ where
                 drop_quietly(f);
                 Outcome::Skipped
             }
-            Some(f) => match catch_unwind(AssertUnwindSafe(f)) {
-                Ok(value) => {
-                    drop_quietly(value);
-                    Outcome::Ran
-                }
-                Err(payload) => {
-                    drop_quietly(payload);
-                    Outcome::Panicked
-                }
-            },
+            Some(f) => {
+                // The value is user code too: dropped quietly, outside the run's outcome.
+                let mut value = None;
+                let outcome = Outcome::of_call(|| value = Some(f()));
+                drop_quietly(value);
+                outcome
+            }
         };
         // A waker a dropped Completion future left is user code.
         let slot = task.shared.slot.get_mut().unwrap_or_else(|e| e.into_inner());

@@ -43,7 +43,7 @@ pub fn run<P: Peer>(peer: &P, cfg: &MixedConfig, hooked: bool) -> Result<MixedRu
         })?;
     }
     let waiter_before = Rusage::thread();
-    lease.wait_for_last(cfg.timeout, Duration::from_millis(50));
+    lease.wait(cfg.timeout, Duration::from_millis(50));
     let makespan = start.elapsed();
     let waiter = Rusage::thread().since(waiter_before);
     let others = foreign.finish()?;

@@ -2,13 +2,16 @@
 //! per-item path.
 //!
 //! Usage: `cargo run --release -p benches --bin queue_loop -- [--items N] [--rounds R]
-//! [--submitters S] [--unbound]`
+//! [--submitters S] [--unbound] [--fresh] [--each]`
 //!
 //! `compare`'s throughput rows build fresh Works and a fresh runtime for every 200,000-item run,
 //! so a profile of them is mostly allocation and thread start-up. Here the same Works are queued
 //! again every round (a Work is queueable again once it ran), on one runtime, so `perf record`
-//! sees the queueing and running of items and little else. Prints items/s per round (median
-//! [min–max]) and exits with status 1 if any round lost or duplicated an item.
+//! sees the queueing and running of items and little else. `--fresh` builds a new runtime for
+//! every round instead, warmed with four items as `compare` warms its peers: the difference is
+//! what a runtime's first burst costs (its queues grow, so their memory is faulted in).
+//! Prints items/s per round (median [min–max]), with `--each` every round's rate in order, and
+//! exits with status 1 if any round lost or duplicated an item.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -35,10 +38,12 @@ struct Options {
     rounds: usize,
     submitters: usize,
     unbound: bool,
+    fresh: bool,
+    each: bool,
 }
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
-    let mut o = Options { items: 200_000, rounds: 20, submitters: 1, unbound: false };
+    let mut o = Options { items: 200_000, rounds: 20, submitters: 1, unbound: false, fresh: false, each: false };
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
         let mut number = |name: &str| -> Result<usize, String> {
@@ -53,6 +58,8 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--rounds" => o.rounds = number("--rounds")?,
             "--submitters" => o.submitters = number("--submitters")?,
             "--unbound" => o.unbound = true,
+            "--fresh" => o.fresh = true,
+            "--each" => o.each = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -101,13 +108,29 @@ fn round(
     })
 }
 
-fn run(o: &Options) -> Result<Vec<f64>, String> {
+/// A runtime and its queue (unbound or bound).
+fn build(unbound: bool) -> Result<(Runtime, Workqueue), String> {
     let rt = Runtime::builder().build().map_err(|e| format!("building the runtime: {e}"))?;
     let mut b = rt.workqueue("queue-loop");
-    if o.unbound {
+    if unbound {
         b = b.flags(Flags::UNBOUND);
     }
     let wq = b.build().map_err(|e| format!("building the workqueue: {e}"))?;
+    Ok((rt, wq))
+}
+
+/// Runs `n` items one after another, each waited for, so that the pool's workers exist (as
+/// `compare`'s warm-up does). `bump` counts one completion.
+fn warm(wq: &Workqueue, n: usize, bump: impl Fn() + Clone + Send + 'static) -> Result<(), String> {
+    for _ in 0..n {
+        let c = wq.submit(bump.clone()).map_err(|e| format!("submitting a warm-up item: {e}"))?;
+        c.wait().map_err(|e| format!("a warm-up item: {e}"))?;
+    }
+    Ok(())
+}
+
+fn run(o: &Options) -> Result<Vec<f64>, String> {
+    const WARM_UP: usize = 4;
     let done: Arc<Vec<CachePadded<AtomicUsize>>> = Arc::new((0..STRIPES).map(|_| CachePadded::default()).collect());
     let per = o.items / o.submitters;
     let batches: Vec<Vec<Work>> = (0..o.submitters)
@@ -123,16 +146,32 @@ fn run(o: &Options) -> Result<Vec<f64>, String> {
         })
         .collect();
     let counted = || done.iter().map(|c| c.load(Relaxed)).sum::<usize>();
+    let bump = {
+        let done = done.clone();
+        move || _ = done[0].fetch_add(1, Relaxed)
+    };
     let items = per * o.submitters;
+    let shared = if o.fresh { None } else { Some(build(o.unbound)?) };
+    let mut expected = 0;
     let mut rates = Vec::with_capacity(o.rounds);
-    for r in 1..=o.rounds {
-        let elapsed = round(&wq, &batches, counted, items * r)?;
+    for _ in 0..o.rounds {
+        let fresh = if o.fresh {
+            let (rt, wq) = build(o.unbound)?;
+            warm(&wq, WARM_UP, bump.clone())?;
+            expected += WARM_UP;
+            Some((rt, wq))
+        } else {
+            None
+        };
+        let (_, wq) = fresh.as_ref().or(shared.as_ref()).expect("a runtime per round, or one for all");
+        expected += items;
+        let elapsed = round(wq, &batches, counted, expected)?;
         rates.push(items as f64 / elapsed.as_secs_f64());
-    }
-    // Duplicates would show as a count above the total once everything settled.
-    wq.flush().map_err(|e| format!("flushing the workqueue: {e}"))?;
-    if counted() != items * o.rounds {
-        return Err(format!("{} runs counted for {} queued items", counted(), items * o.rounds));
+        // Duplicates would show as a count above the total once everything settled.
+        wq.flush().map_err(|e| format!("flushing the workqueue: {e}"))?;
+        if counted() != expected {
+            return Err(format!("{} runs counted for {expected} queued items", counted()));
+        }
     }
     Ok(rates)
 }
@@ -147,6 +186,10 @@ fn main() -> ExitCode {
     };
     match run(&o) {
         Ok(mut rates) => {
+            if o.each {
+                let each: Vec<String> = rates.iter().map(|r| format!("{:.2}", r / 1e6)).collect();
+                println!("rounds (M/s): {}", each.join(" "));
+            }
             rates.sort_by(f64::total_cmp);
             let m = |x: f64| x / 1e6;
             println!(

@@ -61,6 +61,17 @@ impl Inbox {
         !self.full.load(SeqCst)
     }
 
+    /// Shrinks the vector's capacity to `keep` entries (or its length).
+    pub(crate) fn shrink_to(&self, keep: usize) {
+        self.entries().shrink_to(keep);
+    }
+
+    /// The vector's capacity, for tests.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries().capacity()
+    }
+
     /// Moves every waiting entry, oldest first, into `out` (which must be
     /// empty): a swap, so both vectors keep their capacity.
     pub(crate) fn take(&self, out: &mut Vec<Entry>) {

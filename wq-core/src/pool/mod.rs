@@ -7,6 +7,7 @@
 //! rules and the lost-wake-up argument.
 
 mod batch;
+mod buffers;
 mod done;
 mod inbox;
 mod link;

@@ -516,6 +516,10 @@ fn idle_wait<'a>(
                 tracing::debug!(target: "wq", worker = %me.name, "idle worker reaped");
                 return None;
             }
+            // The pool's last idle worker, idle for the whole timeout: if
+            // no other worker is at work either, the pool gives back what a
+            // burst left in its buffers (`pool/buffers.rs`).
+            pool.shrink_buffers_if_quiet(&mut inner);
             deadline = Instant::now().checked_add(timeout);
         }
         drop(inner);

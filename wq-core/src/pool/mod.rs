@@ -463,14 +463,17 @@ impl Pool {
     /// Puts an admitted entry on its pwq: on the worklist if `max_active`
     /// leaves room, else on the pwq's inactive list.
     fn insert(&self, inner: &mut PoolInner, entry: Entry) {
-        let pwq = inner.pwq_mut(entry.pwq.slot);
+        let slot = entry.pwq.slot;
+        let pwq = inner.pwq_mut(slot);
         pwq.add_in_flight(entry.color);
         if pwq.try_claim() {
             tracing::trace!(target: "wq", pool = self.id, "queue_work");
             inner.worklist.push_back(entry);
         } else {
             tracing::trace!(target: "wq", pool = self.id, "queue_work (inactive)");
-            pwq.park_inactive(entry);
+            if pwq.park_inactive(entry) {
+                self.activate(inner, slot);
+            }
         }
     }
 

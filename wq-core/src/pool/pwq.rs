@@ -128,12 +128,23 @@ impl PwqState {
         }
     }
 
-    /// An entry goes to the inactive list.
-    pub(crate) fn park_inactive(&mut self, entry: Entry) {
-        if let Some(limit) = &self.limit {
-            limit.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
+    /// An entry whose claim failed goes to the inactive list. Returns true
+    /// if the queue-wide limit has room after all: a slot freed in another
+    /// pod after the failed claim, and its releaser may have looked at
+    /// `waiting` before this entry was counted there, so the caller must
+    /// activate (`README.md`, "The queue-wide limit").
+    #[must_use]
+    pub(crate) fn park_inactive(&mut self, entry: Entry) -> bool {
         self.inactive.push_back(entry);
+        match &self.limit {
+            // SeqCst, counted then read: the releaser frees then reads
+            // `waiting`, so one of the two sees the other.
+            Some(limit) => {
+                limit.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                limit.has_room()
+            }
+            None => false,
+        }
     }
 
     /// Moves to the back of `worklist`, oldest first, every inactive entry

@@ -272,7 +272,7 @@ impl Runtime {
         // during a freeze starts frozen.
         let freeze = self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner());
         let set = self.pwq_set(&core, attrs.as_ref(), rescuer.as_ref(), *freeze)?;
-        core.set_pods(&set);
+        core.add_pods(&set);
         self.shared.core.wq_names.lock().unwrap_or_else(|e| e.into_inner()).insert(id, name);
         let shared = Arc::new(WqShared::new(core, self.clone(), set, rescuer, attrs));
         self.shared.workqueues.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&shared));

@@ -86,6 +86,12 @@ impl Limit {
         self.active.fetch_update(SeqCst, SeqCst, |a| (a < self.max).then_some(a + 1)).is_ok()
     }
 
+    /// Whether an entry could be activated now (SeqCst: read after counting
+    /// an entry in `waiting`, see `PwqState::park_inactive`).
+    pub(crate) fn has_room(&self) -> bool {
+        self.active.load(SeqCst) < self.max
+    }
+
     pub(crate) fn release(&self, n: usize) {
         let prev = self.active.fetch_sub(n, SeqCst);
         debug_assert!(prev >= n, "unbound max_active underflow");

@@ -87,8 +87,8 @@ pub(crate) struct WqCore {
     pub(crate) counters: Counters,
     /// An unbound queue's `max_active`, shared by all its pods.
     pub(crate) limit: Option<Arc<Limit>>,
-    /// The pwqs of the current set, for activating other pods when a
-    /// queue-wide slot frees.
+    /// The pwqs of the current set and of replaced sets not yet drained,
+    /// oldest first, for activating other pods when a queue-wide slot frees.
     pods: Mutex<Vec<Weak<PwqHandle>>>,
     /// Stats of pwqs retired by `apply_attrs` and since drained.
     retired_stats: Mutex<(u64, Duration, u64)>,
@@ -129,8 +129,14 @@ impl WqCore {
         }
     }
 
-    pub(crate) fn set_pods(&self, set: &PwqSet) {
-        *self.pods.lock().unwrap_or_else(|e| e.into_inner()) = set.links.iter().map(Arc::downgrade).collect();
+    /// Adds the pwqs of a new set to those a freed queue-wide slot
+    /// activates. A replaced set's pwqs stay until their last handle goes
+    /// (`Workqueue::links` keeps them until drained): their parked entries
+    /// still wait for a slot, which any pod may free.
+    pub(crate) fn add_pods(&self, set: &PwqSet) {
+        let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
+        pods.retain(|pod| pod.strong_count() > 0);
+        pods.extend(set.links.iter().map(Arc::downgrade));
     }
 
     /// A queue-wide active slot freed: let the pods' waiting entries in.
@@ -634,6 +640,15 @@ impl Workqueue {
     /// those `apply_attrs` replaced (dropped once drained, their stats kept).
     pub(crate) fn links(&self) -> Vec<Arc<PwqHandle>> {
         let mut old = self.shared.old.lock().unwrap_or_else(|e| e.into_inner());
+        self.drop_drained(&mut old);
+        let mut links = self.shared.set().links.clone();
+        links.extend(old.iter().cloned());
+        links
+    }
+
+    /// Drops the handles of replaced pwqs with nothing in flight, keeping
+    /// their stats.
+    fn drop_drained(&self, old: &mut Vec<Arc<PwqHandle>>) {
         old.retain(|l| {
             let (total, in_flight, cpu_time, panics) = l.pool.pwq_stats(l.slot);
             if in_flight > 0 {
@@ -645,9 +660,6 @@ impl Workqueue {
             r.2 += panics;
             false
         });
-        let mut links = self.shared.set().links.clone();
-        links.extend(old.iter().cloned());
-        links
     }
 
     /// The attributes of an unbound queue (`None` for a bound one).
@@ -677,10 +689,15 @@ impl Workqueue {
         }
         let rt = &self.shared.rt;
         let set = rt.pwq_set(core, Some(&attrs), self.shared.rescuer.as_ref(), rt.is_frozen())?;
-        core.set_pods(&set);
+        let mut old = self.shared.old.lock().unwrap_or_else(|e| e.into_inner());
+        // Drained pwqs go first, so the pods a freed slot activates (which
+        // include every replaced pwq still held) do not pile up.
+        self.drop_drained(&mut old);
+        core.add_pods(&set);
         let previous =
             std::mem::replace(&mut *self.shared.pwqs.write().unwrap_or_else(|e| e.into_inner()), Arc::new(set));
-        self.shared.old.lock().unwrap_or_else(|e| e.into_inner()).extend(previous.links.iter().cloned());
+        old.extend(previous.links.iter().cloned());
+        drop(old);
         *self.shared.attrs.lock().unwrap_or_else(|e| e.into_inner()) = Some(attrs);
         // Entries waiting on the old pwqs for the queue-wide limit still get in.
         core.activate_pods();

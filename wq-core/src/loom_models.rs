@@ -677,8 +677,8 @@ fn loom_flags_transition_keeps_nr_running_non_negative() {
 }
 
 /// (7) An unbound queue's queue-wide `max_active` across two pods
-/// (`pool/pwq.rs`: `try_claim`, `park_inactive`, `release`,
-/// `activate_into`; `pool/mod.rs`: `insert`, `complete`;
+/// (`pool/pwq.rs`: `try_claim`, `place`, `count_waiting`, `release`,
+/// `activate_into`; `pool/mod.rs`: `insert`, `count_parked`, `complete`;
 /// `WqCore::activate_pods`). The limit is 1 and pod B's entry holds it.
 /// A thread queues an entry in pod A while B's worker completes: B frees
 /// the slot, then looks at `waiting` to decide whether to activate the

@@ -24,6 +24,7 @@ use crossbeam_utils::CachePadded;
 pub(crate) use done::Done;
 use inbox::Inbox;
 pub(crate) use link::PwqRef;
+use pwq::Placed;
 pub(crate) use pwq::{PwqHandle, PwqLink, PwqState};
 use spread::Spread;
 
@@ -288,9 +289,27 @@ impl Pool {
     fn admit_inbox(&self, inner: &mut PoolInner) {
         let mut entries = std::mem::take(&mut inner.admitted);
         self.inbox.take(&mut entries);
+        // Entries parked for a queue-wide limit are counted once per run of
+        // one pwq's entries rather than one by one: only this lock's holder
+        // activates them, and it reads the limit again after counting.
+        let mut parked: Option<(usize, usize)> = None;
         for mut entry in entries.drain(..) {
             entry.color = entry.pwq.wq.color.load(SeqCst);
-            self.insert(inner, entry);
+            let slot = entry.pwq.slot;
+            if !self.insert(inner, entry) {
+                continue;
+            }
+            match &mut parked {
+                Some((s, n)) if *s == slot => *n += 1,
+                _ => {
+                    if let Some((s, n)) = parked.replace((slot, 1)) {
+                        self.count_parked(inner, s, n);
+                    }
+                }
+            }
+        }
+        if let Some((s, n)) = parked {
+            self.count_parked(inner, s, n);
         }
         inner.admitted = entries;
         let _ = self.publish_pending(inner);
@@ -461,19 +480,25 @@ impl Pool {
     }
 
     /// Puts an admitted entry on its pwq: on the worklist if `max_active`
-    /// leaves room, else on the pwq's inactive list.
-    fn insert(&self, inner: &mut PoolInner, entry: Entry) {
-        let slot = entry.pwq.slot;
-        let pwq = inner.pwq_mut(slot);
+    /// leaves room, else on the pwq's inactive list. Returns true if it was
+    /// parked for a queue-wide limit: the caller must `count_parked` it
+    /// before it unlocks the pool.
+    #[must_use]
+    fn insert(&self, inner: &mut PoolInner, entry: Entry) -> bool {
+        let PoolInner { pwqs, worklist, .. } = inner;
+        let pwq = pwqs[entry.pwq.slot].as_mut().expect("entry refers to a freed pool workqueue");
         pwq.add_in_flight(entry.color);
-        if pwq.try_claim() {
-            tracing::trace!(target: "wq", pool = self.id, "queue_work");
-            inner.worklist.push_back(entry);
-        } else {
-            tracing::trace!(target: "wq", pool = self.id, "queue_work (inactive)");
-            if pwq.park_inactive(entry) {
-                self.activate(inner, slot);
-            }
+        let placed = pwq.place(entry, worklist);
+        tracing::trace!(target: "wq", pool = self.id, ?placed, "queue_work");
+        placed == Placed::WaitsForLimit
+    }
+
+    /// Counts `n` entries of pwq `slot` parked for the queue-wide limit and
+    /// activates them if a slot freed meanwhile (`README.md`, "The
+    /// queue-wide limit").
+    fn count_parked(&self, inner: &mut PoolInner, slot: usize, n: usize) {
+        if inner.pwq_mut(slot).count_waiting(n) {
+            self.activate(inner, slot);
         }
     }
 
@@ -482,7 +507,10 @@ impl Pool {
     /// worker woken (`Workqueue::queue_with`).
     pub(crate) fn queue_locked(self: &Arc<Self>, mut inner: MutexGuard<'_, PoolInner>, mut entry: Entry) {
         entry.color = entry.pwq.wq.color.load(SeqCst);
-        self.insert(&mut inner, entry);
+        let slot = entry.pwq.slot;
+        if self.insert(&mut inner, entry) {
+            self.count_parked(&mut inner, slot, 1);
+        }
         let _ = self.publish_pending(&inner);
         // Work waiting behind a running worker needs the monitor (the
         // worker may sleep unannounced); work for an idle pool does not.

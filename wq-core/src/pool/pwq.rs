@@ -54,6 +54,19 @@ impl Drop for PwqHandle {
     }
 }
 
+/// Where `PwqState::place` put an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Placed {
+    /// On the worklist.
+    Active,
+    /// On the inactive list, for this pwq's `max_active` or a freeze.
+    Inactive,
+    /// On the inactive list of a pwq under a queue-wide limit: the caller
+    /// must count it in the limit's `waiting` (`PwqState::count_waiting`)
+    /// before it unlocks the pool.
+    WaitsForLimit,
+}
+
 /// Per-(queue, pool) state. Protected by the pool lock.
 #[derive(Default)]
 pub(crate) struct PwqState {
@@ -128,23 +141,33 @@ impl PwqState {
         }
     }
 
-    /// An entry whose claim failed goes to the inactive list. Returns true
-    /// if the queue-wide limit has room after all: a slot freed in another
-    /// pod after the failed claim, and its releaser may have looked at
-    /// `waiting` before this entry was counted there, so the caller must
-    /// activate (`README.md`, "The queue-wide limit").
-    #[must_use]
-    pub(crate) fn park_inactive(&mut self, entry: Entry) -> bool {
-        self.inactive.push_back(entry);
-        match &self.limit {
-            // SeqCst, counted then read: the releaser frees then reads
-            // `waiting`, so one of the two sees the other.
-            Some(limit) => {
-                limit.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                limit.has_room()
-            }
-            None => false,
+    /// Puts `entry` on the worklist if it may be activated now and nothing
+    /// of this pwq waits before it, else on the inactive list.
+    pub(crate) fn place(&mut self, entry: Entry, worklist: &mut VecDeque<Entry>) -> Placed {
+        if self.inactive.is_empty() && self.try_claim() {
+            worklist.push_back(entry);
+            return Placed::Active;
         }
+        self.inactive.push_back(entry);
+        if self.limit.is_some() {
+            Placed::WaitsForLimit
+        } else {
+            Placed::Inactive
+        }
+    }
+
+    /// Counts `n` entries just parked for the queue-wide limit in its
+    /// `waiting`, then reads the limit again. Returns true if it has room:
+    /// a slot freed in another pod after the failed claims, and its
+    /// releaser may have read `waiting` before these were counted, so the
+    /// caller must activate (`README.md`, "The queue-wide limit").
+    #[must_use]
+    pub(crate) fn count_waiting(&mut self, n: usize) -> bool {
+        let Some(limit) = &self.limit else { return false };
+        // SeqCst, counted then read: the releaser frees then reads
+        // `waiting`, so one of the two sees the other.
+        limit.waiting.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        limit.has_room()
     }
 
     /// Moves to the back of `worklist`, oldest first, every inactive entry

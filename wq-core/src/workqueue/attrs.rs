@@ -87,7 +87,7 @@ impl Limit {
     }
 
     /// Whether an entry could be activated now (SeqCst: read after counting
-    /// an entry in `waiting`, see `PwqState::park_inactive`).
+    /// entries in `waiting`, see `PwqState::count_waiting`).
     pub(crate) fn has_room(&self) -> bool {
         self.active.load(SeqCst) < self.max
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use wq_core::{DelayedWork, Error, Flags, Runtime, Work, Workqueue};
+use wq_core::{Attrs, DelayedWork, Error, Flags, Runtime, Scope, Work, Workqueue};
 
 use super::config::Rng;
 
@@ -213,6 +213,11 @@ pub(super) fn new_inc(rt: &Runtime, slot: usize, n: u64, rng: &mut Rng, producer
         b = b.ordered();
     } else {
         b = b.max_active([0, 1, 1, 2, 2, 3, 4, 8][rng.below(8) as usize]);
+        // One pod per CPU: the queue-wide `max_active` spans several
+        // pools' locks (pool/README.md, "The queue-wide limit").
+        if flags.contains(Flags::UNBOUND) && rng.pct(50) {
+            b = b.attrs(Attrs { scope: Scope::Cpu, ..Attrs::default() });
+        }
     }
     let wq = b.flags(flags).build().unwrap_or_else(|e| panic!("creating {name}: {e}"));
     let max_cpu = rt.cpus().iter().max().copied().unwrap_or(0);

@@ -7,7 +7,7 @@ mod pools;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 pub(crate) use manager::{spawn_worker, Manager, Periodic};
@@ -96,8 +96,8 @@ pub(crate) struct RuntimeShared {
     timer: Arc<Timer>,
     pub(crate) workqueues: Mutex<Vec<Weak<WqShared>>>,
     next_wq_id: AtomicU64,
-    /// Whether freezable queues are frozen; held while (un)freezing and
-    /// while creating a queue.
+    /// Whether freezable queues are frozen; held while (un)freezing,
+    /// while creating a queue and while `apply_attrs` replaces its pwqs.
     freeze: Mutex<bool>,
     /// Publishes counters for the `wq` tool; dropped (stopping it) with the runtime.
     publisher: OnceLock<crate::publish::PublishHandle>,
@@ -353,7 +353,14 @@ impl Runtime {
 
     /// Whether the runtime is frozen.
     pub fn is_frozen(&self) -> bool {
-        *self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner())
+        *self.freeze_state()
+    }
+
+    /// The freeze flag, locked: `freeze` and `thaw` hold it while they
+    /// change every freezable pwq, so whoever builds and installs pwqs
+    /// under it builds them in the state the runtime stays in.
+    pub(crate) fn freeze_state(&self) -> MutexGuard<'_, bool> {
+        self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn freezable_links(&self) -> Vec<Arc<PwqHandle>> {

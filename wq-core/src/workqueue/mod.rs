@@ -688,7 +688,13 @@ impl Workqueue {
             return Err(Error::Destroyed { queue: core.name.clone() });
         }
         let rt = &self.shared.rt;
-        let set = rt.pwq_set(core, Some(&attrs), self.shared.rescuer.as_ref(), rt.is_frozen())?;
+        // Held until the new set is in place, as when a queue is created:
+        // a `freeze` or `thaw` either comes first, and the set is built in
+        // its state, or comes after, and finds the set among the queue's
+        // links. Read once without the lock, a thaw could slip in between
+        // and leave the new pwqs frozen for good.
+        let frozen = rt.freeze_state();
+        let set = rt.pwq_set(core, Some(&attrs), self.shared.rescuer.as_ref(), *frozen)?;
         let mut old = self.shared.old.lock().unwrap_or_else(|e| e.into_inner());
         // Drained pwqs go first, so the pods a freed slot activates (which
         // include every replaced pwq still held) do not pile up.
@@ -698,7 +704,10 @@ impl Workqueue {
             std::mem::replace(&mut *self.shared.pwqs.write().unwrap_or_else(|e| e.into_inner()), Arc::new(set));
         old.extend(previous.links.iter().cloned());
         drop(old);
+        // Under the same lock as the set, so two racing calls leave the
+        // attributes of the set that stays.
         *self.shared.attrs.lock().unwrap_or_else(|e| e.into_inner()) = Some(attrs);
+        drop(frozen);
         // Entries waiting on the old pwqs for the queue-wide limit still get in.
         core.activate_pods();
         Ok(())

@@ -7,8 +7,20 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{current_cpu, wait_until};
+use common::{current_cpu, race_rounds, wait_for_count, wait_until};
 use wq_core::{Attrs, Error, Flags, Runtime, Scope, Work};
+
+/// A runtime on all CPUs and two of them, or `None` (with a note) on a
+/// one-CPU machine, where pods cannot differ.
+fn two_cpus() -> Option<(Runtime, usize, usize)> {
+    let rt = Runtime::builder().build().unwrap();
+    if rt.cpus().len() < 2 {
+        eprintln!("one CPU only: no second pod");
+        return None;
+    }
+    let (cpu0, cpu1) = (rt.cpus()[0], rt.cpus()[1]);
+    Some((rt, cpu0, cpu1))
+}
 
 fn per_cpu_queue(rt: &Runtime, strict: bool, max_active: u32) -> wq_core::Workqueue {
     rt.workqueue("per-cpu")
@@ -149,40 +161,24 @@ fn a_queue_wide_slot_freed_in_another_pod_while_an_entry_parks_lets_it_in() {
     const ROUNDS: usize = 50_000;
     const TIME_BUDGET: Duration = Duration::from_secs(4);
     const STUCK_AFTER: Duration = Duration::from_secs(5);
-    let rt = Runtime::builder().build().unwrap();
-    if rt.cpus().len() < 2 {
-        eprintln!("one CPU only: no second pod");
-        return;
-    }
-    let (cpu0, cpu1) = (rt.cpus()[0], rt.cpus()[1]);
+    let Some((rt, cpu0, cpu1)) = two_cpus() else { return };
     let wq = per_cpu_queue(&rt, false, 1);
     let done = Arc::new(AtomicUsize::new(0));
     let (d0, d1) = (done.clone(), done.clone());
     let first = Work::new(move || _ = d1.fetch_add(1, SeqCst));
     let second = Work::new(move || _ = d0.fetch_add(1, SeqCst));
-    let start = Instant::now();
-    let mut rounds = 0;
-    while rounds < ROUNDS && start.elapsed() < TIME_BUDGET {
+    race_rounds(ROUNDS, TIME_BUDGET, |round| {
         let expected = done.load(SeqCst) + 2;
         assert!(wq.queue_on(cpu1, &first).unwrap());
         // A varying delay moves the second queue across the first's end.
-        for _ in 0..rounds % 64 {
+        for _ in 0..round % 64 {
             std::hint::spin_loop();
         }
         assert!(wq.queue_on(cpu0, &second).unwrap());
-        let waiting = Instant::now();
-        while done.load(SeqCst) < expected {
-            assert!(
-                waiting.elapsed() < STUCK_AFTER,
-                "round {rounds}: an item waited {STUCK_AFTER:?} for a queue-wide slot that was free ({} of {expected} ran)",
-                done.load(SeqCst)
-            );
-            // Yield rather than spin: the items' workers may share this CPU.
-            thread::yield_now();
-        }
-        rounds += 1;
-    }
-    eprintln!("{rounds} rounds in {:?}", start.elapsed());
+        wait_for_count(&done, expected, STUCK_AFTER, || {
+            format!("round {round}: an item waited for a queue-wide slot that was free")
+        });
+    });
 }
 
 /// Entries parked on pwqs that `apply_attrs` replaced still wait for the
@@ -198,12 +194,7 @@ fn a_queue_wide_slot_reaches_entries_on_pwqs_that_apply_attrs_replaced() {
     const ROUNDS: usize = 20_000;
     const TIME_BUDGET: Duration = Duration::from_secs(4);
     const STUCK_AFTER: Duration = Duration::from_secs(5);
-    let rt = Runtime::builder().build().unwrap();
-    if rt.cpus().len() < 2 {
-        eprintln!("one CPU only: no second pod");
-        return;
-    }
-    let (cpu0, cpu1) = (rt.cpus()[0], rt.cpus()[1]);
+    let Some((rt, cpu0, cpu1)) = two_cpus() else { return };
     let attrs = |strict| Attrs { scope: Scope::Cpu, strict, ..Attrs::default() };
     let wq = per_cpu_queue(&rt, false, 1);
     let done = Arc::new(AtomicUsize::new(0));
@@ -220,27 +211,17 @@ fn a_queue_wide_slot_reaches_entries_on_pwqs_that_apply_attrs_replaced() {
     });
     let second = Work::new(move || _ = d2.fetch_add(1, SeqCst));
     let third = Work::new(move || _ = d3.fetch_add(1, SeqCst));
-    let start = Instant::now();
-    let mut rounds = 0;
-    while rounds < ROUNDS && start.elapsed() < TIME_BUDGET {
-        spin_ns.store(rounds * 997 % 60_000, SeqCst);
+    race_rounds(ROUNDS, TIME_BUDGET, |round| {
+        spin_ns.store(round * 997 % 60_000, SeqCst);
         let expected = done.load(SeqCst) + 3;
         assert!(wq.queue_on(cpu0, &first).unwrap());
         assert!(wq.queue_on(cpu0, &second).unwrap());
-        wq.apply_attrs(attrs(rounds % 2 == 0)).unwrap();
+        wq.apply_attrs(attrs(round % 2 == 0)).unwrap();
         assert!(wq.queue_on(cpu1, &third).unwrap());
-        let waiting = Instant::now();
-        while done.load(SeqCst) < expected {
-            assert!(
-                waiting.elapsed() < STUCK_AFTER,
-                "round {rounds}: items waited {STUCK_AFTER:?} for a queue-wide slot that was free ({} of {expected} ran)",
-                done.load(SeqCst)
-            );
-            thread::yield_now();
-        }
-        rounds += 1;
-    }
-    eprintln!("{rounds} rounds in {:?}", start.elapsed());
+        wait_for_count(&done, expected, STUCK_AFTER, || {
+            format!("round {round}: items waited for a queue-wide slot that was free")
+        });
+    });
 }
 
 /// A pod's entries start in the order they were queued even when a
@@ -255,12 +236,7 @@ fn a_pods_entries_start_in_queue_order_under_a_queue_wide_limit() {
     const ITEMS: usize = 20_000;
     const ROUNDS: usize = 40;
     const TIME_BUDGET: Duration = Duration::from_secs(3);
-    let rt = Runtime::builder().build().unwrap();
-    if rt.cpus().len() < 2 {
-        eprintln!("one CPU only: no second pod");
-        return;
-    }
-    let (cpu0, cpu1) = (rt.cpus()[0], rt.cpus()[1]);
+    let Some((rt, cpu0, cpu1)) = two_cpus() else { return };
     let wq = per_cpu_queue(&rt, false, 1);
     let started = Arc::new(Mutex::new(Vec::with_capacity(ITEMS)));
     let ours: Vec<Work> = (0..ITEMS)
@@ -270,9 +246,7 @@ fn a_pods_entries_start_in_queue_order_under_a_queue_wide_limit() {
         })
         .collect();
     let others: Vec<Work> = (0..ITEMS).map(|_| Work::new(|| ())).collect();
-    let start = Instant::now();
-    let mut rounds = 0;
-    while rounds < ROUNDS && start.elapsed() < TIME_BUDGET {
+    race_rounds(ROUNDS, TIME_BUDGET, |round| {
         thread::scope(|s| {
             s.spawn(|| {
                 for w in &others {
@@ -285,11 +259,9 @@ fn a_pods_entries_start_in_queue_order_under_a_queue_wide_limit() {
         });
         wq.flush().unwrap();
         let mut started = started.lock().unwrap();
-        assert_eq!(started.len(), ITEMS, "round {rounds}: every item of CPU 0's pod ran once");
+        assert_eq!(started.len(), ITEMS, "round {round}: every item of CPU 0's pod ran once");
         let jumps = started.windows(2).filter(|w| w[1] < w[0]).count();
-        assert_eq!(jumps, 0, "round {rounds}: {jumps} items of CPU 0's pod started before an older one");
+        assert_eq!(jumps, 0, "round {round}: {jumps} items of CPU 0's pod started before an older one");
         started.clear();
-        rounds += 1;
-    }
-    eprintln!("{rounds} rounds in {:?}", start.elapsed());
+    });
 }

@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{thread_names, wait_until};
+use common::{race_rounds, thread_names, wait_for_count, wait_until};
 use wq_core::{Attrs, Detector, Flags, Runtime};
 
 /// A runtime on CPU 0 whose worker creation fails (EAGAIN) while the
@@ -285,9 +285,7 @@ fn apply_attrs_racing_freeze_and_thaw_leaves_the_new_pwqs_in_step() {
     let q = rt.workqueue("freeze-attrs").flags(Flags::FREEZABLE | Flags::UNBOUND).build().unwrap();
     let ran = Arc::new(AtomicUsize::new(0));
     let mut queued = 0;
-    let start = Instant::now();
-    let mut round = 0;
-    while round < ROUNDS && start.elapsed() < TIME_BUDGET {
+    race_rounds(ROUNDS, TIME_BUDGET, |round| {
         let freezing = round % 2 == 0;
         let attrs = Attrs { strict: round % 4 < 2, ..Attrs::default() };
         let gate = Barrier::new(2);
@@ -316,18 +314,8 @@ fn apply_attrs_racing_freeze_and_thaw_leaves_the_new_pwqs_in_step() {
             thread::sleep(Duration::from_millis(1));
             assert_eq!(ran.load(SeqCst), queued - 1, "round {round}: an item started on a frozen queue");
         } else {
-            let waiting = Instant::now();
-            while ran.load(SeqCst) < queued {
-                assert!(
-                    waiting.elapsed() < STUCK_AFTER,
-                    "round {round}: {} of {queued} items ran {STUCK_AFTER:?} after the thaw",
-                    ran.load(SeqCst)
-                );
-                thread::yield_now();
-            }
+            wait_for_count(&ran, queued, STUCK_AFTER, || format!("round {round}: items did not run after the thaw"));
         }
-        round += 1;
-    }
+    });
     rt.thaw();
-    eprintln!("{round} rounds in {:?}", start.elapsed());
 }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -205,6 +206,36 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Runs `round(0)`, `round(1)`, … until `max` rounds ran or `budget`
+/// passed, and prints how many ran: a race test gets as many tries as the
+/// machine allows in bounded time.
+pub fn race_rounds(max: usize, budget: Duration, mut round: impl FnMut(usize)) {
+    let start = Instant::now();
+    let mut n = 0;
+    while n < max && start.elapsed() < budget {
+        round(n);
+        n += 1;
+    }
+    eprintln!("{n} rounds in {:?}", start.elapsed());
+}
+
+/// Yields until `count` reaches `expected`; fails after `limit`, naming
+/// `what` has not happened. For tests of thousands of short rounds:
+/// yielding rather than sleeping lets a worker that shares this CPU run at
+/// once, and rather than spinning keeps this thread from holding the CPU
+/// for a whole slice.
+pub fn wait_for_count(count: &AtomicUsize, expected: usize, limit: Duration, what: impl Fn() -> String) {
+    let start = Instant::now();
+    loop {
+        let now = count.load(SeqCst);
+        if now >= expected {
+            return;
+        }
+        assert!(start.elapsed() < limit, "{} ({now} of {expected} after {limit:?})", what());
+        thread::yield_now();
     }
 }
 

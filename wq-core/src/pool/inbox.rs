@@ -1,12 +1,13 @@
 //! A pool's inbox: where queueing threads leave entries without taking the
 //! pool lock. Whoever next locks the pool admits them (`Pool::admit`); the
 //! protocol that keeps an entry from waiting unseen is in `README.md`
-//! beside this file ("The inbox").
+//! beside this file ("The inbox"). The pool's side of it (push, admit,
+//! fence, the first push's wake-up decision) is here too.
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::Entry;
+use super::{Entry, Pool, PoolInner};
 
 /// Entries queued to a pool and not yet admitted to its pwqs.
 ///
@@ -79,5 +80,68 @@ impl Inbox {
         let mut entries = self.entries();
         self.full.store(false, SeqCst);
         std::mem::swap(&mut *entries, out);
+    }
+}
+
+impl Pool {
+    /// Admits the inbox's entries (`Pool::admit`).
+    pub(super) fn admit_inbox(&self, inner: &mut PoolInner) {
+        let mut entries = std::mem::take(&mut inner.admitted);
+        self.inbox.take(&mut entries);
+        // Entries parked for a queue-wide limit are counted once per run of
+        // one pwq's entries rather than one by one: only this lock's holder
+        // activates them, and it reads the limit again after counting.
+        let mut parked: Option<(usize, usize)> = None;
+        for mut entry in entries.drain(..) {
+            entry.color = entry.pwq.wq.color.load(SeqCst);
+            let slot = entry.pwq.slot;
+            if !self.insert(inner, entry) {
+                continue;
+            }
+            match &mut parked {
+                Some((s, n)) if *s == slot => *n += 1,
+                _ => {
+                    if let Some((s, n)) = parked.replace((slot, 1)) {
+                        self.count_parked(inner, s, n);
+                    }
+                }
+            }
+        }
+        if let Some((s, n)) = parked {
+            self.count_parked(inner, s, n);
+        }
+        inner.admitted = entries;
+        let _ = self.publish_pending(inner);
+    }
+
+    /// Queues the entry `make` gives without the pool lock (`make` runs
+    /// under the inbox's leaf lock: see `Inbox::push_with`). `Ok(Some(true))`
+    /// if the inbox was empty: the caller must then call `kick_for_inbox`.
+    pub(crate) fn push_inbox<E>(&self, make: impl FnOnce() -> Result<Option<Entry>, E>) -> Result<Option<bool>, E> {
+        self.inbox.push_with(make)
+    }
+
+    /// Waits until every queueing thread that passed its refusal check has
+    /// pushed (`Inbox::barrier`).
+    pub(crate) fn inbox_barrier(&self) {
+        self.inbox.barrier();
+    }
+
+    /// After the first entry went into an empty inbox: decides whether the
+    /// pool needs another worker, as `kick` would under the lock. Later
+    /// entries find it decided (README.md, "The inbox").
+    pub(crate) fn kick_for_inbox(self: &Arc<Self>) {
+        if self.need_more_worker_unlocked() {
+            self.kick_and_unlock(self.lock());
+        } else if self.nr_running() > 0 && self.rt.monitor.is_parked() {
+            // Work waiting behind a running worker needs the monitor (the
+            // worker may sleep unannounced). The inbox's `full` was raised
+            // first: see the parking protocol in monitor.rs. Work for a
+            // worker still waking does not: that worker pokes when it takes
+            // an item and leaves more (`sync_pending`), and a monitor
+            // ticking earlier could take the sleep it woke from for a
+            // sleep in the item.
+            self.rt.monitor.poke();
+        }
     }
 }

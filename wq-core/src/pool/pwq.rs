@@ -56,7 +56,7 @@ impl Drop for PwqHandle {
 
 /// Where `PwqState::place` put an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Placed {
+pub(crate) enum Placement {
     /// On the worklist.
     Active,
     /// On the inactive list, for this pwq's `max_active` or a freeze.
@@ -143,16 +143,16 @@ impl PwqState {
 
     /// Puts `entry` on the worklist if it may be activated now and nothing
     /// of this pwq waits before it, else on the inactive list.
-    pub(crate) fn place(&mut self, entry: Entry, worklist: &mut VecDeque<Entry>) -> Placed {
+    pub(crate) fn place(&mut self, entry: Entry, worklist: &mut VecDeque<Entry>) -> Placement {
         if self.inactive.is_empty() && self.try_claim() {
             worklist.push_back(entry);
-            return Placed::Active;
+            return Placement::Active;
         }
         self.inactive.push_back(entry);
         if self.limit.is_some() {
-            Placed::WaitsForLimit
+            Placement::WaitsForLimit
         } else {
-            Placed::Inactive
+            Placement::Inactive
         }
     }
 

@@ -703,23 +703,30 @@ fn loom_queue_wide_limit_lets_a_parked_entry_in() {
         pods: [Mutex<Pod>; 2],
     }
     impl Queue {
-        /// `Limit::try_acquire`.
-        fn try_acquire(&self) -> bool {
+        /// `Limit::acquire_up_to`.
+        fn acquire_up_to(&self, want: usize) -> usize {
             let mut cur = self.active.load(SeqCst);
-            while cur < MAX {
-                match self.active.compare_exchange(cur, cur + 1, SeqCst, SeqCst) {
-                    Ok(_) => return true,
+            loop {
+                let took = want.min(MAX - cur);
+                if took == 0 {
+                    return 0;
+                }
+                match self.active.compare_exchange(cur, cur + took, SeqCst, SeqCst) {
+                    Ok(_) => return took,
                     Err(now) => cur = now,
                 }
             }
-            false
         }
-        /// `PwqState::activate_into` with a limit: `activate_one` in a loop.
+        fn try_acquire(&self) -> bool {
+            self.acquire_up_to(1) == 1
+        }
+        /// `PwqState::activate_into` with a limit.
         fn activate(&self, pod: &mut Pod) {
-            while pod.inactive > 0 && self.try_acquire() {
-                self.waiting.fetch_sub(1, SeqCst);
-                pod.inactive -= 1;
-                pod.nr_active += 1;
+            let took = self.acquire_up_to(pod.inactive);
+            if took > 0 {
+                self.waiting.fetch_sub(took, SeqCst);
+                pod.inactive -= took;
+                pod.nr_active += took;
             }
         }
     }

@@ -171,34 +171,27 @@ impl PwqState {
     }
 
     /// Moves to the back of `worklist`, oldest first, every inactive entry
-    /// that may be activated now; returns how many. Without a queue-wide
-    /// limit that is one bulk move of as many as `max_active` leaves room for.
+    /// that may be activated now; returns how many. One bulk move of as
+    /// many as `max_active` leaves room for and, for an unbound queue, as
+    /// many slots of its queue-wide limit as one CAS gets.
     pub(crate) fn activate_into(&mut self, worklist: &mut VecDeque<Entry>) -> usize {
-        if self.limit.is_some() {
-            let before = worklist.len();
-            while let Some(next) = self.activate_one() {
-                worklist.push_back(next);
-            }
-            return worklist.len() - before;
-        }
         if self.frozen {
             return 0;
         }
-        let n = self.inactive.len().min(self.max_active.saturating_sub(self.nr_active));
+        let room = self.inactive.len().min(self.max_active.saturating_sub(self.nr_active));
+        let n = match &self.limit {
+            Some(limit) if room > 0 => {
+                let n = limit.acquire_up_to(room);
+                if n > 0 {
+                    limit.waiting.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+                }
+                n
+            }
+            _ => room,
+        };
         self.nr_active += n;
         worklist.extend(self.inactive.drain(..n));
         n
-    }
-
-    /// Takes the oldest inactive entry if it may be activated now.
-    pub(crate) fn activate_one(&mut self) -> Option<Entry> {
-        if self.inactive.is_empty() || !self.try_claim() {
-            return None;
-        }
-        if let Some(limit) = &self.limit {
-            limit.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        self.inactive.pop_front()
     }
 
     /// Counts a new entry of `color`. Colours arrive in order because they

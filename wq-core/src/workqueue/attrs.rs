@@ -83,7 +83,18 @@ impl Limit {
     }
 
     pub(crate) fn try_acquire(&self) -> bool {
-        self.active.fetch_update(SeqCst, SeqCst, |a| (a < self.max).then_some(a + 1)).is_ok()
+        self.acquire_up_to(1) == 1
+    }
+
+    /// Takes as many of `want` slots as are free, in one CAS; returns how
+    /// many it took.
+    pub(crate) fn acquire_up_to(&self, want: usize) -> usize {
+        let mut took = 0;
+        let _ = self.active.fetch_update(SeqCst, SeqCst, |a| {
+            took = want.min(self.max.saturating_sub(a));
+            (took > 0).then_some(a + took)
+        });
+        took
     }
 
     /// Whether an entry could be activated now (SeqCst: read after counting

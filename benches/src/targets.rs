@@ -108,7 +108,7 @@ impl Checks {
             self.push(3, target, value, v >= 5e6 && above);
         }
         if let Some(v) = t.queue_work {
-            self.push(3, format!("`queue` of Works, {from}: ≥ 10 M/s"), rate(v), v >= 10e6);
+            self.push(3, format!("`queue` of Works, bound queue, {from}: ≥ 10 M/s"), rate(v), v >= 10e6);
         }
         if let (Some(s), Some(k)) = (t.spawn_blocking, t.tokio) {
             let value = format!("{:.0}× ({} against {})", s / k, rate(s), rate(k));

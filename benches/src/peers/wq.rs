@@ -144,11 +144,12 @@ pub fn specs() -> Vec<PeerSpec> {
     let on_cpu0 = |detector| WqConfig { detector, ..one_cpu.clone() };
     let (auto, perf, procfs, explicit) =
         (on_cpu0(Detector::Auto), on_cpu0(Detector::Perf), on_cpu0(Detector::Procfs), on_cpu0(Detector::ExplicitOnly));
-    let (b2, b3, u2) = (bound.clone(), bound.clone(), unbound.clone());
+    let (b2, b3, u2, u3) = (bound.clone(), bound.clone(), unbound.clone(), unbound.clone());
     vec![
         PeerSpec::new("wq-core submit (bound)", LATENCY_THROUGHPUT, move || WqSubmit::new(&bound)),
         PeerSpec::new("wq-core submit (unbound)", LATENCY_THROUGHPUT, move || WqSubmit::new(&unbound)),
         PeerSpec::new("wq-core queue(Work) (bound)", &[Scenario::Throughput], move || WqQueueWork::new(&b2)),
+        PeerSpec::new("wq-core queue(Work) (unbound)", &[Scenario::Throughput], move || WqQueueWork::new(&u3)),
         // Plain `std::thread::sleep` rows (the Auto detector sees the sleep), each followed by
         // its `+ blocking(sleep)` row (the hook tells the pool first; the detector then adds
         // nothing).

@@ -437,7 +437,7 @@ impl Pool {
     /// activates them if a slot freed meanwhile (`README.md`, "The
     /// queue-wide limit").
     fn count_parked(&self, inner: &mut PoolInner, slot: usize, n: usize) {
-        if inner.pwq_mut(slot).count_waiting(n) {
+        if inner.pwq(slot).count_waiting(n) {
             self.activate(inner, slot);
         }
     }

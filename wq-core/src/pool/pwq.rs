@@ -162,7 +162,7 @@ impl PwqState {
     /// releaser may have read `waiting` before these were counted, so the
     /// caller must activate (`README.md`, "The queue-wide limit").
     #[must_use]
-    pub(crate) fn count_waiting(&mut self, n: usize) -> bool {
+    pub(crate) fn count_waiting(&self, n: usize) -> bool {
         let Some(limit) = &self.limit else { return false };
         // SeqCst, counted then read: the releaser frees then reads
         // `waiting`, so one of the two sees the other.

@@ -270,7 +270,7 @@ impl Runtime {
         let rescuer = if flags.contains(Flags::MEM_RECLAIM) { Some(Rescuer::start(core.clone())?) } else { None };
         // Freezing and creation must not interleave: a freezable queue made
         // during a freeze starts frozen.
-        let freeze = self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner());
+        let freeze = self.freeze_state();
         let set = self.pwq_set(&core, attrs.as_ref(), rescuer.as_ref(), *freeze)?;
         core.add_pods(&set);
         self.shared.core.wq_names.lock().unwrap_or_else(|e| e.into_inner()).insert(id, name);
@@ -328,7 +328,7 @@ impl Runtime {
                 return Err(Error::WouldDeadlock("Runtime::freeze called from an item of a freezable queue".into()));
             }
         }
-        let mut frozen = self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner());
+        let mut frozen = self.freeze_state();
         *frozen = true;
         let links = self.freezable_links();
         for l in &links {
@@ -344,7 +344,7 @@ impl Runtime {
 
     /// Thaws what [`freeze`](Runtime::freeze) froze: queued items start again.
     pub fn thaw(&self) {
-        let mut frozen = self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner());
+        let mut frozen = self.freeze_state();
         *frozen = false;
         for l in self.freezable_links() {
             l.pool.set_frozen(l.slot, false);

@@ -33,7 +33,7 @@ use loom::sync::atomic::{fence, AtomicBool, AtomicIsize, AtomicU64, AtomicUsize,
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
-use crate::work::{gen_of, Claim, Ended, NotQueued, State, PENDING, RUNNING, WAITERS};
+use crate::work::{gen_of, retired_at_finish, Claim, Ended, NotQueued, State, PENDING, RUNNING, WAITERS};
 
 /// Mask of the state bits that say an instance exists (queued or running).
 const BUSY: u64 = PENDING | RUNNING;
@@ -115,9 +115,27 @@ impl Item {
 
     /// `WorkShared::cancel`: returns the cancelled generation.
     fn cancel(&self) -> Option<u64> {
-        let gen = self.state.try_clear_pending()?;
-        self.retire(gen);
-        Some(gen)
+        let cancelled = self.state.try_clear_pending()?;
+        if let Some(gen) = cancelled.to_retire() {
+            self.retire(gen);
+        }
+        Some(cancelled.gen())
+    }
+
+    /// `WorkShared::flush`: waits for the pending instance it sees and for
+    /// the run in progress, if any.
+    fn flush(&self) {
+        let s = self.state.load();
+        if s & BUSY == 0 {
+            return;
+        }
+        let pending = (s & PENDING != 0).then(|| gen_of(s));
+        let runs_before = (s & RUNNING != 0).then(|| Ended::runs_of(self.ended.load()));
+        self.wait_until(|w| {
+            let ended = w.ended.load();
+            pending.is_none_or(|p| Ended::retired_of(ended) >= p)
+                && runs_before.is_none_or(|n| Ended::runs_of(ended) != n || w.state.load() & RUNNING == 0)
+        });
     }
 
     /// `WorkShared::cancel_sync_with` (no timer to disarm). `before_enable`
@@ -139,8 +157,8 @@ impl Item {
         match self.state.claim(gen) {
             Claim::Run => {
                 on_start(gen);
-                assert!(self.state.try_finish().is_ok(), "nobody parked an instance: HANDOFF stays clear");
-                self.retire_run(gen);
+                let ended = self.state.try_finish().expect("nobody parked an instance: HANDOFF stays clear");
+                self.retire_run(retired_at_finish(ended));
                 true
             }
             Claim::Stale => false,
@@ -252,11 +270,51 @@ fn loom_flush_and_cancel_sync_wake_up() {
         };
 
         // The worker ends the run: `take_next_instance` then `retire_run`.
-        assert!(item.state.try_finish().is_ok());
-        item.retire(gen);
+        let ended = item.state.try_finish().unwrap();
+        item.retire_run(retired_at_finish(ended));
 
         flusher.join().unwrap();
         canceller.join().unwrap();
+    });
+}
+
+/// (2c) `flush` of a pending instance against a newer instance queued and
+/// cancelled while the first one runs (`Cancelled::to_retire`). The cancel
+/// finds the item running and leaves its generation to the run's end;
+/// retiring it at once would raise `retired` past the running generation,
+/// and the flusher, waiting for `retired >= gen`, would return while the
+/// run it waited for is still going.
+#[test]
+fn loom_flush_outlasts_a_newer_instance_cancelled_during_the_run() {
+    check(3, || {
+        let item = Arc::new(Item::new());
+        let gen = item.state.try_mark_pending().unwrap();
+        let run_over = Arc::new(AtomicBool::new(false));
+        let flusher = {
+            let (item, run_over) = (item.clone(), run_over.clone());
+            thread::spawn(move || {
+                item.flush();
+                // Only the first instance ever runs: nothing may be running now.
+                assert!(run_over.load(SeqCst), "flush returned before generation {gen} ran");
+                assert_eq!(item.state.load() & RUNNING, 0, "flush returned while the run of generation {gen} went on");
+            })
+        };
+        let worker = {
+            let (item, run_over) = (item.clone(), run_over.clone());
+            thread::spawn(move || {
+                assert!(item.process(gen, |_| run_over.store(true, SeqCst)));
+            })
+        };
+        // Queued (once the worker took the first instance) and cancelled
+        // again. The yield lets loom schedule the worker's claim first
+        // without spending a preemption on it.
+        thread::yield_now();
+        if item.state.try_mark_pending().is_ok() {
+            assert!(item.cancel().is_some(), "nobody else cancels");
+        }
+        worker.join().unwrap();
+        flusher.join().unwrap();
+        assert_eq!(item.state.load() & BUSY, 0);
     });
 }
 
@@ -296,12 +354,12 @@ fn loom_handoff_finish_vs_cancel_sync() {
         let mut gen = g1;
         loop {
             match item.state.try_finish() {
-                Ok(_) => {
+                Ok(ended) => {
+                    assert!(retired_at_finish(ended) >= gen, "a run retires at least its own generation");
                     if retired {
-                        sc_order();
-                        item.notify_if_waited();
+                        item.retire(retired_at_finish(ended));
                     } else {
-                        item.retire_run(gen);
+                        item.retire_run(retired_at_finish(ended));
                     }
                     break;
                 }
@@ -312,7 +370,7 @@ fn loom_handoff_finish_vs_cancel_sync() {
                         std::mem::take(&mut *parked)
                     };
                     if !retired && parked.iter().any(|&g| item.state.is_live(g)) {
-                        item.retire_run(gen);
+                        item.retire_run(retired_at_finish(item.state.load()));
                         retired = true;
                     }
                     if let Some(next) = parked.into_iter().find(|&g| item.state.claim_parked(g)) {

@@ -274,3 +274,41 @@ fn flush_waits_for_an_instance_claimed_from_the_hand_off_slot() {
     work.cancel_sync().unwrap();
     assert!(flushes > 0);
 }
+
+/// `flush` of a pending item waits for that instance's run to end, even when
+/// a newer instance is queued and cancelled while it runs: that cancel
+/// retires the newer generation, which says nothing of the older run.
+#[test]
+fn flush_of_a_pending_item_outlasts_a_newer_instance_cancelled_while_it_runs() {
+    const PATIENCE: Duration = Duration::from_secs(10);
+    let rt = common::one_cpu_runtime();
+    let wq = rt.workqueue("cancel-newer").ordered().build().unwrap();
+    // Hold the ordered queue so that the flush finds the item pending.
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let gate = wq.submit(move || gate_rx.recv_timeout(PATIENCE).expect("gate never opened")).unwrap();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let work = Work::new(move || {
+        started_tx.send(()).unwrap();
+        release_rx.lock().unwrap().recv_timeout(PATIENCE).expect("never released");
+    });
+    assert!(wq.queue(&work));
+    let (flushed_tx, flushed_rx) = mpsc::channel();
+    let w = work.clone();
+    thread::spawn(move || flushed_tx.send(w.flush()).unwrap());
+    thread::sleep(common::UNIT);
+    gate_tx.send(()).unwrap();
+    gate.wait().unwrap();
+    started_rx.recv_timeout(PATIENCE).expect("the item never started");
+    assert!(wq.queue(&work), "the running item is not pending");
+    assert!(work.cancel(), "the newer instance was pending");
+    assert!(
+        matches!(flushed_rx.recv_timeout(common::UNIT * 2), Err(mpsc::RecvTimeoutError::Timeout)),
+        "flush returned while the instance it waited for still ran"
+    );
+    release_tx.send(()).unwrap();
+    let flushed = flushed_rx.recv_timeout(PATIENCE).expect("flush never returned");
+    assert!(flushed.unwrap(), "flush saw nothing to wait for");
+    assert!(!work.is_running());
+}

@@ -15,7 +15,7 @@ use crate::worker;
 use crate::Error;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-pub(crate) use state::{gen_of, Claim, Ended, NotQueued, State, PENDING, RUNNING, WAITERS};
+pub(crate) use state::{gen_of, retired_at_finish, Claim, Ended, NotQueued, State, PENDING, RUNNING, WAITERS};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -115,13 +115,11 @@ impl WorkShared {
 
     /// Clears `PENDING`; true if an instance was pending.
     pub(crate) fn cancel(&self) -> bool {
-        match self.state.try_clear_pending() {
-            Some(gen) => {
-                self.retire(gen);
-                true
-            }
-            None => false,
+        let Some(cancelled) = self.state.try_clear_pending() else { return false };
+        if let Some(gen) = cancelled.to_retire() {
+            self.retire(gen);
         }
+        true
     }
 
     /// `cancel_sync`, with `take_back` run once queueing is disabled (a

@@ -38,6 +38,36 @@ pub(crate) fn gen_of(state: u64) -> u64 {
     state >> 24
 }
 
+/// A pending instance that `cancel` took back: the state word just before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cancelled(u64);
+
+impl Cancelled {
+    /// The cancelled generation.
+    pub(crate) fn gen(self) -> u64 {
+        gen_of(self.0)
+    }
+
+    /// The generation the canceller retires itself, if any. While a run is
+    /// in progress, that run's end retires the cancelled generation
+    /// ([`retired_at_finish`]): retiring it now would raise `retired` past
+    /// the running generation, and tell a `flush` waiting for that run
+    /// that it ended.
+    pub(crate) fn to_retire(self) -> Option<u64> {
+        (self.0 & RUNNING == 0).then(|| self.gen())
+    }
+}
+
+/// The generation a run retires up to when it ends with the state word at
+/// `s` (the word its `try_finish` cleared `RUNNING` in, or read just before
+/// claiming a handed-off instance): every generation below the pending one,
+/// or the newest if none is pending. Those are the run's own and newer ones
+/// cancelled while it ran, which their cancels left to it; no other can
+/// have started, since `RUNNING` was set throughout.
+pub(crate) fn retired_at_finish(s: u64) -> u64 {
+    gen_of(s) - (s & PENDING)
+}
+
 /// Why `try_mark_pending` refused.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum NotQueued {
@@ -168,15 +198,16 @@ impl State {
         }
     }
 
-    /// `cancel`: PENDING 1 -> 0. Returns the cancelled generation.
-    pub(crate) fn try_clear_pending(&self) -> Option<u64> {
+    /// `cancel`: PENDING 1 -> 0. Returns the state word before, whose
+    /// generation is the cancelled one (see [`Cancelled`]).
+    pub(crate) fn try_clear_pending(&self) -> Option<Cancelled> {
         let mut cur = self.load();
         loop {
             if cur & PENDING == 0 {
                 return None;
             }
             match self.0.compare_exchange_weak(cur, cur & !PENDING, SeqCst, SeqCst) {
-                Ok(_) => return Some(gen_of(cur)),
+                Ok(_) => return Some(Cancelled(cur)),
                 Err(actual) => cur = actual,
             }
         }
@@ -219,9 +250,11 @@ const RUNS_MASK: u64 = (1 << 24) - 1;
 /// ```
 ///
 /// - `retired`: the highest generation that finished running or was
-///   cancelled. Only grows; `flush` of generation `g` waits for
-///   `retired >= g`. A generation is 40 bits (the state word's `gen`), so
-///   it fits.
+///   cancelled, raised only once every generation up to it has: a cancel
+///   made while a run is in progress is left to that run's end
+///   ([`Cancelled::to_retire`]). Only grows; `flush` of generation `g`
+///   waits for `retired >= g`. A generation is 40 bits (the state word's
+///   `gen`), so it fits.
 /// - `runs`: runs that finished, counted modulo 2^24. Only ever stepped by
 ///   one; a `flush` that saw the item running waits for it to change (or
 ///   for `RUNNING` to clear). A waiter that slept through exactly 2^24 runs
@@ -296,11 +329,29 @@ mod tests {
         let s = State::new();
         assert_eq!(s.try_mark_pending(), Ok(1));
         assert_eq!(s.try_mark_pending(), Err(NotQueued::Pending));
-        assert_eq!(s.try_clear_pending(), Some(1));
+        assert_eq!(s.try_clear_pending().map(Cancelled::gen), Some(1));
         s.disable();
         assert_eq!(s.try_mark_pending(), Err(NotQueued::Disabled));
         s.enable();
         assert_eq!(s.try_mark_pending(), Ok(2));
+    }
+
+    #[test]
+    fn a_cancel_during_a_run_is_retired_by_the_runs_end() {
+        let s = State::new();
+        let g1 = s.try_mark_pending().unwrap();
+        let idle = s.try_clear_pending().unwrap();
+        assert_eq!(idle.to_retire(), Some(g1), "nothing runs: the canceller retires");
+        let g2 = s.try_mark_pending().unwrap();
+        assert_eq!(s.claim(g2), Claim::Run);
+        let g3 = s.try_mark_pending().unwrap();
+        let during = s.try_clear_pending().unwrap();
+        assert_eq!((during.gen(), during.to_retire()), (g3, None), "g2 still runs");
+        let g4 = s.try_mark_pending().unwrap();
+        assert_eq!(retired_at_finish(s.load()), g3, "g4 is pending: up to the one below it");
+        assert_eq!(s.try_clear_pending().unwrap().to_retire(), None);
+        let ended = s.try_finish().unwrap();
+        assert_eq!(retired_at_finish(ended), g4, "nothing pending: up to the newest");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::detect::{Detector, Probe};
 use crate::pool::{complete_entry, drop_quietly, Batch, Done, Entry, FollowUps, Job, Outcome, Pool, PoolInner, PwqRef};
 use crate::sys;
 use crate::trace::TraceKind;
-use crate::work::{Claim, Parked, WorkShared};
+use crate::work::{retired_at_finish, Claim, Parked, WorkShared};
 use crate::Flags;
 use std::sync::atomic::{
     AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
@@ -623,14 +623,18 @@ fn take_next_instance(pool: &Arc<Pool>, work: &WorkShared, gen: u64, done: &mut 
     let mut retired = false;
     loop {
         match work.state.try_finish() {
-            Ok(_) => {
+            Ok(ended) => {
+                // Up to the generation below the pending one: this run's,
+                // and any cancelled while it ran (`Cancelled::to_retire`).
+                let upto = retired_at_finish(ended);
+                debug_assert!(upto >= gen, "a run of generation {gen} ended below it, at {upto}");
                 if retired {
-                    // Retired before a claim that a cancel then beat:
-                    // `cancel_sync` and `flush` also wait for RUNNING to
-                    // clear, and nobody else wakes them for it.
-                    work.notify_if_waited();
+                    // Counted before a claim that a cancel then beat: that
+                    // cancel left its generation to this step, and
+                    // `cancel_sync` waits for RUNNING to clear.
+                    work.retire(upto);
                 } else {
-                    work.retire_run(gen);
+                    work.retire_run(upto);
                 }
                 return None;
             }
@@ -648,7 +652,7 @@ fn take_next_instance(pool: &Arc<Pool>, work: &WorkShared, gen: u64, done: &mut 
                 // retires first. (Liveness only ever ends, so an instance
                 // not live here cannot be claimed below.)
                 if !retired && parked.iter().any(|p| work.state.is_live(p.gen)) {
-                    work.retire_run(gen);
+                    work.retire_run(retired_at_finish(work.state.load()));
                     retired = true;
                 }
                 let mut next = None;

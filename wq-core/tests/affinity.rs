@@ -265,3 +265,65 @@ fn a_pods_entries_start_in_queue_order_under_a_queue_wide_limit() {
         started.clear();
     });
 }
+
+/// `destroy` racing `apply_attrs` while an item chains itself: `destroy`'s
+/// last check reads the queue's pwqs, then locks their pools. A set that
+/// `apply_attrs` installed between the two was not among them: the item
+/// could chain onto it, finish, let the check pass, and its successor
+/// start after `destroy` returned. The check now holds the freeze lock,
+/// under which `apply_attrs` installs its set and checks `destroyed`.
+/// That window is a few instructions wide: this test is a guard for it,
+/// not a reproducer (three runs without the lock passed). A first version
+/// of it did hang `destroy`, which locked a pool twice when a set
+/// installed after its drain left the replaced pwq, with a chained entry
+/// in flight, sharing its pool with the new one; `destroy` now locks each
+/// pool once. That needs a drain that missed the chained entry (it reads
+/// the pwqs one at a time), so it too is rare: three runs passed without
+/// the fix.
+#[test]
+fn destroy_racing_apply_attrs_starts_nothing_afterwards() {
+    const ROUNDS: usize = 2_000;
+    const TIME_BUDGET: Duration = Duration::from_secs(3);
+    const CHAIN: usize = 50;
+    const STUCK_AFTER: Duration = Duration::from_secs(10);
+    let rt = Runtime::builder().build().unwrap();
+    race_rounds(ROUNDS, TIME_BUDGET, |round| {
+        let q = rt.workqueue("destroy-attrs").flags(Flags::UNBOUND).build().unwrap();
+        let late = Arc::new(AtomicUsize::new(0));
+        let left = Arc::new(AtomicUsize::new(CHAIN));
+        let me: Arc<std::sync::OnceLock<Work>> = Arc::default();
+        let (q2, late2, left2, me2) = (q.clone(), late.clone(), left.clone(), me.clone());
+        let work = Work::new(move || {
+            if q2.is_destroyed() {
+                late2.fetch_add(1, SeqCst);
+            }
+            if left2.fetch_sub(1, SeqCst) > 1 {
+                q2.queue(me2.get().unwrap());
+            }
+        });
+        me.set(work.clone()).unwrap();
+        assert!(q.queue(&work));
+        let q3 = q.clone();
+        let applier = thread::spawn(move || {
+            let mut strict = false;
+            loop {
+                strict = !strict;
+                match q3.apply_attrs(Attrs { strict, ..Attrs::default() }) {
+                    Ok(()) => {}
+                    Err(Error::Destroyed { .. }) => break,
+                    Err(e) => panic!("round {round}: apply_attrs failed: {e}"),
+                }
+            }
+        });
+        // On threads of their own, so that a hang fails the test rather
+        // than stalling it.
+        let (done_tx, done_rx) = mpsc::channel();
+        let q4 = q.clone();
+        thread::spawn(move || done_tx.send(q4.destroy()).unwrap());
+        let destroyed = done_rx.recv_timeout(STUCK_AFTER).unwrap_or_else(|_| panic!("round {round}: destroy hung"));
+        destroyed.unwrap();
+        applier.join().unwrap();
+        assert_eq!(late.load(SeqCst), 0, "round {round}: an item started after destroy returned");
+        assert!(!work.is_pending() && !work.is_running(), "round {round}: the item outlived destroy");
+    });
+}

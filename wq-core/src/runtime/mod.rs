@@ -358,7 +358,8 @@ impl Runtime {
 
     /// The freeze flag, locked: `freeze` and `thaw` hold it while they
     /// change every freezable pwq, so whoever builds and installs pwqs
-    /// under it builds them in the state the runtime stays in.
+    /// under it builds them in the state the runtime stays in. `destroy`
+    /// holds it for its last check, so no pwq set is installed unseen.
     pub(crate) fn freeze_state(&self) -> MutexGuard<'_, bool> {
         self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner())
     }

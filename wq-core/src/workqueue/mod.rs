@@ -22,7 +22,7 @@ pub use builder::WorkqueueBuilder;
 
 use crate::completion::{Completion, SharedItem, SharedJob, Task};
 use crate::delayed::DelayedWork;
-use crate::pool::{Entry, Job, Outcome, PwqHandle, PwqRef};
+use crate::pool::{Entry, Job, Outcome, Pool, PwqHandle, PwqRef};
 use crate::rescuer::Rescuer;
 use crate::runtime::Runtime;
 use crate::stats::WorkqueueStats;
@@ -478,14 +478,28 @@ impl Workqueue {
                 let items = armed.iter().copied().collect();
                 return Err(Error::DelayedWorkArmed { queue: self.name().to_owned(), items });
             }
+            // The freeze lock keeps `apply_attrs` from installing a set
+            // whose pwqs this check would miss: a chained item could queue
+            // there, and start after `destroy` returned. It checks
+            // `destroyed` under the same lock.
+            let _no_new_pwqs = self.shared.rt.freeze_state();
             // Chained work queued since the drain has pushed once this
             // returns, into an inbox that locking admits. With every
             // pool of the queue locked, the timer cannot queue between the
             // emptiness check and the flag; later queueing sees `draining`.
             self.fence_queueing();
             let links = self.links();
-            let guards: Vec<_> = links.iter().map(|l| l.pool.lock()).collect();
-            let empty = links.iter().zip(&guards).all(|(l, g)| g.pwq(l.slot).nr_in_flight == 0);
+            // Each pool locked once (a pwq that `apply_attrs` replaced may
+            // share its pool with a current one), in address order, so that
+            // two `destroy`s never lock the same pools in opposite orders.
+            let mut pools: Vec<&Arc<Pool>> = links.iter().map(|l| &l.pool).collect();
+            pools.sort_by_key(|p| Arc::as_ptr(p));
+            pools.dedup_by_key(|p| Arc::as_ptr(p));
+            let guards: Vec<_> = pools.iter().map(|p| (Arc::as_ptr(p), p.lock())).collect();
+            let empty = links.iter().all(|l| {
+                let (_, inner) = guards.iter().find(|(p, _)| *p == Arc::as_ptr(&l.pool)).expect("every pool is locked");
+                inner.pwq(l.slot).nr_in_flight == 0
+            });
             if empty {
                 self.shared.core.destroyed.store(true, SeqCst);
                 return Ok(());
@@ -684,16 +698,17 @@ impl Workqueue {
         if core.ordered {
             return Err(Error::ConflictingFlags("an ordered queue keeps its attributes (one pwq keeps the order)"));
         }
-        if self.is_destroyed() {
-            return Err(Error::Destroyed { queue: core.name.clone() });
-        }
         let rt = &self.shared.rt;
         // Held until the new set is in place, as when a queue is created:
         // a `freeze` or `thaw` either comes first, and the set is built in
         // its state, or comes after, and finds the set among the queue's
         // links. Read once without the lock, a thaw could slip in between
-        // and leave the new pwqs frozen for good.
+        // and leave the new pwqs frozen for good. `destroy` makes its last
+        // check under it too, so a set is never installed unseen by it.
         let frozen = rt.freeze_state();
+        if self.is_destroyed() {
+            return Err(Error::Destroyed { queue: core.name.clone() });
+        }
         let set = rt.pwq_set(core, Some(&attrs), self.shared.rescuer.as_ref(), *frozen)?;
         let mut old = self.shared.old.lock().unwrap_or_else(|e| e.into_inner());
         // Drained pwqs go first, so the pods a freed slot activates (which

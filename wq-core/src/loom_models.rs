@@ -33,7 +33,7 @@ use loom::sync::atomic::{fence, AtomicBool, AtomicIsize, AtomicU64, AtomicUsize,
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
-use crate::work::{gen_of, retired_at_finish, Claim, Ended, NotQueued, State, PENDING, RUNNING, WAITERS};
+use crate::work::{gen_of, gen_reached, retired_at_finish, Claim, Ended, NotQueued, State, PENDING, RUNNING, WAITERS};
 
 /// Mask of the state bits that say an instance exists (queued or running).
 const BUSY: u64 = PENDING | RUNNING;
@@ -133,7 +133,7 @@ impl Item {
         let runs_before = (s & RUNNING != 0).then(|| Ended::runs_of(self.ended.load()));
         self.wait_until(|w| {
             let ended = w.ended.load();
-            pending.is_none_or(|p| Ended::retired_of(ended) >= p)
+            pending.is_none_or(|p| Ended::has_retired(ended, p))
                 && runs_before.is_none_or(|n| Ended::runs_of(ended) != n || w.state.load() & RUNNING == 0)
         });
     }
@@ -257,7 +257,7 @@ fn loom_flush_and_cancel_sync_wake_up() {
         let flusher = {
             let item = item.clone();
             thread::spawn(move || {
-                item.wait_until(|w| w.retired() >= gen);
+                item.wait_until(|w| Ended::has_retired(w.ended.load(), gen));
                 assert_eq!(item.state.load() & RUNNING, 0, "flush returned while the run it waited for runs");
             })
         };
@@ -355,7 +355,7 @@ fn loom_handoff_finish_vs_cancel_sync() {
         loop {
             match item.state.try_finish() {
                 Ok(ended) => {
-                    assert!(retired_at_finish(ended) >= gen, "a run retires at least its own generation");
+                    assert!(gen_reached(retired_at_finish(ended), gen), "a run retires at least its own generation");
                     if retired {
                         item.retire(retired_at_finish(ended));
                     } else {

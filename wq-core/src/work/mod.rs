@@ -15,7 +15,9 @@ use crate::worker;
 use crate::Error;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-pub(crate) use state::{gen_of, retired_at_finish, Claim, Ended, NotQueued, State, PENDING, RUNNING, WAITERS};
+pub(crate) use state::{
+    gen_of, gen_reached, retired_at_finish, Claim, Ended, NotQueued, State, PENDING, RUNNING, WAITERS,
+};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -151,7 +153,7 @@ impl WorkShared {
         let runs_before = (s & RUNNING != 0).then(|| Ended::runs_of(self.ended.load()));
         self.wait_until(|w| {
             let ended = w.ended.load();
-            pending.is_none_or(|p| Ended::retired_of(ended) >= p)
+            pending.is_none_or(|p| Ended::has_retired(ended, p))
                 && runs_before.is_none_or(|n| Ended::runs_of(ended) != n || w.state.load() & RUNNING == 0)
         });
         Ok(true)
@@ -242,5 +244,59 @@ impl fmt::Debug for Work {
             .field("pending", &self.is_pending())
             .field("running", &self.is_running())
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::Runtime;
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::Duration;
+
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// Generations wrap after 2^40 queueings; `flush` of each instance
+    /// still waits for its run, before, at and after the wrap.
+    #[test]
+    fn flush_waits_for_each_run_across_the_generation_wrap() {
+        let rt = Runtime::builder().cpus([0]).publish(false).build().unwrap();
+        let wq = rt.workqueue("wrap").ordered().build().unwrap();
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        let f = move || {
+            started_tx.send(()).unwrap();
+            release_rx.lock().unwrap().recv_timeout(PATIENCE).expect("never released");
+        };
+        let last = (1 << 40) - 1;
+        let shared = WorkShared {
+            state: State::idle_at(last - 1),
+            ended: Ended::retired_at(last - 1),
+            ..WorkShared::new(Box::new(f))
+        };
+        let work = Work { shared: Arc::new(shared) };
+        for round in 0..4 {
+            // Held behind a gate, so that the flush finds the item pending.
+            let (gate_tx, gate_rx) = mpsc::channel::<()>();
+            let gate = wq.submit(move || gate_rx.recv_timeout(PATIENCE).expect("gate never opened")).unwrap();
+            assert!(wq.queue(&work));
+            let (flushed_tx, flushed_rx) = mpsc::channel();
+            let w = work.clone();
+            thread::spawn(move || flushed_tx.send(w.flush()).unwrap());
+            thread::sleep(Duration::from_millis(20));
+            gate_tx.send(()).unwrap();
+            gate.wait().unwrap();
+            started_rx.recv_timeout(PATIENCE).expect("the item never started");
+            assert!(
+                matches!(flushed_rx.recv_timeout(Duration::from_millis(40)), Err(mpsc::RecvTimeoutError::Timeout)),
+                "round {round} (generation {}): flush returned while the item ran",
+                gen_of(work.shared.state.load())
+            );
+            release_tx.send(()).unwrap();
+            assert!(flushed_rx.recv_timeout(PATIENCE).expect("flush never returned").unwrap());
+        }
+        assert!(gen_of(work.shared.state.load()) < 8, "the generations wrapped");
     }
 }

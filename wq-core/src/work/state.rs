@@ -32,10 +32,22 @@ pub(crate) const DISABLE_ONE: u64 = 1 << 8;
 const DISABLE_MASK: u64 = 0xffff << 8;
 /// One generation: bumped each time the item becomes pending.
 pub(crate) const GEN_ONE: u64 = 1 << 24;
+/// A generation is 40 bits, and wraps: after 2^40 queueings of one item,
+/// two days of an item requeueing itself as fast as a CPU runs it.
+const GEN_MASK: u64 = (1 << 40) - 1;
 
 /// The generation number stored in a state word.
 pub(crate) fn gen_of(state: u64) -> u64 {
     state >> 24
+}
+
+/// Whether generation `a` is `b` or comes after it. Generations wrap, so
+/// they compare as serial numbers (RFC 1982): `a` is at or after `b` when
+/// `a - b`, modulo 2^40, is below 2^39. The generations compared are
+/// never that far apart: `retired` follows every run's end, and a pending
+/// generation is at most one ahead of the newest that ran or was cancelled.
+pub(crate) fn gen_reached(a: u64, b: u64) -> bool {
+    a.wrapping_sub(b) & GEN_MASK < 1 << 39
 }
 
 /// A pending instance that `cancel` took back: the state word just before.
@@ -65,7 +77,7 @@ impl Cancelled {
 /// cancelled while it ran, which their cancels left to it; no other can
 /// have started, since `RUNNING` was set throughout.
 pub(crate) fn retired_at_finish(s: u64) -> u64 {
-    gen_of(s) - (s & PENDING)
+    gen_of(s).wrapping_sub(s & PENDING) & GEN_MASK
 }
 
 /// Why `try_mark_pending` refused.
@@ -236,6 +248,15 @@ impl State {
     }
 }
 
+#[cfg(all(test, not(loom)))]
+impl State {
+    /// An idle item whose last instance was generation `gen`, for tests of
+    /// the wrap.
+    pub(crate) fn idle_at(gen: u64) -> State {
+        State(AtomicU64::new(gen << 24))
+    }
+}
+
 /// Bits of [`Ended`] that count finished runs.
 const RUNS_MASK: u64 = (1 << 24) - 1;
 
@@ -252,9 +273,9 @@ const RUNS_MASK: u64 = (1 << 24) - 1;
 /// - `retired`: the highest generation that finished running or was
 ///   cancelled, raised only once every generation up to it has: a cancel
 ///   made while a run is in progress is left to that run's end
-///   ([`Cancelled::to_retire`]). Only grows; `flush` of generation `g`
-///   waits for `retired >= g`. A generation is 40 bits (the state word's
-///   `gen`), so it fits.
+///   ([`Cancelled::to_retire`]). Only moves forward; `flush` of generation
+///   `g` waits for `retired` to reach `g` ([`gen_reached`]: generations
+///   wrap). A generation is 40 bits (the state word's `gen`), so it fits.
 /// - `runs`: runs that finished, counted modulo 2^24. Only ever stepped by
 ///   one; a `flush` that saw the item running waits for it to change (or
 ///   for `RUNNING` to clear). A waiter that slept through exactly 2^24 runs
@@ -278,21 +299,36 @@ impl Ended {
         word >> 24
     }
 
+    /// Generation `gen` and all before it over, for tests of the wrap.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn retired_at(gen: u64) -> Ended {
+        Ended(AtomicU64::new(gen << 24))
+    }
+
     pub(crate) fn runs_of(word: u64) -> u64 {
         word & RUNS_MASK
     }
 
+    /// Whether generation `gen` is over in the word `word`.
+    pub(crate) fn has_retired(word: u64, gen: u64) -> bool {
+        gen_reached(Ended::retired_of(word), gen)
+    }
+
     /// Generation `gen` was cancelled: raise `retired` to it.
     pub(crate) fn retire(&self, gen: u64) {
-        debug_assert!(gen < 1 << 40, "generation {gen} does not fit");
-        let _ =
-            self.0.fetch_update(SeqCst, SeqCst, |w| (Ended::retired_of(w) < gen).then_some(gen << 24 | w & RUNS_MASK));
+        debug_assert!(gen <= GEN_MASK, "generation {gen} does not fit");
+        let raise = |w: u64| (!gen_reached(Ended::retired_of(w), gen)).then_some(gen << 24 | w & RUNS_MASK);
+        let _ = self.0.fetch_update(SeqCst, SeqCst, raise);
     }
 
     /// A run of generation `gen` ended: count it and raise `retired` to it.
     pub(crate) fn retire_run(&self, gen: u64) {
-        debug_assert!(gen < 1 << 40, "generation {gen} does not fit");
-        let step = |w: u64| Some(Ended::retired_of(w).max(gen) << 24 | (w + 1) & RUNS_MASK);
+        debug_assert!(gen <= GEN_MASK, "generation {gen} does not fit");
+        let step = |w: u64| {
+            let retired = Ended::retired_of(w);
+            let retired = if gen_reached(retired, gen) { retired } else { gen };
+            Some(retired << 24 | (w + 1) & RUNS_MASK)
+        };
         let _ = self.0.fetch_update(SeqCst, SeqCst, step);
     }
 }
@@ -310,9 +346,15 @@ mod tests {
         e.retire(5);
         e.retire_run(4);
         assert_eq!((Ended::retired_of(e.load()), Ended::runs_of(e.load())), (5, 2));
-        let top = (1 << 40) - 1;
+        let top = GEN_MASK;
+        let e = Ended::retired_at(top - 10);
         e.retire(top);
         assert_eq!(Ended::retired_of(e.load()), top, "a 40-bit generation fits");
+        e.retire_run(0);
+        assert_eq!(Ended::retired_of(e.load()), 0, "generation 0 follows the last one");
+        e.retire(top);
+        assert_eq!(Ended::retired_of(e.load()), 0, "and stays ahead of it");
+        assert!(gen_reached(0, top) && !gen_reached(top, 0) && gen_reached(top, top));
     }
 
     #[test]
@@ -334,6 +376,24 @@ mod tests {
         assert_eq!(s.try_mark_pending(), Err(NotQueued::Disabled));
         s.enable();
         assert_eq!(s.try_mark_pending(), Ok(2));
+    }
+
+    #[test]
+    fn generations_run_and_retire_across_the_wrap() {
+        let last = (1 << 40) - 1;
+        let (s, e) = (State::idle_at(last - 1), Ended::retired_at(last - 1));
+        for _ in 0..4 {
+            let g = s.try_mark_pending().unwrap();
+            assert!(!Ended::has_retired(e.load(), g), "generation {g} retired before it ran");
+            assert_eq!(s.claim(g), Claim::Run);
+            // Queued again and cancelled while it runs: left to the run's end.
+            let newer = s.try_mark_pending().unwrap();
+            assert_eq!(s.try_clear_pending().unwrap().to_retire(), None);
+            let ended = s.try_finish().unwrap();
+            e.retire_run(retired_at_finish(ended));
+            assert!(Ended::has_retired(e.load(), newer), "generation {newer} not retired after the run");
+        }
+        assert!(gen_of(s.load()) < 8, "the generations wrapped");
     }
 
     #[test]

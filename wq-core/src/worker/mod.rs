@@ -23,7 +23,7 @@ use crate::detect::{Detector, Probe};
 use crate::pool::{complete_entry, drop_quietly, Batch, Done, Entry, FollowUps, Job, Outcome, Pool, PoolInner, PwqRef};
 use crate::sys;
 use crate::trace::TraceKind;
-use crate::work::{retired_at_finish, Claim, Parked, WorkShared};
+use crate::work::{gen_reached, retired_at_finish, Claim, Parked, WorkShared};
 use crate::Flags;
 use std::sync::atomic::{
     AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
@@ -627,7 +627,7 @@ fn take_next_instance(pool: &Arc<Pool>, work: &WorkShared, gen: u64, done: &mut 
                 // Up to the generation below the pending one: this run's,
                 // and any cancelled while it ran (`Cancelled::to_retire`).
                 let upto = retired_at_finish(ended);
-                debug_assert!(upto >= gen, "a run of generation {gen} ended below it, at {upto}");
+                debug_assert!(gen_reached(upto, gen), "a run of generation {gen} ended below it, at {upto}");
                 if retired {
                     // Counted before a claim that a cancel then beat: that
                     // cancel left its generation to this step, and

@@ -35,6 +35,9 @@ struct Slot<T> {
     /// above that size each such free takes the submitter's arena lock
     /// (`compare throughput` made 4× the futex calls).
     result: Option<Result<T, Box<Panicked>>>,
+    /// The `Completion`'s future returned the result: it must not be
+    /// polled or waited on again (the value is gone).
+    taken: bool,
     waker: Option<Waker>,
     /// A thread sleeps in `wait`; only then is the condvar signalled.
     sleepers: u32,
@@ -44,7 +47,7 @@ impl<T> CompletionShared<T> {
     pub(crate) fn new() -> CompletionShared<T> {
         CompletionShared {
             state: AtomicU8::new(QUEUED),
-            slot: Mutex::new(Slot { result: None, waker: None, sleepers: 0 }),
+            slot: Mutex::new(Slot { result: None, taken: false, waker: None, sleepers: 0 }),
             cv: Condvar::new(),
         }
     }
@@ -235,6 +238,11 @@ where
             };
             drop_quietly(leftovers);
             crate::recycle::give_back(this);
+        } else {
+            // The Completion may have gone since the checks above, leaving
+            // this the last reference: the result is user code, and its
+            // drop must not take the worker with it.
+            drop_quietly(this);
         }
         outcome
     }
@@ -312,8 +320,13 @@ pub struct Completion<T> {
 impl<T> Completion<T> {
     /// Blocks until the closure finished; gives its value, or the panic
     /// that ended it.
+    ///
+    /// # Panics
+    /// If its future already returned the result (`.await`ed or polled to
+    /// `Ready`): the value is gone, and waiting would never end.
     pub fn wait(self) -> Result<T, Panicked> {
         let mut slot = self.shared.shared().lock();
+        assert!(!slot.taken, "Completion waited on after its future returned the result");
         loop {
             if let Some(result) = slot.result.take() {
                 return result.map_err(|p| *p);
@@ -330,7 +343,7 @@ impl<T> Completion<T> {
         let deadline = Instant::now().checked_add(timeout);
         let mut slot = self.shared.shared().lock();
         loop {
-            if slot.result.is_some() {
+            if slot.result.is_some() || slot.taken {
                 return true;
             }
             let left = match deadline {
@@ -348,7 +361,8 @@ impl<T> Completion<T> {
 
     /// Whether the closure finished (its result is ready).
     pub fn is_finished(&self) -> bool {
-        self.shared.shared().lock().result.is_some()
+        let slot = self.shared.shared().lock();
+        slot.result.is_some() || slot.taken
     }
 
     /// Cancels the closure if no worker started it yet: it is then dropped
@@ -368,7 +382,9 @@ impl<T> Future for Completion<T> {
     /// If polled again after it returned `Ready` (the result was moved out).
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut slot = self.shared.shared().lock();
+        assert!(!slot.taken, "Completion polled after it returned Ready");
         if let Some(result) = slot.result.take() {
+            slot.taken = true;
             slot.waker = None;
             return Poll::Ready(result.map_err(|p| *p));
         }

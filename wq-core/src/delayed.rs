@@ -111,6 +111,8 @@ impl DelayedWork {
     /// # Errors
     /// [`Error::WouldDeadlock`] when called from inside this item.
     pub fn flush(&self) -> Result<bool, Error> {
+        // Refused before anything changes: a refused call fires no timer.
+        self.shared.work.check_not_current("DelayedWork", "flush")?;
         let mut slot = self.shared.lock();
         let fired = match slot.armed.as_ref() {
             Some(armed) => {
@@ -134,7 +136,9 @@ impl DelayedWork {
         modify: bool,
     ) -> Result<bool, Error> {
         let shared = &self.shared;
-        Instant::now().checked_add(delay).ok_or(Error::DelayTooLong { delay })?;
+        // Computed once: a second `now() + delay` could overflow where this
+        // check passed.
+        let deadline = Instant::now().checked_add(delay).ok_or(Error::DelayTooLong { delay })?;
         if !delay.is_zero() {
             wq.runtime().timer().ensure_running()?;
         }
@@ -175,7 +179,6 @@ impl DelayedWork {
         slot.armed = Some(Armed { wq: wq.clone(), slot: cpu_slot, gen, token });
         shared.armed_token.store(token, SeqCst);
         drop(slot);
-        let deadline = Instant::now() + delay;
         wq.runtime().timer().add(deadline, shared.clone(), token);
         Ok(!modify || was_pending)
     }

@@ -172,3 +172,62 @@ fn a_refused_mod_delayed_leaves_the_pending_item_alone() {
     }
     eprintln!("{refused} of 4000 mod_delayed calls were refused");
 }
+
+/// `flush` from inside the item is refused before it changes anything: it
+/// must not fire the timer the item just armed.
+#[test]
+fn flush_from_inside_the_item_is_refused_without_firing_its_timer() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let wq = rt.workqueue("flush-inside").build().unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let cell: Arc<std::sync::OnceLock<DelayedWork>> = Arc::default();
+    let (tx, rx) = mpsc::channel();
+    let (r, c, q, tx) = (runs.clone(), cell.clone(), wq.clone(), Mutex::new(tx));
+    let dw = DelayedWork::new(move || {
+        if r.fetch_add(1, SeqCst) == 0 {
+            let me = c.get().unwrap();
+            assert!(q.queue_delayed(me, Duration::from_secs(3600)));
+            let refused = matches!(me.flush(), Err(Error::WouldDeadlock(_)));
+            tx.lock().unwrap().send(refused).unwrap();
+        }
+    });
+    cell.set(dw.clone()).ok().unwrap();
+    assert!(wq.queue_delayed(&dw, Duration::ZERO));
+    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "flush from inside was not refused");
+    std::thread::sleep(common::UNIT * 5);
+    let n = runs.load(SeqCst);
+    assert!(dw.cancel(), "the hour-long timer is still armed");
+    assert_eq!(n, 1, "the refused flush fired the hour-long timer: the item ran again at once");
+}
+
+/// A delay that `try_queue_delayed` accepts never panics: its deadline is
+/// the one the check computed, not a later `now() + delay` that could
+/// overflow. Delays are swept down from the last representable instant.
+#[test]
+fn a_delay_accepted_near_the_end_of_time_never_panics() {
+    let wq = Workqueue::builder("end-of-time").build().unwrap();
+    let base = Instant::now();
+    let (mut lo, mut hi) = (Duration::ZERO, Duration::MAX);
+    while hi - lo > Duration::from_nanos(1) {
+        let mid = lo + (hi - lo) / 2;
+        if base.checked_add(mid).is_some() {
+            lo = mid
+        } else {
+            hi = mid
+        }
+    }
+    let last = base + lo;
+    let (mut accepted, mut too_long) = (0, 0);
+    for step in 0..20_000u64 {
+        let dw = DelayedWork::new(|| {});
+        let delay = (last - Instant::now()).saturating_sub(Duration::from_nanos(20 * step));
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wq.try_queue_delayed(&dw, delay))) {
+            Ok(Ok(_)) => accepted += 1,
+            Ok(Err(Error::DelayTooLong { .. })) => too_long += 1,
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => panic!("step {step}: try_queue_delayed accepted {delay:?}, then panicked"),
+        }
+        dw.cancel();
+    }
+    assert!(accepted > 0, "no delay was accepted ({too_long} refused): the sweep missed the edge");
+}

@@ -294,6 +294,39 @@ fn a_detached_result_that_panics_on_drop_does_not_kill_its_worker() {
     assert_healthy(&rt, &wq);
 }
 
+/// The `Completion` goes while the worker stores the result: here its
+/// waker drops it (as an executor dropping the woken future would, or a
+/// `wait_timeout` that gave up). The worker then holds the last reference
+/// and drops the result itself, which must not end the worker.
+#[test]
+fn a_result_dropped_by_the_worker_after_its_completion_went_does_not_kill_it() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Wake, Waker};
+    struct DropOnWake(Mutex<Option<wq_core::Completion<Boom>>>);
+    impl Wake for DropOnWake {
+        fn wake(self: Arc<Self>) {
+            let completion = self.0.lock().unwrap().take();
+            drop(completion);
+        }
+    }
+    let rt = one_cpu_runtime();
+    let wq = rt.workqueue("drop-on-wake").build().unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let mut completion = wq
+        .submit(move || {
+            go_rx.recv().unwrap();
+            Boom("a result whose Completion went while it was stored")
+        })
+        .unwrap();
+    let holder = Arc::new(DropOnWake(Mutex::new(None)));
+    let waker = Waker::from(holder.clone());
+    assert!(Pin::new(&mut completion).poll(&mut Context::from_waker(&waker)).is_pending());
+    *holder.0.lock().unwrap() = Some(completion);
+    go_tx.send(()).unwrap();
+    assert_healthy(&rt, &wq);
+}
+
 #[test]
 fn a_work_item_whose_capture_panics_on_drop_after_the_last_handle_went() {
     let rt = one_cpu_runtime();

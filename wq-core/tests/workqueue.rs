@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::block_on;
 use wq_core::{Error, Flags, Runtime, SharedItem, Work, Workqueue, MAX_ACTIVE_LIMIT};
@@ -610,4 +610,27 @@ fn flush_waits_for_items_still_in_the_inbox() {
     wq.flush().unwrap();
     assert_eq!(ran.load(SeqCst), 100, "flush returned before the items queued before it ran");
     releaser.join().unwrap();
+}
+
+/// Polling a `Completion` again after it returned `Ready` panics, as its
+/// `poll` documents, rather than returning `Pending` for ever; `wait` on it
+/// panics too, and it counts as finished.
+#[test]
+fn a_completion_polled_after_ready_panics() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Waker};
+    let wq = Workqueue::builder("poll-twice").build().unwrap();
+    let mut c = wq.submit(|| 1).unwrap();
+    let mut cx = Context::from_waker(Waker::noop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Pin::new(&mut c).poll(&mut cx).is_pending() {
+        assert!(Instant::now() < deadline, "the item never ran");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(c.is_finished() && c.wait_timeout(Duration::ZERO));
+    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(&mut c).poll(&mut cx)));
+    assert!(again.is_err(), "polled after Ready without a panic");
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || c.wait()));
+    assert!(waited.is_err(), "waited on after Ready without a panic");
 }

@@ -115,6 +115,15 @@ impl WorkShared {
         }
     }
 
+    /// Refuses `what::call` (a wait for this item) from inside the item
+    /// itself, which would wait for its own end.
+    pub(crate) fn check_not_current(&self, what: &str, call: &str) -> Result<(), Error> {
+        if worker::current_work_id() == Some(self.id) {
+            return Err(Error::WouldDeadlock(format!("{what}::{call} called from inside that work item")));
+        }
+        Ok(())
+    }
+
     /// Clears `PENDING`; true if an instance was pending.
     pub(crate) fn cancel(&self) -> bool {
         let Some(cancelled) = self.state.try_clear_pending() else { return false };
@@ -127,9 +136,7 @@ impl WorkShared {
     /// `cancel_sync`, with `take_back` run once queueing is disabled (a
     /// delayed item disarms its timer there); returns whether anything was pending.
     pub(crate) fn cancel_sync_with(&self, what: &str, take_back: impl FnOnce() -> bool) -> Result<bool, Error> {
-        if worker::current_work_id() == Some(self.id) {
-            return Err(Error::WouldDeadlock(format!("{what}::cancel_sync called from inside that work item")));
-        }
+        self.check_not_current(what, "cancel_sync")?;
         self.state.disable();
         let disarmed = take_back();
         let was_pending = self.cancel() || disarmed;
@@ -139,9 +146,7 @@ impl WorkShared {
     }
 
     pub(crate) fn flush(&self, what: &str) -> Result<bool, Error> {
-        if worker::current_work_id() == Some(self.id) {
-            return Err(Error::WouldDeadlock(format!("{what}::flush called from inside that work item")));
-        }
+        self.check_not_current(what, "flush")?;
         let s = self.state.load();
         if s & (PENDING | RUNNING) == 0 {
             return Ok(false);

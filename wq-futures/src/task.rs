@@ -87,6 +87,15 @@ pin_project! {
         fut: Option<F>,
         done: FinishOnDrop,
     }
+
+    impl<F> PinnedDrop for Guarded<F> {
+        // async-task drops a task's future where a panic aborts the process
+        // (a refused poll's `Runnable`, a cancelled task): the user's future
+        // goes first, here, where its drop may panic harmlessly.
+        fn drop(this: Pin<&mut Self>) {
+            let _ = catch_unwind(AssertUnwindSafe(|| this.project().fut.set(None)));
+        }
+    }
 }
 
 impl<F: Future> Future for Guarded<F> {
@@ -111,7 +120,15 @@ impl<F: Future> Future for Guarded<F> {
         };
         match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(value)) => Poll::Ready(Outcome::Done(value)),
+            // Dropped now, so that a panic in its drop is the task's panic
+            // (as in tokio), not lost in `PinnedDrop`.
+            Ok(Poll::Ready(value)) => match catch_unwind(AssertUnwindSafe(|| this.fut.set(None))) {
+                Ok(()) => Poll::Ready(Outcome::Done(value)),
+                Err(payload) => {
+                    let _ = catch_unwind(AssertUnwindSafe(move || drop(value)));
+                    Poll::Ready(Outcome::Panicked(payload))
+                }
+            },
             Err(payload) => {
                 let _ = catch_unwind(AssertUnwindSafe(|| this.fut.set(None)));
                 Poll::Ready(Outcome::Panicked(payload))

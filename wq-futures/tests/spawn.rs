@@ -261,3 +261,41 @@ fn join_error_fits_boxed_errors() {
     let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
     assert!(boxed.to_string().contains("boxed"));
 }
+
+/// Panics when dropped (unless already unwinding).
+struct PanicOnDrop;
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("deliberate panic in a future's drop");
+        }
+    }
+}
+
+/// Ready at once; its field panics when the future is dropped.
+struct ReadyWithPanickingDrop(#[allow(dead_code)] PanicOnDrop);
+
+impl Future for ReadyWithPanickingDrop {
+    type Output = u32;
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<u32> {
+        Poll::Ready(5)
+    }
+}
+
+/// A future whose own drop panics, once it completed (dropped on the
+/// worker) or when its queue refuses it (dropped with the refused poll),
+/// neither kills the process nor the worker: as in tokio, a completed
+/// future's drop panic is the task's panic.
+#[test]
+fn a_future_whose_drop_panics_is_a_join_error_not_an_abort() {
+    let wq = queue("t_drop_panics");
+    let err = block_on(wq.spawn(ReadyWithPanickingDrop(PanicOnDrop))).expect_err("its drop panicked");
+    assert!(err.is_panic(), "{err:?}");
+    assert!(err.to_string().contains("deliberate panic in a future's drop"), "{err}");
+    assert_eq!(block_on(wq.spawn(async { 6 })).unwrap(), 6, "the worker survived");
+    wq.destroy().unwrap();
+    let refused = block_on(wq.spawn(ReadyWithPanickingDrop(PanicOnDrop))).expect_err("refused");
+    assert!(refused.is_cancelled(), "{refused:?}");
+}

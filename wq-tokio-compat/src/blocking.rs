@@ -147,15 +147,26 @@ impl std::error::Error for ShutdownTimedOut {}
 /// blocking pool: no new closure is accepted, the queued and running ones
 /// run to the end, and the caller waits for them for at most `timeout`.
 ///
-/// Returns `Ok(Ok(()))` when everything finished in time, `Ok(Err(_))` when
-/// the time ran out (the remaining closures still run to the end on their
-/// workers, as tokio leaves its blocking threads running), and `Err(_)`
-/// when the queue cannot be shut down (for example it was already
-/// destroyed, or the call comes from one of the queue's own items).
+/// Returns `Ok(Ok(()))` when everything finished in time (at once for a
+/// queue already shut down), `Ok(Err(_))` when the time ran out (the
+/// remaining closures still run to the end on their workers, as tokio
+/// leaves its blocking threads running), and `Err(_)` when the queue cannot
+/// be shut down: the call comes from one of the queue's own items
+/// ([`Error::WouldDeadlock`]: it would wait for itself), delayed work is
+/// armed on it ([`Error::DelayedWorkArmed`]), or the waiting thread could
+/// not start ([`Error::Spawn`]).
 ///
 /// After the shutdown, [`spawn_blocking_on`] the queue gives handles that
 /// resolve to a cancelled `JoinError`.
 pub fn shutdown_timeout(wq: &Workqueue, timeout: Duration) -> Result<Result<(), ShutdownTimedOut>, Error> {
+    // `destroy` makes this check too, but on the helper thread below, which
+    // runs no item: made there, it would let the caller wait for itself.
+    if wq.is_current() {
+        return Err(Error::WouldDeadlock(format!(
+            "shutdown_timeout of {:?} called from one of its own work items",
+            wq.name()
+        )));
+    }
     let (tx, rx) = mpsc::channel();
     let queue = wq.clone();
     // `destroy` waits for the queue to drain and has no deadline of its own:

@@ -109,3 +109,17 @@ fn spawn_on_tasks_fail_visibly_when_their_runtime_goes() {
     let err = block_on(handle).expect_err("the timer cannot fire without its runtime");
     assert!(err.is_panic(), "{err:?}");
 }
+
+/// From one of the queue's own items, `shutdown_timeout` would wait for
+/// itself (its `destroy` runs on a helper thread, where the queue's own
+/// check cannot see the caller): it refuses at once. A queue already shut
+/// down shuts down again at once.
+#[test]
+fn shutdown_timeout_from_an_own_item_is_refused_and_a_second_one_is_immediate() {
+    let wq = Workqueue::builder("shutdown-own").build().unwrap();
+    let q = wq.clone();
+    let refused = block_on(spawn_blocking_on(&wq, move || shutdown_timeout(&q, Duration::from_secs(5)))).unwrap();
+    assert!(matches!(refused, Err(wq_core::Error::WouldDeadlock(_))), "{refused:?}");
+    assert!(matches!(shutdown_timeout(&wq, Duration::from_secs(30)), Ok(Ok(()))));
+    assert!(matches!(shutdown_timeout(&wq, Duration::from_secs(30)), Ok(Ok(()))), "already shut down");
+}

@@ -285,6 +285,15 @@ impl Workqueue {
         &self.shared.rt
     }
 
+    /// Whether the calling thread is running one of this queue's items:
+    /// there, [`flush`](Workqueue::flush), [`drain`](Workqueue::drain) and
+    /// [`destroy`](Workqueue::destroy) of this queue would wait for
+    /// themselves, and return [`Error::WouldDeadlock`] instead. For code that
+    /// waits for the queue in other ways (on another thread, say).
+    pub fn is_current(&self) -> bool {
+        worker::current_wq_id() == Some(self.shared.core.id)
+    }
+
     /// Whether [`destroy`](Workqueue::destroy) completed on this queue.
     pub fn is_destroyed(&self) -> bool {
         self.shared.core.destroyed.load(SeqCst)
@@ -538,7 +547,7 @@ impl Workqueue {
     }
 
     fn check_not_own_item(&self, what: &str) -> Result<(), Error> {
-        if worker::current_wq_id() == Some(self.shared.core.id) {
+        if self.is_current() {
             return Err(Error::WouldDeadlock(format!(
                 "Workqueue::{what} of {:?} called from one of its own work items",
                 self.name()

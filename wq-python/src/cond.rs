@@ -233,21 +233,25 @@ impl FutureCondition {
             (ticket, count)
         };
         let outcome = loop {
-            // Some(notified) when done, None to run signal handlers and go on.
+            // Some(notified) when done, None to run signal handlers and go on. On a worker, the
+            // wait is a sleep its pool must know of at once, whatever the detector: the item
+            // waited for may need this worker's place (`Future.result()` inside an item).
             let attempt = py.detach(|| {
-                let mut st = self.state();
-                loop {
-                    let Some(at) = st.cond_waiters.iter().position(|&t| t == ticket) else { return Some(true) };
-                    let Some(slice) = next_slice(deadline) else {
-                        st.cond_waiters.remove(at);
-                        return Some(false);
-                    };
-                    let (guard, timeout) = self.cv.wait_timeout(st, slice).unwrap_or_else(PoisonError::into_inner);
-                    st = guard;
-                    if timeout.timed_out() && next_slice(deadline).is_some() && st.cond_waiters.contains(&ticket) {
-                        return None;
+                wq_core::blocking(|| {
+                    let mut st = self.state();
+                    loop {
+                        let Some(at) = st.cond_waiters.iter().position(|&t| t == ticket) else { return Some(true) };
+                        let Some(slice) = next_slice(deadline) else {
+                            st.cond_waiters.remove(at);
+                            return Some(false);
+                        };
+                        let (guard, timeout) = self.cv.wait_timeout(st, slice).unwrap_or_else(PoisonError::into_inner);
+                        st = guard;
+                        if timeout.timed_out() && next_slice(deadline).is_some() && st.cond_waiters.contains(&ticket) {
+                            return None;
+                        }
                     }
-                }
+                })
             });
             match attempt {
                 Some(notified) => break Ok(notified),

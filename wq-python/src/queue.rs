@@ -300,8 +300,17 @@ impl NativeQueue {
             drop(spare);
         }
         if cancel_futures {
+            // Every drained item's future is cancelled, even when a done-callback raises (a
+            // `BaseException` gets through `Future.cancel`): stopping at it would lose the rest,
+            // neither run nor cancelled. The first error is raised once all are.
+            let mut first_err = None;
             for item in self.tracker.cancel_queued() {
-                item.future.future.bind(py).call_method0(intern!(py, "cancel"))?;
+                if let Err(err) = item.future.future.bind(py).call_method0(intern!(py, "cancel")) {
+                    first_err.get_or_insert(err);
+                }
+            }
+            if let Some(err) = first_err {
+                return Err(err);
             }
         }
         if wait {

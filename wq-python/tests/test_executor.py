@@ -107,6 +107,33 @@ def test_shutdown_cancel_futures_cancels_unstarted_items():
     wq.shutdown(wait=True)
 
 
+def test_cancel_futures_cancels_every_item_when_a_callback_raises_a_base_exception():
+    """A done-callback raising a BaseException gets through Future.cancel: shutdown raises it, but
+    only after every unstarted item's future is cancelled, none left pending for ever."""
+
+    class Boom(BaseException):
+        pass
+
+    def boom(_):
+        raise Boom("from a done-callback")
+
+    wq = cmwq.Workqueue("cancel-boom", ordered=True)
+    gate = threading.Event()
+    first = wq.submit(gate.wait, 30)
+    started = time.monotonic()
+    while first.running() is False and time.monotonic() - started < 10:
+        time.sleep(0.005)
+    assert first.running()
+    rest = [wq.submit(int, i) for i in range(5)]
+    rest[0].add_done_callback(boom)
+    with pytest.raises(Boom):
+        wq.shutdown(wait=False, cancel_futures=True)
+    assert [f.cancelled() for f in rest] == [True] * 5
+    gate.set()
+    assert first.result(timeout=10) is True
+    wq.shutdown(wait=True)
+
+
 def test_items_are_claimed_without_the_gil():
     """A worker claims its item in Rust while the submitter still holds the GIL, so an immediate
     shutdown(cancel_futures=True) finds it already picked up, as ThreadPoolExecutor's would."""

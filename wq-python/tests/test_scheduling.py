@@ -147,3 +147,16 @@ def test_polling_runtime_stats_does_not_starve_workers():
     for f in futs:
         f.result()
     wq.shutdown()
+
+
+def test_result_inside_an_item_lets_the_item_it_waits_for_run(one_cpu_runtime):
+    """`Future.result()` inside an item waits for an item of its own bound pool: the wait tells
+    the pool at once that the worker sleeps, so another worker starts the item waited for, even
+    with no sleep detector (the runtime's detector is `explicit`)."""
+    wq = cmwq.Workqueue("nested-result", runtime=one_cpu_runtime)
+
+    def outer():
+        return wq.submit(lambda: 42).result(timeout=10)
+
+    assert wq.submit(outer).result(timeout=20) == 42
+    wq.shutdown(wait=True)

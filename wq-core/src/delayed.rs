@@ -122,9 +122,17 @@ impl DelayedWork {
             }
             None => false,
         };
+        // Read with the timer locked, so the target is the instance just
+        // fired (or the one pending or running): the item cannot re-arm
+        // itself meanwhile (arming takes this lock), and a periodic item
+        // that re-arms as it runs does not make this wait a whole period.
+        let target = self.shared.work.flush_target();
         drop(slot);
-        // The fired instance may finish before the wait begins: it still counts.
-        Ok(self.shared.work.flush("DelayedWork")? || fired)
+        if let Some(target) = target {
+            self.shared.work.wait_flushed(target);
+        }
+        // The fired instance may finish before the target is read: it still counts.
+        Ok(target.is_some() || fired)
     }
 
     /// `queue_delayed` (`modify == false`) and `mod_delayed` (`true`).

@@ -231,3 +231,36 @@ fn a_delay_accepted_near_the_end_of_time_never_panics() {
     }
     assert!(accepted > 0, "no delay was accepted ({too_long} refused): the sweep missed the edge");
 }
+
+/// A periodic item (it re-arms itself, an hour ahead, each time it runs):
+/// `flush` fires the armed timer and waits for that run only, not for the
+/// instance the run arms. The flush reads what it waits for with the timer
+/// locked, which a re-arm needs, so the run cannot re-arm in between; a
+/// flusher preempted there used to wait the whole period. (That window is
+/// too narrow to hit on purpose: this is a guard, and a check of the
+/// periodic pattern.)
+#[test]
+fn flush_of_a_periodic_item_waits_for_the_fired_run_not_the_next_period() {
+    let rt = Runtime::builder().build().unwrap();
+    let wq = rt.workqueue("periodic").build().unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let cell: Arc<std::sync::OnceLock<DelayedWork>> = Arc::default();
+    let (r, c, q) = (runs.clone(), cell.clone(), wq.clone());
+    let dw = DelayedWork::new(move || {
+        r.fetch_add(1, SeqCst);
+        q.queue_delayed(c.get().unwrap(), Duration::from_secs(3600));
+    });
+    cell.set(dw.clone()).ok().unwrap();
+    assert!(wq.queue_delayed(&dw, Duration::from_secs(3600)));
+    let (done_tx, done_rx) = mpsc::channel();
+    let d = dw.clone();
+    std::thread::spawn(move || {
+        for round in 1..=200 {
+            assert!(d.flush().unwrap(), "round {round}: an armed item had nothing to flush");
+        }
+        done_tx.send(()).unwrap();
+    });
+    done_rx.recv_timeout(Duration::from_secs(60)).expect("a flush waited for the next period");
+    assert_eq!(runs.load(SeqCst), 200, "each flush fired exactly one run");
+    assert!(dw.cancel_sync().unwrap(), "the next period is armed");
+}

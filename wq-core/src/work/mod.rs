@@ -147,22 +147,43 @@ impl WorkShared {
 
     pub(crate) fn flush(&self, what: &str) -> Result<bool, Error> {
         self.check_not_current(what, "flush")?;
+        let Some(target) = self.flush_target() else { return Ok(false) };
+        self.wait_flushed(target);
+        Ok(true)
+    }
+
+    /// What a `flush` starting now waits for; `None` if the item is idle.
+    pub(crate) fn flush_target(&self) -> Option<FlushTarget> {
         let s = self.state.load();
         if s & (PENDING | RUNNING) == 0 {
-            return Ok(false);
+            return None;
         }
         // The pending instance must run or be cancelled, and a run in
         // progress must end — even if the newer instance is cancelled (its
         // retirement says nothing of the older run).
-        let pending = (s & PENDING != 0).then(|| gen_of(s));
-        let runs_before = (s & RUNNING != 0).then(|| Ended::runs_of(self.ended.load()));
+        Some(FlushTarget {
+            pending: (s & PENDING != 0).then(|| gen_of(s)),
+            runs_before: (s & RUNNING != 0).then(|| Ended::runs_of(self.ended.load())),
+        })
+    }
+
+    /// Sleeps until what `target` names is over.
+    pub(crate) fn wait_flushed(&self, target: FlushTarget) {
+        let FlushTarget { pending, runs_before } = target;
         self.wait_until(|w| {
             let ended = w.ended.load();
             pending.is_none_or(|p| Ended::has_retired(ended, p))
                 && runs_before.is_none_or(|n| Ended::runs_of(ended) != n || w.state.load() & RUNNING == 0)
         });
-        Ok(true)
     }
+}
+
+/// What a `flush` waits for: the pending generation it saw, and if a run
+/// was in progress, the count of finished runs then.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FlushTarget {
+    pending: Option<u64>,
+    runs_before: Option<u64>,
 }
 
 /// A reusable work item: a function that can be queued on any workqueue,

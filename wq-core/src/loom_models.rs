@@ -736,11 +736,11 @@ fn loom_flags_transition_keeps_nr_running_non_negative() {
 
 /// (7) An unbound queue's queue-wide `max_active` across two pods
 /// (`pool/pwq.rs`: `try_claim`, `place`, `count_waiting`, `release`,
-/// `activate_into`; `pool/mod.rs`: `insert`, `count_parked`, `complete`;
+/// `activate_into`, `others_may_wait`; `pool/mod.rs`: `insert`, `count_parked`, `complete`;
 /// `WqCore::activate_pods`). The limit is 1 and pod B's entry holds it.
 /// A thread queues an entry in pod A while B's worker completes: B frees
-/// the slot, then looks at `waiting` to decide whether to activate the
-/// other pods; A's claim fails, and A parks the entry, counts it in
+/// the slot, activates its own (none), then looks at the limit and
+/// `waiting` to decide whether to activate the other pods; A's claim fails, and A parks the entry, counts it in
 /// `waiting`, then reads the limit again and activates if it has room.
 /// Checked: once both are done, no entry waits while the limit has room.
 /// Without A's second look, loom finds A's claim failing before B's
@@ -802,8 +802,10 @@ fn loom_queue_wide_limit_lets_a_parked_entry_in() {
                     let mut b = q.pods[1].lock().unwrap();
                     b.nr_active -= 1;
                     q.active.fetch_sub(1, SeqCst);
+                    q.activate(&mut b);
                     sc_order();
-                    b.inactive == 0 && q.waiting.load(SeqCst) > 0
+                    // `PwqState::others_may_wait`.
+                    q.active.load(SeqCst) < MAX && q.waiting.load(SeqCst) > 0
                 };
                 if other_pods {
                     for pod in &q.pods {

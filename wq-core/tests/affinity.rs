@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -326,4 +326,94 @@ fn destroy_racing_apply_attrs_starts_nothing_afterwards() {
         assert_eq!(late.load(SeqCst), 0, "round {round}: an item started after destroy returned");
         assert!(!work.is_pending() && !work.is_running(), "round {round}: the item outlived destroy");
     });
+}
+
+/// A record of several entries frees several queue-wide slots, and its pwq
+/// may activate fewer of its own: the rest reach the other pods. (Decided
+/// by "my pwq has entries waiting" before activating, they stayed free
+/// while another pod's entry waited.)
+#[test]
+fn slots_a_pod_frees_beyond_its_own_inactive_entries_reach_other_pods() {
+    let Some((rt, cpu0, cpu1)) = two_cpus() else { return };
+    let wq = rt
+        .workqueue("limit")
+        .flags(Flags::UNBOUND)
+        .max_active(2)
+        .attrs(Attrs { scope: Scope::Cpu, strict: true, ..Attrs::default() })
+        .build()
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (started_tx, go_rx) = (Mutex::new(started_tx), Mutex::new(go_rx));
+    let r = runs.clone();
+    let w = Work::new(move || {
+        if r.fetch_add(1, SeqCst) == 0 {
+            started_tx.lock().unwrap().send(()).unwrap();
+            go_rx.lock().unwrap().recv().unwrap();
+        }
+    });
+    assert!(wq.queue_on(cpu0, &w).unwrap());
+    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // A second instance takes the second slot; another worker of the pod
+    // dequeues it and parks it behind the running one.
+    assert!(wq.queue_on(cpu0, &w).unwrap());
+    thread::sleep(Duration::from_millis(300));
+    // Cancelled: it will be discarded (merged into the run's record).
+    assert!(w.cancel());
+    let b_ran = Arc::new(AtomicBool::new(false));
+    let b_flag = b_ran.clone();
+    let b = Work::new(move || b_flag.store(true, SeqCst));
+    let (a_tx, a_rx) = mpsc::channel::<bool>();
+    let a_tx = Mutex::new(a_tx);
+    let a_sees = b_ran.clone();
+    let a = Work::new(move || {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !a_sees.load(SeqCst) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        a_tx.lock().unwrap().send(a_sees.load(SeqCst)).unwrap();
+    });
+    // Both pods are full: `a` parks in CPU 0's pod, `b` in CPU 1's.
+    assert!(wq.queue_on(cpu0, &a).unwrap());
+    assert!(wq.queue_on(cpu1, &b).unwrap());
+    // The run ends: its record (the run + the discarded instance) frees
+    // both slots; `a` takes one.
+    go_tx.send(()).unwrap();
+    let saw_b = a_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(saw_b, "b waited in its pod while a queue-wide slot was free (max_active 2, one item running)");
+}
+
+/// A freed queue-wide slot reaches an entry parked in another pod also
+/// after the queue's last handle is gone (the pods used to be reached
+/// through the handles).
+#[test]
+fn an_entry_parked_for_the_queue_wide_limit_runs_after_its_queue_is_dropped() {
+    let Some((rt, cpu0, cpu1)) = two_cpus() else { return };
+    let wq = rt
+        .workqueue("dropped-limit")
+        .flags(Flags::UNBOUND)
+        .max_active(1)
+        .attrs(Attrs { scope: Scope::Cpu, strict: true, ..Attrs::default() })
+        .build()
+        .unwrap();
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (y_tx, y_rx) = mpsc::channel::<()>();
+    let (started_tx, go_rx, y_tx) = (Mutex::new(started_tx), Mutex::new(go_rx), Mutex::new(y_tx));
+    let x = Work::new(move || {
+        started_tx.lock().unwrap().send(()).unwrap();
+        go_rx.lock().unwrap().recv().unwrap();
+    });
+    let y = Work::new(move || y_tx.lock().unwrap().send(()).unwrap());
+    assert!(wq.queue_on(cpu0, &x).unwrap());
+    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // The only slot is x's: y parks in CPU 1's pod.
+    assert!(wq.queue_on(cpu1, &y).unwrap());
+    drop(wq);
+    go_tx.send(()).unwrap();
+    assert!(
+        y_rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "an item queued before its queue was dropped never ran: the slot freed in another pod never reached it"
+    );
 }

@@ -319,3 +319,43 @@ fn apply_attrs_racing_freeze_and_thaw_leaves_the_new_pwqs_in_step() {
     });
     rt.thaw();
 }
+
+/// `thaw` reaches the pwqs of a freezable queue whose last handle was
+/// dropped: the items it queued run (nothing queued is lost by dropping a
+/// queue), and, the other way round, `freeze` stops those of a queue
+/// dropped before it. (`freeze` and `thaw` used to reach only live
+/// queues.)
+#[test]
+fn freeze_and_thaw_reach_queues_whose_handles_are_gone() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let queue = |name: &str| rt.workqueue(name).flags(Flags::FREEZABLE).ordered().build().unwrap();
+    let count = |wq: &wq_core::Workqueue| {
+        let r = ran.clone();
+        wq.execute(move || _ = r.fetch_add(1, SeqCst)).unwrap();
+    };
+    // Dropped while frozen, with an item queued.
+    rt.freeze().unwrap();
+    let during = queue("dropped-while-frozen");
+    count(&during);
+    drop(during);
+    rt.thaw();
+    wait_until("the item of the queue dropped while frozen ran", || ran.load(SeqCst) == 1);
+    // Dropped before the freeze, with an item held behind a gate.
+    let before = queue("dropped-before-freeze");
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    before.execute(move || gate_rx.recv().unwrap()).unwrap();
+    count(&before);
+    drop(before);
+    let freezer = {
+        let rt = rt.clone();
+        thread::spawn(move || rt.freeze().unwrap())
+    };
+    thread::sleep(common::UNIT);
+    gate_tx.send(()).unwrap();
+    freezer.join().unwrap();
+    thread::sleep(common::UNIT * 2);
+    assert_eq!(ran.load(SeqCst), 1, "an item started while the runtime was frozen");
+    rt.thaw();
+    wait_until("the item of the queue dropped before the freeze ran", || ran.load(SeqCst) == 2);
+}

@@ -3,7 +3,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -201,7 +201,7 @@ fn flush_returns_after_the_run_it_saw_even_when_a_handed_off_run_follows() {
     let wq = rt.workqueue("hand-off").build().unwrap();
     let (started_tx, started_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
-    let release_rx = std::sync::Mutex::new(release_rx);
+    let release_rx = Mutex::new(release_rx);
     let runs = AtomicUsize::new(0);
     let work = Work::new(move || {
         started_tx.send(runs.fetch_add(1, SeqCst) + 1).unwrap();
@@ -288,7 +288,7 @@ fn flush_of_a_pending_item_outlasts_a_newer_instance_cancelled_while_it_runs() {
     let gate = wq.submit(move || gate_rx.recv_timeout(PATIENCE).expect("gate never opened")).unwrap();
     let (started_tx, started_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
-    let release_rx = std::sync::Mutex::new(release_rx);
+    let release_rx = Mutex::new(release_rx);
     let work = Work::new(move || {
         started_tx.send(()).unwrap();
         release_rx.lock().unwrap().recv_timeout(PATIENCE).expect("never released");
@@ -311,4 +311,45 @@ fn flush_of_a_pending_item_outlasts_a_newer_instance_cancelled_while_it_runs() {
     let flushed = flushed_rx.recv_timeout(PATIENCE).expect("flush never returned");
     assert!(flushed.unwrap(), "flush saw nothing to wait for");
     assert!(!work.is_running());
+}
+
+/// A worker that runs an instance handed off to it applies the record of
+/// the run it just finished first: the next instance's user code may flush
+/// the first run's queue, which waited for that record for ever.
+#[test]
+fn a_handed_off_instance_can_flush_the_queue_of_the_run_before_it() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let q2 = rt.workqueue("q2").build().unwrap();
+    let q1 = rt.workqueue("q1").flags(wq_core::Flags::HIGHPRI).build().unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (flushed_tx, flushed_rx) = mpsc::channel::<()>();
+    let (started_tx, go_rx, flushed_tx) = (Mutex::new(started_tx), Mutex::new(go_rx), Mutex::new(flushed_tx));
+    let q2c = q2.clone();
+    let r = runs.clone();
+    let work = Work::new(move || {
+        if r.fetch_add(1, SeqCst) == 0 {
+            // First run, from q2 on the normal pool: wait until the q1
+            // instance has been parked behind it.
+            started_tx.lock().unwrap().send(()).unwrap();
+            go_rx.lock().unwrap().recv().unwrap();
+        } else {
+            // Second run, the q1 instance handed to the same worker.
+            q2c.flush().unwrap();
+            flushed_tx.lock().unwrap().send(()).unwrap();
+        }
+    });
+    assert!(q2.queue(&work));
+    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // The highpri pool's worker dequeues it, finds it running, parks it.
+    assert!(q1.queue(&work));
+    thread::sleep(Duration::from_millis(300));
+    go_tx.send(()).unwrap();
+    let ok = flushed_rx.recv_timeout(Duration::from_secs(10)).is_ok();
+    if !ok {
+        // Keep the stuck worker's captures from being dropped by unwinding.
+        std::mem::forget((work, q1, q2, rt));
+    }
+    assert!(ok, "q2.flush() from the handed-off q1 instance never returned (q2 had nothing left to run)");
 }

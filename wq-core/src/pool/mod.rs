@@ -33,7 +33,7 @@ use crate::runtime::RtCore;
 use crate::trace::TraceKind;
 use crate::work::WorkShared;
 use crate::worker::WorkerShared;
-use crate::workqueue::{Limit, WqCore};
+use crate::workqueue::{Flags, Limit, WqCore};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 /// Workers an unbound pool keeps running per CPU: one runner and one
@@ -468,7 +468,7 @@ impl Pool {
     pub(crate) fn complete(&self, inner: &mut PoolInner, done: &Done) -> Completed {
         let entries = done.entries();
         let pwq = inner.pwq_mut(done.link.slot);
-        let other_pods = pwq.release(entries);
+        pwq.release(entries);
         pwq.total += u64::from(done.ran);
         pwq.cpu_time += done.cpu_time;
         pwq.panics += u64::from(done.panicked);
@@ -478,6 +478,7 @@ impl Pool {
         }
         self.completed.store(self.completed.load(Relaxed) + entries as u64, Relaxed);
         self.activate(inner, done.link.slot);
+        let other_pods = inner.pwq(done.link.slot).others_may_wait();
         Completed { retired, other_pods }
     }
 
@@ -595,26 +596,40 @@ impl Pool {
         mine.into()
     }
 
-    /// Activates what pwq `slot` can (a queue-wide slot freed elsewhere).
-    pub(crate) fn activate_and_kick(self: &Arc<Self>, slot: usize) {
+    /// Activates what pwq `link` can, if it still holds its slot (the link
+    /// may outlive it: `WqCore::activate_pods` reaches pwqs by weak links).
+    pub(crate) fn activate_link(self: &Arc<Self>, link: &Arc<PwqLink>) {
         let mut inner = self.lock();
-        if self.activate(&mut inner, slot) {
+        let live = inner.pwqs_slot(link.slot).is_some_and(|p| p.link.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)));
+        if live && self.activate(&mut inner, link.slot) {
             self.kick_and_unlock(inner);
         }
     }
 
-    /// Sets `frozen` on pwq `slot`; on thaw, activates what waited.
-    pub(crate) fn set_frozen(self: &Arc<Self>, slot: usize, frozen: bool) {
+    /// Sets `frozen` on every pwq of a freezable queue here, whether its
+    /// queue still has handles or not (a queue dropped with items queued
+    /// keeps its pwqs until they ran); on thaw, activates what waited.
+    pub(crate) fn set_freezable_frozen(self: &Arc<Self>, frozen: bool) {
         let mut inner = self.lock();
-        inner.pwq_mut(slot).frozen = frozen;
-        if !frozen && self.activate(&mut inner, slot) {
+        let mut thawed = false;
+        for slot in 0..inner.pwqs.len() {
+            let Some(pwq) = inner.pwqs_slot(slot) else { continue };
+            if !pwq.link.as_ref().is_some_and(|l| l.wq.flags.contains(Flags::FREEZABLE)) {
+                continue;
+            }
+            pwq.frozen = frozen;
+            thawed |= !frozen && self.activate(&mut inner, slot);
+        }
+        if thawed {
             self.kick_and_unlock(inner);
         }
     }
 
-    /// Active (activated, not finished) entries of pwq `slot`.
-    pub(crate) fn pwq_active(&self, slot: usize) -> usize {
-        self.lock_settled().pwq(slot).nr_active
+    /// Active (activated, not finished) entries of freezable queues' pwqs.
+    pub(crate) fn freezable_active(&self) -> usize {
+        let inner = self.lock_settled();
+        let freezable = |p: &&PwqState| p.link.as_ref().is_some_and(|l| l.wq.flags.contains(Flags::FREEZABLE));
+        inner.pwqs.iter().flatten().filter(freezable).map(|p| p.nr_active).sum()
     }
 
     /// Starts the runtime's shutdown for this pool: idle workers exit, busy

@@ -127,18 +127,24 @@ impl PwqState {
         true
     }
 
-    /// Gives back `n` active slots. Returns true if entries of another pod
-    /// may be waiting for the queue-wide limit.
-    pub(crate) fn release(&mut self, n: usize) -> bool {
+    /// Gives back `n` active slots (to the queue-wide limit too).
+    pub(crate) fn release(&mut self, n: usize) {
         debug_assert!(self.nr_active >= n, "nr_active underflow");
         self.nr_active -= n;
-        match &self.limit {
-            Some(limit) => {
-                limit.release(n);
-                self.inactive.is_empty() && limit.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0
-            }
-            None => false,
+        if let Some(limit) = &self.limit {
+            limit.release(n);
         }
+    }
+
+    /// After a release and this pwq's own activation: whether entries of
+    /// another pod may wait for a queue-wide slot still free. Read after
+    /// the activation, not before: a record of several entries can free
+    /// more slots than this pwq's inactive entries take (`README.md`, "The
+    /// queue-wide limit").
+    pub(crate) fn others_may_wait(&self) -> bool {
+        self.limit
+            .as_ref()
+            .is_some_and(|limit| limit.has_room() && limit.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0)
     }
 
     /// Puts `entry` on the worklist if it may be activated now and nothing

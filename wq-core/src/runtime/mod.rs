@@ -16,7 +16,7 @@ pub(crate) use pools::Pools;
 use crate::delayed::Timer;
 use crate::detect::{self, Detector, Resolved};
 use crate::monitor::Monitor;
-use crate::pool::{Pool, PwqHandle};
+use crate::pool::Pool;
 use crate::rescuer::Rescuer;
 use crate::stats::{PoolStats, RuntimeStats};
 use crate::topology::{Topology, TopologyError};
@@ -330,13 +330,15 @@ impl Runtime {
         }
         let mut frozen = self.freeze_state();
         *frozen = true;
-        let links = self.freezable_links();
-        for l in &links {
-            l.pool.set_frozen(l.slot, true);
+        // Every pool, not every live queue's pwqs: a queue whose handles
+        // are gone still runs what it queued, and must freeze and thaw too.
+        let pools = self.shared.pools.list();
+        for pool in &pools {
+            pool.set_freezable_frozen(true);
         }
         drop(frozen);
         // Items activated before the freeze still run; wait for them.
-        while links.iter().any(|l| l.pool.pwq_active(l.slot) > 0) {
+        while pools.iter().any(|pool| pool.freezable_active() > 0) {
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(())
@@ -346,8 +348,8 @@ impl Runtime {
     pub fn thaw(&self) {
         let mut frozen = self.freeze_state();
         *frozen = false;
-        for l in self.freezable_links() {
-            l.pool.set_frozen(l.slot, false);
+        for pool in self.shared.pools.list() {
+            pool.set_freezable_frozen(false);
         }
     }
 
@@ -362,14 +364,6 @@ impl Runtime {
     /// holds it for its last check, so no pwq set is installed unseen.
     pub(crate) fn freeze_state(&self) -> MutexGuard<'_, bool> {
         self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn freezable_links(&self) -> Vec<Arc<PwqHandle>> {
-        self.workqueues()
-            .into_iter()
-            .filter(|wq| wq.flags().contains(Flags::FREEZABLE))
-            .flat_map(|wq| wq.links())
-            .collect()
     }
 }
 

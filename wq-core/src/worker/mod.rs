@@ -607,7 +607,16 @@ fn run_work(
             execute(pool, me, meter, link, Some(work.id), || Outcome::of_call(|| work.call()));
         finish_entry(pool, Done::new(link, color, outcome, cpu_time), done);
         match take_next_instance(pool, work, gen, done) {
-            Some(next) => inst = next,
+            Some(next) => {
+                // The next instance runs user code, which may flush, drain
+                // or wait for the queue of the run that just ended: its
+                // record is applied first, as the kernel's worker does
+                // after every item (deferring it is only for a stash).
+                for d in done.drain(..) {
+                    complete_entry(d);
+                }
+                inst = next;
+            }
             None => return,
         }
     }

@@ -22,7 +22,7 @@ pub use builder::WorkqueueBuilder;
 
 use crate::completion::{Completion, SharedItem, SharedJob, Task};
 use crate::delayed::DelayedWork;
-use crate::pool::{Entry, Job, Outcome, Pool, PwqHandle, PwqRef};
+use crate::pool::{Entry, Job, Outcome, Pool, PwqHandle, PwqLink, PwqRef};
 use crate::rescuer::Rescuer;
 use crate::runtime::Runtime;
 use crate::stats::WorkqueueStats;
@@ -87,9 +87,11 @@ pub(crate) struct WqCore {
     pub(crate) counters: Counters,
     /// An unbound queue's `max_active`, shared by all its pods.
     pub(crate) limit: Option<Arc<Limit>>,
-    /// The pwqs of the current set and of replaced sets not yet drained,
-    /// oldest first, for activating other pods when a queue-wide slot frees.
-    pods: Mutex<Vec<Weak<PwqHandle>>>,
+    /// The pwqs of the current set and of replaced sets, oldest first, for
+    /// activating other pods when a queue-wide slot frees. Weak links, not
+    /// handles: a pwq stays reachable while its pool holds it (until its
+    /// entries ran), also after the queue's last handle went.
+    pods: Mutex<Vec<Weak<PwqLink>>>,
     /// Stats of pwqs retired by `apply_attrs` and since drained.
     retired_stats: Mutex<(u64, Duration, u64)>,
     /// `drain` calls in progress; while non-zero only chained work may queue.
@@ -130,21 +132,21 @@ impl WqCore {
     }
 
     /// Adds the pwqs of a new set to those a freed queue-wide slot
-    /// activates. A replaced set's pwqs stay until their last handle goes
-    /// (`Workqueue::links` keeps them until drained): their parked entries
-    /// still wait for a slot, which any pod may free.
+    /// activates. A replaced set's pwqs stay until their pool frees them
+    /// (once drained): their parked entries still wait for a slot, which
+    /// any pod may free.
     pub(crate) fn add_pods(&self, set: &PwqSet) {
         let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         pods.retain(|pod| pod.strong_count() > 0);
-        pods.extend(set.links.iter().map(Arc::downgrade));
+        pods.extend(set.links.iter().map(|h| Arc::downgrade(h.link())));
     }
 
     /// A queue-wide active slot freed: let the pods' waiting entries in.
     pub(crate) fn activate_pods(&self) {
-        let pods: Vec<Arc<PwqHandle>> =
+        let pods: Vec<Arc<PwqLink>> =
             self.pods.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(Weak::upgrade).collect();
         for link in pods {
-            link.pool.activate_and_kick(link.slot);
+            link.pool.activate_link(&link);
         }
     }
 

@@ -212,7 +212,7 @@ impl Monitor {
         // Whether a probe was polled (and so may have armed perf) since the last disarm.
         let mut polled = false;
         while !self.shutdown.load(SeqCst) {
-            let manager_due = core.manager.service(&mut retries);
+            let manager_due = core.manager.service(&mut retries, all);
             pools.clear();
             pools.extend(all.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
             watch.resize_with(pools.len(), Watch::new);
@@ -272,7 +272,7 @@ impl Monitor {
         self.parked.store(true, SeqCst);
         let since = Instant::now();
         while self.parked.load(SeqCst) && !self.shutdown.load(SeqCst) {
-            let manager_due = manager.service(retries);
+            let manager_due = manager.service(retries, all);
             // The first check is the parking protocol's re-check (after
             // `parked` is set). The later ones catch work queued while
             // nobody ran: it woke no monitor, it needed a worker, and the

@@ -108,6 +108,25 @@ fn bad_runtime_settings_are_refused_with_a_reason() {
     assert!(err.to_string().contains("max_workers 1"), "{err}");
 }
 
+/// The lowest cap `build` accepts, one worker for each pool, still gives
+/// every pool a worker when its first item comes: the pools used before
+/// keep no idle reserve that would take it (the reserves took the whole
+/// cap, and a third pool waited for one to time out).
+#[test]
+fn with_one_worker_per_pool_allowed_every_pool_still_gets_one() {
+    let rt = Runtime::builder().cpus([0]).max_workers(4).idle_timeout(Duration::from_secs(60)).build().unwrap();
+    let normal = rt.workqueue("n").build().unwrap();
+    let high = rt.workqueue("h").flags(Flags::HIGHPRI).build().unwrap();
+    let unbound = rt.workqueue("u").flags(Flags::UNBOUND).build().unwrap();
+    let unbound_high = rt.workqueue("uh").flags(Flags::UNBOUND | Flags::HIGHPRI).build().unwrap();
+    for wq in [&normal, &high, &unbound, &unbound_high] {
+        // Time for a pool that just ran its first item to ask for a reserve.
+        thread::sleep(Duration::from_millis(50));
+        let c = wq.submit(|| 5).unwrap();
+        assert!(c.wait_timeout(Duration::from_secs(10)), "{}: no worker; {:?}", wq.name(), rt.stats());
+    }
+}
+
 #[test]
 fn dropping_a_runtime_still_runs_queued_work() {
     let ran = Arc::new(AtomicUsize::new(0));

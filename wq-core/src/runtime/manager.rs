@@ -111,7 +111,7 @@ impl Manager {
     /// Creates the workers asked for, runs due periodic jobs and due
     /// retries. Returns when it next has something due (a retry or a
     /// periodic job), if ever; new requests wake the servicing thread.
-    pub(crate) fn service(&self, retries: &mut Retries) -> Option<Instant> {
+    pub(crate) fn service(&self, retries: &mut Retries, all: &Mutex<Vec<Arc<Pool>>>) -> Option<Instant> {
         let (mut pools, due) = {
             let mut q = self.lock();
             if q.shutdown {
@@ -134,7 +134,7 @@ impl Manager {
             if retries.pools.iter().any(|p| Arc::ptr_eq(p, &pool)) {
                 continue;
             }
-            match maybe_create_worker(&pool) {
+            match maybe_create_worker(&pool, all) {
                 Ok(()) => {
                     retries.backoff = BACKOFF_MIN;
                     retries.failing.remove(&pool.id);
@@ -177,11 +177,20 @@ fn creation_failed(retries: &mut Retries, pool: Arc<Pool>, err: &Error) {
     retries.pools.push(pool);
 }
 
-/// Creates a worker if the pool still wants one.
-fn maybe_create_worker(pool: &Arc<Pool>) -> Result<(), Error> {
+/// Creates a worker if the pool still wants one. A worker no item waits
+/// for (an idle reserve) must leave the runtime's cap room for the first
+/// worker of every pool (`all`) that has none: `max_workers` may be as low
+/// as one worker per pool, and reserves taking it all left a pool whose
+/// first item came later with no worker until a reserve timed out.
+fn maybe_create_worker(pool: &Arc<Pool>, all: &Mutex<Vec<Arc<Pool>>>) -> Result<(), Error> {
+    let unstaffed = all.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|p| p.workers().is_empty()).count();
+    let cap_left = pool.rt.config.max_workers.saturating_sub(pool.rt.nr_workers.load(SeqCst));
     {
+        // Decided under the pool lock, as a kick decides to ask: work that
+        // arrives after this asks again, work that came before is seen.
         let mut inner = pool.lock();
-        if !pool.wants_reserve(&inner) {
+        let reserve = !pool.workers().is_empty() && !pool.has_pending();
+        if !pool.wants_reserve(&inner) || (reserve && cap_left <= unstaffed) {
             inner.want_worker = false;
             return Ok(());
         }

@@ -424,7 +424,10 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The most worker threads the runtime may have at once (default 4096).
+    /// The most worker threads the runtime may have at once (default 4096;
+    /// at least one for each of the runtime's pools). A pool keeps an idle
+    /// worker in reserve, for its next wake-up, only while the cap leaves
+    /// room for the first worker of every pool that has none.
     pub fn max_workers(mut self, max: usize) -> Self {
         self.config.max_workers = max;
         self

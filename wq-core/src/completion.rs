@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::pool::{drop_quietly, Outcome};
+use crate::pool::{drop_quietly, emit_quietly, Outcome};
 use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
 
 /// Queued, not started: `cancel` may still win.
@@ -84,7 +84,7 @@ impl<T> CompletionShared<T> {
             // not end this worker (tokio likewise wakes a JoinHandle's
             // waker under catch_unwind).
             if catch_unwind(AssertUnwindSafe(|| w.wake())).is_err() {
-                tracing::warn!(target: "wq", "a Completion's waker panicked when woken");
+                emit_quietly(|| tracing::warn!(target: "wq", "a Completion's waker panicked when woken"));
             }
         }
         outcome

@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::pool::drop_quietly;
+use crate::pool::{drop_quietly, emit_quietly};
 use crate::work::{gen_of, NotQueued, WorkShared, PENDING, RUNNING};
 use crate::{Error, Workqueue};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -222,7 +222,9 @@ impl DelayedShared {
             // `armed` lock held here) and timer firings pass a drain, so this
             // cannot be refused.
             if let Err(err) = armed.wq.queue_pending(&self.work, armed.gen, armed.slot) {
-                tracing::error!(target: "wq", queue = %armed.wq.name(), %err, "delayed work refused at expiry");
+                emit_quietly(
+                    || tracing::error!(target: "wq", queue = %armed.wq.name(), %err, "delayed work refused at expiry"),
+                );
                 self.work.cancel();
             }
         }

@@ -386,10 +386,10 @@ fn reclaim_stash(pool: &Arc<Pool>, w: &WorkerShared) {
 /// unannounced (not inside `blocking` or `ignore_sleeps`).
 fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration, hog_tick: Option<u64>) -> bool {
     let flags = w.flags();
-    let state = match w.probe.lock() {
-        Ok(mut probe) => probe.as_mut().map_or(ThreadState::Unknown, |p| p.poll()),
-        Err(_) => ThreadState::Unknown,
-    };
+    // A panic while it was held (the monitor runs user code: `tracing`
+    // subscribers) leaves the probe as it was; reading it as unknown for
+    // good would blind the monitor to this worker's sleeps.
+    let state = w.probe.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map_or(ThreadState::Unknown, |p| p.poll());
     match state {
         ThreadState::Sleeping { since } if flags & (SLEEPING | IGNORE_SLEEPS) == 0 => {
             // The kernel's wq_worker_sleeping(): stop counting it, kick the pool.

@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::pool::Pool;
+use crate::pool::{emit_quietly, Pool};
 use crate::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use crate::worker::{self, WorkerShared};
 use crate::workqueue::WqCore;
@@ -100,7 +100,9 @@ impl Rescuer {
                 return;
             }
             self.wq.counters.rescued.fetch_add(mine.len() as u64, Relaxed);
-            tracing::info!(target: "wq", queue = %self.wq.name, pool = %pool.label(), items = mine.len(), "rescuer runs work items");
+            emit_quietly(
+                || tracing::info!(target: "wq", queue = %self.wq.name, pool = %pool.label(), items = mine.len(), "rescuer runs work items"),
+            );
             worker::rescue(pool, me, mine);
             if !pool.creation_failing.load(SeqCst) {
                 return;

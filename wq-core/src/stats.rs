@@ -132,7 +132,7 @@ pub(crate) fn dump(rt: &Runtime) -> String {
     let _ = writeln!(out, "\nBusy workers");
     for pool in &rt.shared.pools() {
         for w in pool.workers().iter().filter(|w| w.flags() & crate::worker::IDLE == 0) {
-            let probe = w.probe.lock().map(|p| p.as_ref().map(|p| p.kind().to_string())).unwrap_or(None);
+            let probe = w.probe.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|p| p.kind().to_string());
             let _ = writeln!(
                 out,
                 "{:<12} pool[{:02}] flags={:#04x} probe={} items={}",

@@ -25,6 +25,7 @@ use std::io;
 use super::perf::PerfProbe;
 use super::procfs::ProcfsProbe;
 use super::ThreadState;
+use crate::pool::emit_quietly;
 
 /// How many procfs polls of one worker arm its perf event: a few ticks of
 /// one busy period (~0.3–0.8 ms at the monitor's fine tick), so a worker
@@ -78,7 +79,9 @@ impl OnDemandProbe {
             Ok(perf) => self.perf = Some(perf),
             Err(err) => {
                 self.refused = true;
-                tracing::debug!(target: "wq", tid = self.tid, %err, "could not arm a perf probe; procfs keeps watching");
+                emit_quietly(
+                    || tracing::debug!(target: "wq", tid = self.tid, %err, "could not arm a perf probe; procfs keeps watching"),
+                );
             }
         }
     }

@@ -219,7 +219,12 @@ impl PerfProbe {
     /// overwritten it while it was being read.
     fn newest(&self) -> Newest {
         for _ in 0..4 {
-            let first = self.head().load(Ordering::Acquire);
+            // Relaxed, then a fence: the ring is mapped read-only, and only
+            // relaxed atomic loads of read-only memory are allowed (std's
+            // "Atomic accesses to read-only memory"); the fence orders the
+            // record reads after it as an acquire load would.
+            let first = self.head().load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
             if first == 0 {
                 return Newest::Nothing;
             }
@@ -233,7 +238,7 @@ impl PerfProbe {
             // Order the record reads above before the second head read:
             // if head moved less than the slack, nothing we read was reused.
             fence(Ordering::Acquire);
-            let moved = first.wrapping_sub(self.head().load(Ordering::Acquire));
+            let moved = first.wrapping_sub(self.head().load(Ordering::Relaxed));
             if moved.saturating_add(read).saturating_add(IN_FLIGHT_MARGIN) <= self.data_size {
                 return found;
             }

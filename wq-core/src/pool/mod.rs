@@ -95,7 +95,18 @@ impl Outcome {
 /// since dropping it could panic again.)
 pub(crate) fn drop_quietly<T>(value: T) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
-        tracing::warn!(target: "wq", "a value dropped by a runtime thread panicked in its Drop");
+        emit_quietly(|| tracing::warn!(target: "wq", "a value dropped by a runtime thread panicked in its Drop"));
+        std::mem::forget(payload);
+    }
+}
+
+/// Emits a `tracing` event on one of the runtime's threads, where a
+/// subscriber's panic must not unwind: under a pool lock, or in a worker,
+/// rescuer or timer outside user code, it would kill the thread with its
+/// counts and entries. The panic is dropped (its payload leaked, as in
+/// [`drop_quietly`]). The monitor needs none of this: it survives panics.
+pub(crate) fn emit_quietly(emit: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(emit)) {
         std::mem::forget(payload);
     }
 }
@@ -429,7 +440,7 @@ impl Pool {
         let pwq = pwqs[entry.pwq.slot].as_mut().expect("entry refers to a freed pool workqueue");
         pwq.add_in_flight(entry.color);
         let placed = pwq.place(entry, worklist);
-        tracing::trace!(target: "wq", pool = self.id, ?placed, "queue_work");
+        emit_quietly(|| tracing::trace!(target: "wq", pool = self.id, ?placed, "queue_work"));
         placed == Placement::WaitsForLimit
     }
 
@@ -490,7 +501,7 @@ impl Pool {
         if n == 0 {
             return false;
         }
-        tracing::trace!(target: "wq", pool = self.id, n, "activate_work");
+        emit_quietly(|| tracing::trace!(target: "wq", pool = self.id, n, "activate_work"));
         if self.rt.trace.on() {
             let tid = crate::sys::gettid();
             for e in worklist.range(worklist.len() - n..) {
@@ -657,7 +668,9 @@ impl Pool {
     /// worker, or, if none can be made, on the calling thread.
     fn drain_orphans(self: &Arc<Self>) {
         let Err(err) = crate::runtime::spawn_worker(self) else { return };
-        tracing::warn!(target: "wq", pool = %self.label(), %err, "no worker for work left at shutdown; running it here");
+        emit_quietly(
+            || tracing::warn!(target: "wq", pool = %self.label(), %err, "no worker for work left at shutdown; running it here"),
+        );
         let me = Arc::new(WorkerShared::new(format!("wq/{}:drain", self.label())));
         // Completing entries activates those waiting under max_active: run
         // until nothing is left.

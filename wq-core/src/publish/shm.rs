@@ -130,7 +130,11 @@ enum Copied {
 fn read_consistent(map: &Map) -> Copied {
     let seq = map.u64_at(OFF_SEQ);
     for _ in 0..64 {
-        let before = seq.load(Ordering::Acquire);
+        // Relaxed, then a fence: the mapping is read-only, and only relaxed
+        // atomic loads of read-only memory are allowed (std's "Atomic
+        // accesses to read-only memory"); the fence gives the same order.
+        let before = seq.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
         if before & 1 == 1 {
             std::hint::spin_loop();
             continue;
@@ -171,6 +175,21 @@ fn capacity_for(needed: usize) -> usize {
     needed.next_power_of_two().max(4096)
 }
 
+/// Sizes `file` to `len` bytes with every block allocated. `set_len` alone
+/// makes a sparse file: on a full filesystem (a small tmpfs) the first
+/// store into a page it cannot back raises SIGBUS and kills the process,
+/// where allocating first gives a clean `ENOSPC`. glibc emulates the call
+/// where the filesystem has no `fallocate`.
+fn allocate(file: &File, len: usize) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `posix_fallocate` only reads its arguments; the descriptor is
+    // `file`'s, open for writing, and lives across the call.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        err => Err(io::Error::from_raw_os_error(err)),
+    }
+}
+
 impl Writer {
     /// Creates `<dir>/<pid>.<runtime_id>` holding `first`. The file is built
     /// under a hidden name and renamed into place, so a reader never finds
@@ -191,7 +210,7 @@ impl Writer {
             // The umask may have taken bits off; readers need exactly 0600.
             file.set_permissions(fs::Permissions::from_mode(0o600))?;
             let cap = capacity_for(HEADER_LEN + first.len());
-            file.set_len(cap as u64)?;
+            allocate(&file, cap)?;
             let map = Map::new(&file, cap, true)?;
             for (dst, &b) in map.bytes(0, MAGIC.len()).iter().zip(&MAGIC) {
                 dst.store(b, Ordering::Relaxed);
@@ -224,7 +243,7 @@ impl Writer {
         if needed > self.map.len {
             // Grow, never shrink: readers may still map the old length.
             let cap = capacity_for(needed);
-            self.file.set_len(cap as u64)?;
+            allocate(&self.file, cap)?;
             self.map = Map::new(&self.file, cap, true)?;
         }
         let seq = self.map.u64_at(OFF_SEQ);

@@ -20,7 +20,9 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crate::detect::{Detector, Probe};
-use crate::pool::{complete_entry, drop_quietly, Batch, Done, Entry, FollowUps, Job, Outcome, Pool, PoolInner, PwqRef};
+use crate::pool::{
+    complete_entry, drop_quietly, emit_quietly, Batch, Done, Entry, FollowUps, Job, Outcome, Pool, PoolInner, PwqRef,
+};
 use crate::sys;
 use crate::trace::TraceKind;
 use crate::work::{gen_reached, retired_at_finish, Claim, Parked, WorkShared};
@@ -291,13 +293,15 @@ fn attach(pool: &Arc<Pool>, me: &Arc<WorkerShared>) {
         };
         let probe = probe.or_else(|err| {
             // Out of resources (fds, locked memory for perf rings): this worker falls back.
-            tracing::debug!(target: "wq", worker = %me.name, %err, "sleep probe failed, trying {fallback}");
+            emit_quietly(
+                || tracing::debug!(target: "wq", worker = %me.name, %err, "sleep probe failed, trying {fallback}"),
+            );
             Probe::attach_current(fallback)
         });
         *me.probe.lock().unwrap_or_else(|e| e.into_inner()) = probe.ok();
     }
     if let Err(err) = sys::set_current_affinity(&pool.attrs.cpus) {
-        tracing::warn!(target: "wq", worker = %me.name, %err, "could not set worker CPU affinity");
+        emit_quietly(|| tracing::warn!(target: "wq", worker = %me.name, %err, "could not set worker CPU affinity"));
     }
     // Workers start from the monitor's thread (nice -10, timer slack 1 ns,
     // `SCHED_BATCH`) or a highpri worker's (a pool drained at shutdown):
@@ -310,7 +314,9 @@ fn attach(pool: &Arc<Pool>, me: &Arc<WorkerShared>) {
     if let Some(policy) = pool.rt.base_policy {
         if sys::current_fair_policy() != Some(policy) {
             if let Err(err) = sys::set_current_fair_policy(policy) {
-                tracing::warn!(target: "wq", worker = %me.name, %err, ?policy, "could not take back the runtime builder's scheduling policy");
+                emit_quietly(
+                    || tracing::warn!(target: "wq", worker = %me.name, %err, ?policy, "could not take back the runtime builder's scheduling policy"),
+                );
             }
         }
     }
@@ -338,7 +344,7 @@ fn ask_for_nice(nice: i32) -> Option<i32> {
         }
         want /= 2;
     }
-    tracing::info!(target: "wq", nice, "the OS refused the workers' nice value");
+    emit_quietly(|| tracing::info!(target: "wq", nice, "the OS refused the workers' nice value"));
     None
 }
 
@@ -513,7 +519,7 @@ fn idle_wait<'a>(
                 pool.remove_worker(me);
                 drop(inner);
                 pool.rt.nr_workers.fetch_sub(1, SeqCst);
-                tracing::debug!(target: "wq", worker = %me.name, "idle worker reaped");
+                emit_quietly(|| tracing::debug!(target: "wq", worker = %me.name, "idle worker reaped"));
                 return None;
             }
             // The pool's last idle worker, idle for the whole timeout: if
@@ -731,10 +737,10 @@ fn execute(
     // full barrier (an `xchg` on x86).
     me.items_started.store(me.items_started.load(Relaxed) + 1, Release);
     me.current_wq.store(wq_id, Relaxed);
-    tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_start");
+    emit_quietly(|| tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_start"));
     me.trace(pool, TraceKind::Start);
     let outcome = f();
-    tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_end");
+    emit_quietly(|| tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_end"));
     me.trace(pool, TraceKind::End);
     if me.flags() & (CPU_INTENSIVE | SLEEPING) != 0 {
         me.clr_flags(pool, CPU_INTENSIVE | SLEEPING);

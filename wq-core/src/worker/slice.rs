@@ -23,6 +23,7 @@
 
 use std::time::Duration;
 
+use crate::pool::emit_quietly;
 use crate::sys;
 
 /// The slice a worker asked for last, and the short one it may ask for.
@@ -61,9 +62,13 @@ impl WakeSlice {
                 // latency, bought for a busy worker), hence the warning.
                 self.short = None;
                 if self.in_effect {
-                    tracing::warn!(target: "wq", worker, %err, "could not give back a short scheduler slice");
+                    emit_quietly(
+                        || tracing::warn!(target: "wq", worker, %err, "could not give back a short scheduler slice"),
+                    );
                 } else {
-                    tracing::debug!(target: "wq", worker, %err, "no short scheduler slice for lone wake-ups");
+                    emit_quietly(
+                        || tracing::debug!(target: "wq", worker, %err, "no short scheduler slice for lone wake-ups"),
+                    );
                 }
             }
         }

@@ -71,6 +71,12 @@ pub enum Error {
     },
     /// The OS refused to create a thread the runtime needs.
     Spawn(io::Error),
+    /// `destroy` of a process-wide system queue (`system_wq` and the
+    /// others), which all code in the process shares.
+    SystemQueue {
+        /// The queue's name.
+        queue: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -103,6 +109,9 @@ impl fmt::Display for Error {
                  (cancel them first)"
             ),
             Error::Spawn(err) => write!(f, "could not create a worker thread: {err}"),
+            Error::SystemQueue { queue } => {
+                write!(f, "the system workqueue {queue:?} is shared by the whole process and cannot be destroyed")
+            }
         }
     }
 }

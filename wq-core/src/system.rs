@@ -10,11 +10,14 @@ use crate::{Flags, Workqueue};
 
 fn system(cell: &'static OnceLock<Workqueue>, name: &str, flags: Flags, max_active: u32) -> &'static Workqueue {
     cell.get_or_init(|| {
-        Workqueue::builder(name)
+        let wq = Workqueue::builder(name)
             .flags(flags)
             .max_active(max_active)
             .build()
-            .unwrap_or_else(|err| panic!("cannot create the system workqueue {name:?}: {err}"))
+            .unwrap_or_else(|err| panic!("cannot create the system workqueue {name:?}: {err}"));
+        // Shared by the whole process: no caller may destroy it for the others.
+        wq.shared.core.system.store(true, std::sync::atomic::Ordering::SeqCst);
+        wq
     })
 }
 

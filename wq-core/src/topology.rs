@@ -18,7 +18,7 @@ pub const DEFAULT_CACHE_SHARD_SIZE: usize = 8;
 
 /// CPU numbers at or above this are rejected by the CPU list parser, so a
 /// typo such as `0-4000000000` fails instead of allocating gigabytes.
-const MAX_CPU: usize = 1 << 16;
+pub(crate) const MAX_CPU: usize = 1 << 16;
 
 /// Why a CPU list or a CPU selection was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -65,14 +65,7 @@ impl PyRuntime {
     ) -> PyResult<PyRuntime> {
         let mut builder = wq_core::Runtime::builder();
         if let Some(cpus) = cpus {
-            let list: Vec<i64> = cpus.extract().map_err(|_| PyTypeError::new_err("cpus must be a sequence of ints"))?;
-            let list = list
-                .into_iter()
-                .map(|c| {
-                    usize::try_from(c).map_err(|_| PyValueError::new_err(format!("CPU numbers are >= 0, got {c}")))
-                })
-                .collect::<PyResult<Vec<usize>>>()?;
-            builder = builder.cpus(list);
+            builder = builder.cpus(cpu_list(cpus)?);
         }
         if let Some(t) = idle_timeout {
             builder = builder.idle_timeout(seconds("idle_timeout", t)?);
@@ -161,4 +154,27 @@ impl PyRuntime {
 #[pyfunction]
 pub(crate) fn dump(py: Python<'_>) -> String {
     py.detach(|| wq_core::Runtime::global().dump())
+}
+
+/// Reads `cpus=`: an iterable of CPU numbers, read one at a time so that an
+/// endless or huge one (`range(10**12)`) is refused rather than allocated.
+fn cpu_list(cpus: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
+    // No machine has more CPUs than wq-core accepts (CPU numbers below 2^16).
+    const MOST: usize = 1 << 16;
+    let not_ints = || PyTypeError::new_err("cpus must be an iterable of ints");
+    let mut list = Vec::new();
+    for item in cpus.try_iter().map_err(|_| not_ints())? {
+        let item = item?;
+        if list.len() == MOST {
+            return Err(PyValueError::new_err(format!("cpus lists more than {MOST} CPUs")));
+        }
+        if !item.is_instance_of::<pyo3::types::PyInt>() {
+            return Err(not_ints());
+        }
+        let cpu = item
+            .extract::<usize>()
+            .map_err(|_| PyValueError::new_err(format!("CPU numbers are from 0 to {}, got {item}", MOST - 1)))?;
+        list.push(cpu);
+    }
+    Ok(list)
 }

@@ -67,6 +67,11 @@ def test_bad_runtime_arguments():
         cmwq.Runtime(cpus=[])
     with pytest.raises(TypeError):
         cmwq.Runtime(cpus="0")
+    # Read one at a time: a huge iterable is refused, not allocated (it aborted the interpreter).
+    with pytest.raises(ValueError, match="more than 65536 CPUs"):
+        cmwq.Runtime(cpus=range(10**12))
+    with pytest.raises(ValueError, match="got 18446744073709551616"):
+        cmwq.Runtime(cpus=[2**64])
     with pytest.raises(ValueError):
         cmwq.Runtime(idle_timeout=-1.0)
     with pytest.raises(ValueError):

@@ -262,8 +262,9 @@ impl Pool {
 
     /// Locks the pool and admits what waits in the inbox, so every holder
     /// sees all work queued before it locked. A panic never happens while
-    /// the lock is held (user code runs unlocked), so poisoning is ignored
-    /// rather than propagated.
+    /// the lock is held (user code runs unlocked, and `tracing` events under
+    /// it go through `emit_quietly`), so poisoning is ignored rather than
+    /// propagated.
     pub(crate) fn lock(&self) -> MutexGuard<'_, PoolInner> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         self.admit(&mut inner);

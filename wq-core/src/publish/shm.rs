@@ -264,7 +264,9 @@ impl Writer {
 
 /// The payload of the snapshot file at `path`, copied under the seqlock.
 pub(super) fn read_payload(path: &Path) -> io::Result<Vec<u8>> {
-    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+    // writer; the check below then refuses it (and anything not a file).
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
     let deadline = Instant::now() + READ_PATIENCE;
     let mut attempts = 0u32;
     let mut beyond = None;

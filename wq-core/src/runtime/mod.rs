@@ -29,6 +29,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 pub type SpawnHook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
 
 /// Settings fixed at build time.
+/// Workqueue ids, process-wide: "is the calling thread running an item of
+/// this queue" compares them, also across runtimes (per-runtime ids made
+/// the first queue of every runtime one and the same).
+static NEXT_WQ_ID: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) idle_timeout: Duration,
@@ -95,7 +100,6 @@ pub(crate) struct RuntimeShared {
     pub(crate) pools: Pools,
     timer: Arc<Timer>,
     pub(crate) workqueues: Mutex<Vec<Weak<WqShared>>>,
-    next_wq_id: AtomicU64,
     /// Whether freezable queues are frozen; held while (un)freezing,
     /// while creating a queue and while `apply_attrs` replaces its pwqs.
     freeze: Mutex<bool>,
@@ -105,7 +109,11 @@ pub(crate) struct RuntimeShared {
 
 impl Drop for RuntimeShared {
     fn drop(&mut self) {
+        // Nobody can thaw a runtime once it is gone: what its frozen pwqs
+        // hold would never run. Thawed here, it runs as the pools wind down.
+        *self.freeze.lock().unwrap_or_else(|e| e.into_inner()) = false;
         for pool in self.pools() {
+            pool.set_freezable_frozen(false);
             pool.shut_down();
         }
         self.core.manager.shut_down();
@@ -265,7 +273,7 @@ impl Runtime {
         let attrs = unbound.then(|| {
             attrs.unwrap_or_else(|| Attrs { nice: pools::nice_of(flags.contains(Flags::HIGHPRI)), ..Attrs::default() })
         });
-        let id = self.shared.next_wq_id.fetch_add(1, SeqCst);
+        let id = NEXT_WQ_ID.fetch_add(1, SeqCst);
         let core = Arc::new(WqCore::new(id, name.clone(), flags, ordered, max_active, unbound));
         let rescuer = if flags.contains(Flags::MEM_RECLAIM) { Some(Rescuer::start(core.clone())?) } else { None };
         // Freezing and creation must not interleave: a freezable queue made
@@ -322,11 +330,10 @@ impl Runtime {
     /// # Errors
     /// [`Error::WouldDeadlock`] when called from an item of a freezable queue.
     pub fn freeze(&self) -> Result<(), Error> {
-        if let Some(id) = crate::worker::current_wq_id() {
-            let own = self.workqueues().into_iter().find(|wq| wq.shared.core.id == id);
-            if own.is_some_and(|wq| wq.flags().contains(Flags::FREEZABLE)) {
-                return Err(Error::WouldDeadlock("Runtime::freeze called from an item of a freezable queue".into()));
-            }
+        // Read from the item itself, not from the live queues: one whose
+        // handles are gone still runs, and would be waited for.
+        if crate::worker::runs_freezable_item_of(&self.shared.core) {
+            return Err(Error::WouldDeadlock("Runtime::freeze called from an item of a freezable queue".into()));
         }
         let mut frozen = self.freeze_state();
         *frozen = true;
@@ -406,7 +413,10 @@ impl RuntimeBuilder {
     /// The CPUs to run bound pools on (default: every CPU the process may
     /// use). Each must be allowed to the process.
     pub fn cpus(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
-        self.cpus = Some(cpus.into_iter().collect());
+        // A list longer than the CPUs there can be holds a duplicate or a
+        // CPU beyond the maximum, which `build` refuses: collecting the rest
+        // of an endless iterator would only exhaust memory first.
+        self.cpus = Some(cpus.into_iter().take(crate::topology::MAX_CPU + 1).collect());
         self
     }
 
@@ -557,7 +567,6 @@ impl RuntimeBuilder {
             pools,
             timer,
             workqueues: Mutex::new(Vec::new()),
-            next_wq_id: AtomicU64::new(1),
             publisher: OnceLock::new(),
             freeze: Mutex::new(false),
         });

@@ -267,6 +267,17 @@ pub(crate) fn current_wq_id() -> Option<u64> {
     CURRENT.with(|c| c.borrow().as_ref().map(|c| c.link.wq.id))
 }
 
+/// Whether the calling thread runs an item of a freezable queue of the
+/// runtime `rt` (whose `freeze` would wait for that item), whether or not
+/// the queue still has handles.
+pub(crate) fn runs_freezable_item_of(rt: &Arc<crate::runtime::RtCore>) -> bool {
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.link.pool.rt, rt) && c.link.wq.flags.contains(Flags::FREEZABLE))
+    })
+}
+
 /// Id of the work item the calling thread runs, if any.
 pub(crate) fn current_work_id() -> Option<u64> {
     CURRENT.with(|c| c.borrow().as_ref().and_then(|c| c.work_id))

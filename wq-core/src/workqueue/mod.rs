@@ -104,6 +104,8 @@ pub(crate) struct WqCore {
     /// refused `mod_delayed` never loses the pending instance it replaced.
     pub(crate) rearming: RwLock<()>,
     pub(crate) destroyed: AtomicBool,
+    /// One of the process-wide `system_*` queues, which `destroy` refuses.
+    pub(crate) system: AtomicBool,
     flushers: AtomicUsize,
     flush_lock: Mutex<()>,
     flush_cv: Condvar,
@@ -125,6 +127,7 @@ impl WqCore {
             draining: AtomicUsize::new(0),
             rearming: RwLock::new(()),
             destroyed: AtomicBool::new(false),
+            system: AtomicBool::new(false),
             flushers: AtomicUsize::new(0),
             flush_lock: Mutex::new(()),
             flush_cv: Condvar::new(),
@@ -466,8 +469,12 @@ impl Workqueue {
     /// # Errors
     /// [`Error::DelayedWorkArmed`] if delayed work is armed to fire on this
     /// queue (the queue stays usable; cancel those items first);
-    /// [`Error::WouldDeadlock`] when called from one of its items.
+    /// [`Error::WouldDeadlock`] when called from one of its items;
+    /// [`Error::SystemQueue`] for the process-wide `system_*` queues.
     pub fn destroy(&self) -> Result<(), Error> {
+        if self.shared.core.system.load(SeqCst) {
+            return Err(Error::SystemQueue { queue: self.name().to_owned() });
+        }
         self.check_not_own_item("destroy")?;
         self.check_none_armed()?;
         // Refuse other work from here to the end, not only while each

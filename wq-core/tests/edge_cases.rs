@@ -1,0 +1,169 @@
+//! Edge cases across runtimes and the process: queue ids, `freeze` from
+//! items of dropped queues, a runtime dropped while frozen, the system
+//! queues, absurd CPU lists, and snapshot files that are not files.
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use wq_core::{Error, Flags, Runtime, Workqueue};
+
+const PATIENCE: Duration = Duration::from_secs(5);
+
+fn one_cpu() -> Runtime {
+    Runtime::builder().cpus([0]).publish(false).build().unwrap()
+}
+
+/// Runs `f` as an item of `wq` and gives its result.
+fn from_inside<T: Send + 'static>(wq: &Workqueue, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    wq.execute(move || tx.send(f()).unwrap()).unwrap();
+    rx.recv_timeout(PATIENCE).expect("the call from inside the item hangs")
+}
+
+/// Queue ids are process-wide: the first queue of one runtime is not
+/// "current" inside the first queue of another (per-runtime ids made it so,
+/// and flush, drain and destroy of it refused as a deadlock).
+#[test]
+fn a_queue_of_another_runtime_is_not_current() {
+    let rt1 = one_cpu();
+    let rt2 = one_cpu();
+    let q1 = rt1.workqueue("q1").build().unwrap();
+    let q2 = rt2.workqueue("q2").build().unwrap();
+    let q2c = q2.clone();
+    let (is_current, flush, drain) = from_inside(&q1, move || (q2c.is_current(), q2c.flush(), q2c.drain()));
+    assert!(!is_current, "q2.is_current() is true inside an item of q1, a queue of another runtime");
+    flush.expect("flush of another runtime's queue from an item of q1");
+    drain.expect("drain of another runtime's queue from an item of q1");
+}
+
+/// `destroy` of another runtime's queue from an item.
+#[test]
+fn destroy_of_another_runtimes_queue_from_an_item() {
+    let rt1 = one_cpu();
+    let rt2 = one_cpu();
+    let q1 = rt1.workqueue("q1").build().unwrap();
+    let q2 = rt2.workqueue("q2").build().unwrap();
+    let q2c = q2.clone();
+    let destroy = from_inside(&q1, move || q2c.destroy());
+    destroy.expect("destroy of another runtime's queue from an item of q1");
+    assert!(q2.is_destroyed());
+}
+
+/// While q2 drains, only q2's own items may queue on it, not an item of
+/// another runtime's queue (which per-runtime ids let through).
+#[test]
+fn a_draining_queue_refuses_items_of_another_runtimes_queue() {
+    let rt1 = one_cpu();
+    let rt2 = one_cpu();
+    let q1 = rt1.workqueue("q1").build().unwrap();
+    let q2 = rt2.workqueue("q2").build().unwrap();
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    q2.execute(move || {
+        let _ = gate_rx.recv_timeout(PATIENCE);
+    })
+    .unwrap();
+    let q2d = q2.clone();
+    let drainer = thread::spawn(move || q2d.drain());
+    thread::sleep(Duration::from_millis(100));
+    // Control: a plain thread is refused.
+    assert!(matches!(q2.execute(|| {}), Err(Error::Draining { .. })), "the drain has begun");
+    let q2c = q2.clone();
+    let from_q1 = from_inside(&q1, move || q2c.execute(|| {}));
+    gate_tx.send(()).unwrap();
+    drainer.join().unwrap().unwrap();
+    assert!(
+        matches!(from_q1, Err(Error::Draining { .. })),
+        "an item of q1 (another runtime) queued on draining q2: {from_q1:?}"
+    );
+}
+
+/// `Runtime::freeze` from an item of a freezable queue whose handles are
+/// gone is refused, as from any freezable item (it waited for itself).
+#[test]
+fn freeze_from_an_item_of_a_dropped_freezable_queue() {
+    let rt = one_cpu();
+    let wq = rt.workqueue("fz").flags(Flags::FREEZABLE).build().unwrap();
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let (tx, rx) = mpsc::channel();
+    let r = rt.clone();
+    wq.execute(move || {
+        gate_rx.recv_timeout(PATIENCE).unwrap();
+        tx.send(r.freeze()).unwrap();
+    })
+    .unwrap();
+    drop(wq);
+    gate_tx.send(()).unwrap();
+    let res = rx.recv_timeout(PATIENCE).expect("Runtime::freeze from an item of a freezable queue hangs");
+    assert!(matches!(res, Err(Error::WouldDeadlock(_))), "{res:?}");
+}
+
+/// An item of a non-freezable queue of one runtime may freeze another
+/// runtime, whose first queue is freezable (it was refused as a deadlock).
+#[test]
+fn freeze_of_another_runtime_from_an_item_is_not_a_deadlock() {
+    let rt1 = one_cpu();
+    let rt2 = one_cpu();
+    let q1 = rt1.workqueue("plain").build().unwrap();
+    let _q2 = rt2.workqueue("fz").flags(Flags::FREEZABLE).build().unwrap();
+    let r2 = rt2.clone();
+    let res = from_inside(&q1, move || r2.freeze());
+    rt2.thaw();
+    res.expect("freeze of another runtime from a non-freezable item");
+}
+
+/// Items queued on a frozen queue when the runtime's last handle goes run
+/// (nobody could thaw them any more; they were lost).
+#[test]
+fn items_of_a_frozen_queue_when_the_runtime_is_dropped() {
+    let rt = one_cpu();
+    let wq = rt.workqueue("fz").flags(Flags::FREEZABLE).build().unwrap();
+    rt.freeze().unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let c = wq
+        .submit(move || {
+            r.fetch_add(1, SeqCst);
+            7
+        })
+        .unwrap();
+    drop(wq);
+    drop(rt);
+    let finished = c.wait_timeout(PATIENCE);
+    assert!(finished, "the submitted item neither ran nor was reported: runs = {}", runs.load(SeqCst));
+}
+
+/// The system queues are shared by the whole process: `destroy` is
+/// refused, and they keep working.
+#[test]
+fn destroying_a_system_queue_is_refused() {
+    let r = wq_core::system_long_wq().destroy();
+    assert!(matches!(r, Err(Error::SystemQueue { .. })), "{r:?}");
+    assert_eq!(wq_core::system_long_wq().submit(|| 1).unwrap().wait().unwrap(), 1);
+}
+
+/// A CPU iterator far longer than any machine is refused, not collected
+/// until memory runs out (it aborted the process).
+#[test]
+fn a_huge_cpu_range_is_refused() {
+    let r = Runtime::builder().cpus(0..(1usize << 40)).build();
+    assert!(matches!(r, Err(Error::InvalidCpu { .. }) | Err(Error::InvalidConfig(_))), "{:?}", r.map(drop));
+}
+
+/// `Snapshot::read` of a FIFO is an error, not a wait for a writer.
+#[test]
+fn reading_a_fifo_as_a_snapshot_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("review-input-fifo-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let fifo = dir.join("123.1");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let (tx, rx) = mpsc::channel();
+    let p = fifo.clone();
+    thread::spawn(move || tx.send(wq_core::Snapshot::read(&p).map(|_| ()).map_err(|e| e.to_string())).unwrap());
+    let r = rx.recv_timeout(PATIENCE);
+    let _ = std::fs::remove_file(&fifo);
+    let r = r.expect("Snapshot::read of a FIFO hangs");
+    assert!(r.is_err(), "a FIFO read as a snapshot: {r:?}");
+}

@@ -150,6 +150,31 @@ impl Integrity {
 
 static POOL: Mutex<Vec<&'static Tracker>> = Mutex::new(Vec::new());
 
+/// Trackers of runs that ended clean, kept from `POOL` until [`audit_ended`] counts them again.
+/// A run is verified as soon as it counted `n` completions, while its peer still lives: an item
+/// the peer runs a second time may land after that, and would go unseen, or be counted against a
+/// later run (another peer's) that reused the tracker.
+static ENDED: Mutex<Vec<(&'static Tracker, usize)>> = Mutex::new(Vec::new());
+
+/// Counts again the items of every run that ended since the last call, and returns the extra
+/// executions found: items that ran again after their run was verified, and hits outside any
+/// run's range. Call it once the peer whose runs they were is gone, so nothing more can land.
+/// Clean trackers go back to the pool; the others are never reused.
+pub fn audit_ended() -> usize {
+    let ended = std::mem::take(&mut *ENDED.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut late = 0;
+    for (tracker, n) in ended {
+        let extra =
+            tracker.runs[..n].iter().map(|r| r.load(Ordering::Acquire).saturating_sub(1) as usize).sum::<usize>()
+                + tracker.stray.load(Ordering::Relaxed);
+        if extra == 0 {
+            POOL.lock().unwrap_or_else(|e| e.into_inner()).push(tracker);
+        }
+        late += extra;
+    }
+    late
+}
+
 /// Exclusive use of a process-lifetime [`Tracker`] for one run of `n` items.
 pub struct Lease {
     tracker: &'static Tracker,
@@ -241,9 +266,10 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        // An incomplete run may still have items in flight that will write into this tracker.
-        if self.reusable && self.tracker.completed() == self.n {
-            POOL.lock().unwrap_or_else(|e| e.into_inner()).push(self.tracker);
+        // An incomplete run may still have items in flight that will write into this tracker; a
+        // complete one (or one with extra runs since it was verified) waits for `audit_ended`.
+        if self.reusable && self.tracker.completed() >= self.n {
+            ENDED.lock().unwrap_or_else(|e| e.into_inner()).push((self.tracker, self.n));
         }
     }
 }
@@ -325,6 +351,31 @@ mod tests {
     }
 
     #[test]
+    fn a_duplicate_landing_after_the_run_was_verified_is_found_by_the_audit() {
+        audit_ended();
+        {
+            let mut l = Lease::new(3);
+            for i in 0..3 {
+                l.tracker().hit(i);
+            }
+            assert!(l.verify().is_clean());
+            // The peer runs item 1 again after the run was counted, before the lease goes.
+            l.tracker().hit(1);
+        }
+        assert_eq!(audit_ended(), 1);
+        {
+            let mut l = Lease::new(2);
+            l.tracker().hit(0);
+            l.tracker().hit(1);
+            assert!(l.verify().is_clean());
+            let late = l.tracker();
+            drop(l);
+            late.hit(1);
+        }
+        assert_eq!(audit_ended(), 1, "the late duplicate is found once the peer is gone");
+    }
+
+    #[test]
     fn recycled_tracker_starts_from_zero() {
         {
             let mut l = Lease::new(4);
@@ -334,6 +385,7 @@ mod tests {
             }
             assert!(l.verify().is_clean());
         }
+        assert_eq!(audit_ended(), 0);
         let l = Lease::new(4);
         assert_eq!(l.tracker().completed(), 0);
         assert_eq!(l.tracker().stamp(2), 0);

@@ -196,6 +196,15 @@ impl Harness {
     {
         self.settle();
         let result = (spec.build)().map_err(RunError::from).and_then(|peer| go(peer.as_ref()));
+        // The peer is gone: an item it ran again after its run was verified has landed by now.
+        let late = benches::tracker::audit_ended();
+        if late > 0 {
+            self.problems.push(format!(
+                "{scenario} round {round}: {}: {late} item run(s) landed after the run had counted every item",
+                row.name
+            ));
+            row.integrity.absorb(Integrity { duplicated: late, ..Integrity::default() });
+        }
         match result {
             Ok(r) => {
                 let i = r.integrity();
@@ -666,6 +675,11 @@ fn main() -> ExitCode {
         println!("{}", checks.table().render());
     }
     eprintln!("all scenarios done in {:.1} s", started.elapsed().as_secs_f64());
+    // Runs outside `Harness::run` (the floors) and anything still landing from the last peer.
+    let late = benches::tracker::audit_ended();
+    if late > 0 {
+        h.problems.push(format!("{late} item run(s) landed after their runs had counted every item"));
+    }
     if clean && h.problems.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -105,6 +105,9 @@ fn main() -> Result<(), wq_core::Error> {
     scenario("w1 and w2 on q1, which has CPU_INTENSIVE set", &q0, &q1);
 
     for q in [&q0, &q1] {
+        // A worker accounts for an item after it signalled its completion:
+        // flush first, so the counts include every item that ran.
+        q.flush()?;
         let s = q.stats();
         println!(
             "\n{}: total {} in flight {} CPU time {:?} concurrency-management wake-ups {}",

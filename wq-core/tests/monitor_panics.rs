@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::fmt;
 use std::io;
 use std::panic;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -16,63 +15,20 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::wait_until;
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::subscriber::Interest;
-use tracing::{Event, Metadata, Subscriber};
+use common::{wait_until, OnEvent};
 use wq_core::Runtime;
 
 /// How long any single wait may take before the test calls it a hang.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// Panics at the first "worker creation failed" event logged on the
-/// monitor's thread; ignores everything else.
-struct PanicOnce {
-    armed: AtomicBool,
-}
+/// Armed until the first "worker creation failed" event logged on the
+/// monitor's thread, where the subscriber panics.
+static ARMED: AtomicBool = AtomicBool::new(true);
 
-/// The `message` field of an event.
-#[derive(Default)]
-struct Message(String);
-
-impl Visit for Message {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
-        }
+fn panic_once_on_creation_failure(message: &str) {
+    if message.contains("worker creation failed") && ARMED.swap(false, SeqCst) {
+        panic!("injected: the subscriber panicked on the monitor's thread");
     }
-}
-
-impl Subscriber for PanicOnce {
-    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
-        // Ask `enabled` every time: it depends on the calling thread.
-        Interest::sometimes()
-    }
-
-    fn enabled(&self, meta: &Metadata<'_>) -> bool {
-        meta.target() == "wq" && thread::current().name() == Some("wq/monitor")
-    }
-
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-
-    fn event(&self, event: &Event<'_>) {
-        let mut msg = Message::default();
-        event.record(&mut msg);
-        if msg.0.contains("worker creation failed") && self.armed.swap(false, SeqCst) {
-            panic!("injected: the subscriber panicked on the monitor's thread");
-        }
-    }
-
-    fn enter(&self, _: &Id) {}
-
-    fn exit(&self, _: &Id) {}
 }
 
 #[test]
@@ -83,7 +39,8 @@ fn a_panic_on_the_monitors_thread_is_counted_and_the_runtime_goes_on() {
             default_hook(info);
         }
     }));
-    tracing::subscriber::set_global_default(PanicOnce { armed: AtomicBool::new(true) }).unwrap();
+    let subscriber = OnEvent { on_thread: |name| name == "wq/monitor", on_event: panic_once_on_creation_failure };
+    tracing::subscriber::set_global_default(subscriber).unwrap();
 
     // The first creation fails: the monitor logs it, and the subscriber
     // panics while the pool's request is only on the monitor's stack.

@@ -9,16 +9,12 @@
 
 mod common;
 
-use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::subscriber::Interest;
-use tracing::{Event, Metadata, Subscriber};
+use common::OnEvent;
 use wq_core::Runtime;
 
 /// Event names still to panic on, once each.
@@ -28,45 +24,15 @@ static FIRED: AtomicUsize = AtomicUsize::new(0);
 
 /// Panics once on each event named in `ARMED`, on any of the runtime's
 /// threads (whoever admits the inbox: a worker, or the monitor).
-struct PanicOncePer;
-
-#[derive(Default)]
-struct Message(String);
-
-impl Visit for Message {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
-        }
+fn panic_once_per_armed_name(message: &str) {
+    let hit = {
+        let mut armed = ARMED.lock().unwrap();
+        armed.iter().position(|&name| name == message).map(|at| armed.remove(at))
+    };
+    if let Some(name) = hit {
+        FIRED.fetch_add(1, SeqCst);
+        panic!("injected: subscriber panic on {name}");
     }
-}
-
-impl Subscriber for PanicOncePer {
-    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
-        Interest::sometimes()
-    }
-    fn enabled(&self, meta: &Metadata<'_>) -> bool {
-        meta.target() == "wq" && thread::current().name().is_some_and(|n| n.starts_with("wq/"))
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut msg = Message::default();
-        event.record(&mut msg);
-        let hit = {
-            let mut armed = ARMED.lock().unwrap();
-            armed.iter().position(|&name| name == msg.0).map(|at| armed.remove(at))
-        };
-        if let Some(name) = hit {
-            FIRED.fetch_add(1, SeqCst);
-            panic!("injected: subscriber panic on {name}");
-        }
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
 }
 
 fn spin(d: Duration) {
@@ -79,7 +45,8 @@ fn spin(d: Duration) {
 #[test]
 fn a_subscriber_panic_on_a_worker_stalls_nothing() {
     ARMED.lock().unwrap().extend(["queue_work", "execute_start"]);
-    tracing::subscriber::set_global_default(PanicOncePer).unwrap();
+    let subscriber = OnEvent { on_thread: |name| name.starts_with("wq/"), on_event: panic_once_per_armed_name };
+    tracing::subscriber::set_global_default(subscriber).unwrap();
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let injected = info.payload().downcast_ref::<String>().is_some_and(|m| m.starts_with("injected:"));

@@ -91,14 +91,18 @@ def test_context_manager_waits_for_all_items():
         wq.submit(print)
 
 
+def wait_until_running(fut):
+    started = time.monotonic()
+    while fut.running() is False and time.monotonic() - started < 10:
+        time.sleep(0.005)
+    assert fut.running()
+
+
 def test_shutdown_cancel_futures_cancels_unstarted_items():
     wq = cmwq.Workqueue("cancel", ordered=True)
     gate = threading.Event()
     first = wq.submit(gate.wait, 30)
-    started = time.monotonic()
-    while first.running() is False and time.monotonic() - started < 10:
-        time.sleep(0.005)
-    assert first.running()
+    wait_until_running(first)
     rest = [wq.submit(time.sleep, 0) for _ in range(10)]
     wq.shutdown(wait=False, cancel_futures=True)
     assert all(f.cancelled() for f in rest)
@@ -120,10 +124,7 @@ def test_cancel_futures_cancels_every_item_when_a_callback_raises_a_base_excepti
     wq = cmwq.Workqueue("cancel-boom", ordered=True)
     gate = threading.Event()
     first = wq.submit(gate.wait, 30)
-    started = time.monotonic()
-    while first.running() is False and time.monotonic() - started < 10:
-        time.sleep(0.005)
-    assert first.running()
+    wait_until_running(first)
     rest = [wq.submit(int, i) for i in range(5)]
     rest[0].add_done_callback(boom)
     with pytest.raises(Boom):

@@ -244,3 +244,54 @@ pub fn current_cpu() -> usize {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
     stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(36).unwrap().parse().unwrap()
 }
+
+/// A process-wide `tracing` subscriber for tests that inject a panic into
+/// the runtime's logging: it hands each `wq` event's message, on a thread
+/// `on_thread` accepts, to `on_event` (which may panic), and ignores the
+/// rest. Install it with `tracing::subscriber::set_global_default`, in a
+/// test binary of its own.
+pub struct OnEvent {
+    pub on_thread: fn(&str) -> bool,
+    pub on_event: fn(&str),
+}
+
+/// The `message` field of an event.
+#[derive(Default)]
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl tracing::Subscriber for OnEvent {
+    fn register_callsite(&self, _: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        // Ask `enabled` every time: it depends on the calling thread.
+        tracing::subscriber::Interest::sometimes()
+    }
+
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        meta.target() == "wq" && thread::current().name().is_some_and(self.on_thread)
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut msg = Message::default();
+        event.record(&mut msg);
+        (self.on_event)(&msg.0);
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}

@@ -199,6 +199,9 @@ pub(crate) struct PoolInner {
     pub(crate) want_worker: bool,
     /// The runtime is shutting down: workers exit once the worklist is empty.
     pub(crate) dying: bool,
+    /// A thread runs this dying pool's orphaned work (`drain_orphans`);
+    /// work it activates meanwhile is its to run, not another's.
+    draining_orphans: bool,
     /// Workers whose batch holds a stash (see `Batch::counted`).
     pub(crate) nr_stashes: usize,
     pwqs: Vec<Option<PwqState>>,
@@ -249,6 +252,7 @@ impl Pool {
                 nr_starting: 0,
                 want_worker: false,
                 dying: false,
+                draining_orphans: false,
                 nr_stashes: 0,
                 pwqs: Vec::new(),
                 free_slots: Vec::new(),
@@ -392,10 +396,26 @@ impl Pool {
     /// `kick`, then releases the lock and unparks the worker it woke.
     pub(crate) fn kick_and_unlock(self: &Arc<Self>, mut inner: MutexGuard<'_, PoolInner>) {
         let woken = self.kick(&mut inner);
+        let orphaned = self.is_orphaned(&inner);
         drop(inner);
         if let Some(w) = woken {
             w.unpark();
         }
+        if orphaned {
+            self.drain_orphans();
+        }
+    }
+
+    /// Work waits on a dying pool whose workers all left: a dying pool asks
+    /// the manager for none, so whoever finds this runs it (`drain_orphans`).
+    /// Work can come after the last worker: an entry another pool's worker
+    /// completes (a hand-off) activates the next one here.
+    fn is_orphaned(&self, inner: &PoolInner) -> bool {
+        inner.dying
+            && !inner.draining_orphans
+            && !inner.worklist.is_empty()
+            && inner.nr_starting == 0
+            && self.workers().is_empty()
     }
 
     /// Whether a worker waits on the idle list: waking it costs a futex
@@ -654,7 +674,7 @@ impl Pool {
         // Pools start without workers, and a dying pool asks the manager for
         // none: work queued just before the end (a delayed item firing as it
         // drops the last handle) needs a worker of its own.
-        let orphaned = !inner.worklist.is_empty() && inner.nr_starting == 0 && self.workers().is_empty();
+        let orphaned = self.is_orphaned(&inner);
         drop(inner);
         for w in idle {
             w.mark_woken();
@@ -668,7 +688,18 @@ impl Pool {
     /// Runs the worklist of a dying pool that has no worker: on a new
     /// worker, or, if none can be made, on the calling thread.
     fn drain_orphans(self: &Arc<Self>) {
-        let Err(err) = crate::runtime::spawn_worker(self) else { return };
+        {
+            let mut inner = self.lock();
+            if inner.draining_orphans {
+                return;
+            }
+            inner.draining_orphans = true;
+        }
+        let spawned = crate::runtime::spawn_worker(self);
+        let Err(err) = spawned else {
+            self.lock().draining_orphans = false;
+            return;
+        };
         emit_quietly(
             || tracing::warn!(target: "wq", pool = %self.label(), %err, "no worker for work left at shutdown; running it here"),
         );
@@ -678,13 +709,14 @@ impl Pool {
         loop {
             let entries: Vec<Entry> = {
                 let mut inner = self.lock();
-                let entries = std::mem::take(&mut inner.worklist).into();
+                let entries: Vec<Entry> = std::mem::take(&mut inner.worklist).into();
                 let _ = self.publish_pending(&inner);
+                if entries.is_empty() {
+                    inner.draining_orphans = false;
+                    return;
+                }
                 entries
             };
-            if entries.is_empty() {
-                return;
-            }
             crate::worker::rescue(self, &me, entries);
         }
     }

@@ -476,7 +476,12 @@ fn complete_local<'a>(
 /// A rescuer runs `entries` of `pool` on its own thread. `me` keeps `IDLE`
 /// set, so nothing it does moves the pool's `nr_running`.
 pub(crate) fn rescue(pool: &Arc<Pool>, me: &Arc<WorkerShared>, entries: Vec<Entry>) {
-    WORKER.with(|w| *w.borrow_mut() = Some((pool.clone(), me.clone())));
+    // The calling thread may be a worker in the middle of its own item (a
+    // runtime dropped inside an item drains another pool's orphans here):
+    // its context is put back afterwards, or that item's end would find it
+    // gone.
+    let outer_worker = WORKER.with(|w| w.replace(Some((pool.clone(), me.clone()))));
+    let outer_item = CURRENT.with(|c| c.borrow_mut().take());
     let mut meter = CpuMeter::default();
     meter.checkpoint();
     let mut done = Vec::new();
@@ -486,7 +491,8 @@ pub(crate) fn rescue(pool: &Arc<Pool>, me: &Arc<WorkerShared>, entries: Vec<Entr
             complete_entry(d);
         }
     }
-    WORKER.with(|w| w.borrow_mut().take());
+    WORKER.with(|w| *w.borrow_mut() = outer_worker);
+    CURRENT.with(|c| *c.borrow_mut() = outer_item);
 }
 
 /// Parks `me` on the idle list until woken, or reaps it after the idle

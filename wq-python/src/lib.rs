@@ -36,7 +36,7 @@ mod _cmwq {
     #[pymodule_export]
     use crate::cond::FutureCondition;
     #[pymodule_export]
-    use crate::queue::{_python_exit, blocking, is_worker_thread, NativeQueue};
+    use crate::queue::{_after_fork_in_child, _python_exit, blocking, is_worker_thread, NativeQueue};
     #[pymodule_export]
     use crate::runtime::{dump, PyRuntime};
 

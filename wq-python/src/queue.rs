@@ -428,3 +428,9 @@ pub(crate) fn is_worker_thread() -> bool {
 pub(crate) fn _python_exit(py: Python<'_>) -> PyResult<()> {
     crate::tracker::exit_hook(py)
 }
+
+/// The `os.register_at_fork(after_in_child=...)` hook; see [`crate::tracker::after_fork_in_child`].
+#[pyfunction]
+pub(crate) fn _after_fork_in_child() {
+    crate::tracker::after_fork_in_child()
+}

@@ -28,6 +28,9 @@ static EXITING: AtomicBool = AtomicBool::new(false);
 /// Set when the exit hook gave up waiting (it was interrupted): the interpreter is about to be
 /// finalized with items possibly still queued, so no worker may enter Python any more.
 static ABANDONED: AtomicBool = AtomicBool::new(false);
+/// Set in a child made by `fork`: the parent's workers are not in it, so what the parent had
+/// queued or running never ends here, and the exit hook must not wait for it.
+static FORKED: AtomicBool = AtomicBool::new(false);
 /// Every tracker ever created, so the exit hook can wait for all of them.
 static TRACKERS: Mutex<Vec<Weak<Tracker>>> = Mutex::new(Vec::new());
 
@@ -294,6 +297,11 @@ impl Drop for RunningGuard {
 /// interruption is re-raised either way.
 pub(crate) fn exit_hook(py: Python<'_>) -> PyResult<()> {
     EXITING.store(true, Ordering::Release);
+    if FORKED.load(Ordering::Acquire) {
+        // A `ThreadPoolExecutor`'s hook in a fork child joins only threads that `threading`
+        // already knows are gone; the items counted here belong to the parent's workers.
+        return Ok(());
+    }
     let trackers: Vec<Arc<Tracker>> = lock(&TRACKERS).iter().filter_map(Weak::upgrade).collect();
     let mut interrupted: Option<PyErr> = None;
     for tracker in &trackers {
@@ -318,4 +326,9 @@ pub(crate) fn exit_hook(py: Python<'_>) -> PyResult<()> {
         }
     }
     Err(first)
+}
+
+/// Called in a child process right after `fork` (`os.register_at_fork`): see [`FORKED`].
+pub(crate) fn after_fork_in_child() {
+    FORKED.store(true, Ordering::Release);
 }

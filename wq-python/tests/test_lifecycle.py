@@ -123,3 +123,35 @@ def test_exit_hook_interrupted_does_not_crash(script):
     assert "Fatal Python error" not in proc.stderr, proc.stderr
     assert proc.returncode in (0, 1, -2, 130), (proc.returncode, proc.stderr)
     assert "exiting" in proc.stdout
+
+
+def test_a_forked_child_exits_while_the_parent_has_an_item_running(script):
+    """A child made by fork (a ProcessPoolExecutor's workers, on Linux's default start method)
+    has none of the parent's workers: its exit does not wait for the item they were running
+    (it hung for ever)."""
+    proc = script(
+        """
+        import os, sys, threading, time, cmwq
+        wq = cmwq.Workqueue("forking", max_active=1)
+        gate = threading.Event()
+        running = threading.Event()
+        wq.submit(lambda: (running.set(), gate.wait()))
+        running.wait(10)
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                print("child exited", os.waitstatus_to_exitcode(status))
+                break
+            time.sleep(0.02)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            print("child hung")
+        gate.set()
+        """
+    )
+    check(proc, "child exited 0")

@@ -27,6 +27,7 @@ import asyncio as _asyncio
 import concurrent.futures as _futures
 import contextvars as _contextvars
 import functools as _functools
+import os as _os
 import threading as _threading
 
 from . import _cmwq
@@ -192,3 +193,6 @@ def __dir__():
 # Like ThreadPoolExecutor: at interpreter exit, refuse new work and wait for queued and running
 # items before the interpreter is finalized (the wait is interruptible with Ctrl-C).
 _threading._register_atexit(_cmwq._python_exit)
+# A child made by fork has none of the parent's workers: its exit must not wait for the items
+# they were running (a ProcessPoolExecutor's forked workers hung at exit).
+_os.register_at_fork(after_in_child=_cmwq._after_fork_in_child)

@@ -12,6 +12,7 @@ mod done;
 mod inbox;
 mod link;
 mod pwq;
+mod shutdown;
 mod spread;
 
 use std::collections::VecDeque;
@@ -406,18 +407,6 @@ impl Pool {
         }
     }
 
-    /// Work waits on a dying pool whose workers all left: a dying pool asks
-    /// the manager for none, so whoever finds this runs it (`drain_orphans`).
-    /// Work can come after the last worker: an entry another pool's worker
-    /// completes (a hand-off) activates the next one here.
-    fn is_orphaned(&self, inner: &PoolInner) -> bool {
-        inner.dying
-            && !inner.draining_orphans
-            && !inner.worklist.is_empty()
-            && inner.nr_starting == 0
-            && self.workers().is_empty()
-    }
-
     /// Whether a worker waits on the idle list: waking it costs a futex
     /// call, not a thread creation.
     pub(crate) fn has_idle_worker(&self) -> bool {
@@ -662,63 +651,6 @@ impl Pool {
         let inner = self.lock_settled();
         let freezable = |p: &&PwqState| p.link.as_ref().is_some_and(|l| l.wq.flags.contains(Flags::FREEZABLE));
         inner.pwqs.iter().flatten().filter(freezable).map(|p| p.nr_active).sum()
-    }
-
-    /// Starts the runtime's shutdown for this pool: idle workers exit, busy
-    /// ones finish the worklist first.
-    pub(crate) fn shut_down(self: &Arc<Self>) {
-        let mut inner = self.lock();
-        inner.dying = true;
-        let idle = std::mem::take(&mut inner.idle);
-        self.add_waking(&mut inner, idle.len() as isize);
-        // Pools start without workers, and a dying pool asks the manager for
-        // none: work queued just before the end (a delayed item firing as it
-        // drops the last handle) needs a worker of its own.
-        let orphaned = self.is_orphaned(&inner);
-        drop(inner);
-        for w in idle {
-            w.mark_woken();
-            w.unpark();
-        }
-        if orphaned {
-            self.drain_orphans();
-        }
-    }
-
-    /// Runs the worklist of a dying pool that has no worker: on a new
-    /// worker, or, if none can be made, on the calling thread.
-    fn drain_orphans(self: &Arc<Self>) {
-        {
-            let mut inner = self.lock();
-            if inner.draining_orphans {
-                return;
-            }
-            inner.draining_orphans = true;
-        }
-        let spawned = crate::runtime::spawn_worker(self);
-        let Err(err) = spawned else {
-            self.lock().draining_orphans = false;
-            return;
-        };
-        emit_quietly(
-            || tracing::warn!(target: "wq", pool = %self.label(), %err, "no worker for work left at shutdown; running it here"),
-        );
-        let me = Arc::new(WorkerShared::new(format!("wq/{}:drain", self.label())));
-        // Completing entries activates those waiting under max_active: run
-        // until nothing is left.
-        loop {
-            let entries: Vec<Entry> = {
-                let mut inner = self.lock();
-                let entries: Vec<Entry> = std::mem::take(&mut inner.worklist).into();
-                let _ = self.publish_pending(&inner);
-                if entries.is_empty() {
-                    inner.draining_orphans = false;
-                    return;
-                }
-                entries
-            };
-            crate::worker::rescue(self, &me, entries);
-        }
     }
 
     /// Snapshot for stats and dumps.

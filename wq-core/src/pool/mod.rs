@@ -34,7 +34,7 @@ use crate::runtime::RtCore;
 use crate::trace::TraceKind;
 use crate::work::WorkShared;
 use crate::worker::WorkerShared;
-use crate::workqueue::{Flags, Limit, WqCore};
+use crate::workqueue::{Limit, WqCore};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 /// Workers an unbound pool keeps running per CPU: one runner and one
@@ -635,7 +635,7 @@ impl Pool {
         let mut thawed = false;
         for slot in 0..inner.pwqs.len() {
             let Some(pwq) = inner.pwqs_slot(slot) else { continue };
-            if !pwq.link.as_ref().is_some_and(|l| l.wq.flags.contains(Flags::FREEZABLE)) {
+            if !pwq.is_freezable() {
                 continue;
             }
             pwq.frozen = frozen;
@@ -649,8 +649,7 @@ impl Pool {
     /// Active (activated, not finished) entries of freezable queues' pwqs.
     pub(crate) fn freezable_active(&self) -> usize {
         let inner = self.lock_settled();
-        let freezable = |p: &&PwqState| p.link.as_ref().is_some_and(|l| l.wq.flags.contains(Flags::FREEZABLE));
-        inner.pwqs.iter().flatten().filter(freezable).map(|p| p.nr_active).sum()
+        inner.pwqs.iter().flatten().filter(|p| p.is_freezable()).map(|p| p.nr_active).sum()
     }
 
     /// Snapshot for stats and dumps.

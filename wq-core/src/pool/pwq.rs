@@ -127,6 +127,11 @@ impl PwqState {
         true
     }
 
+    /// Whether the pwq belongs to a `FREEZABLE` queue (`Runtime::freeze`).
+    pub(crate) fn is_freezable(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.wq.flags.contains(crate::Flags::FREEZABLE))
+    }
+
     /// Gives back `n` active slots (to the queue-wide limit too).
     pub(crate) fn release(&mut self, n: usize) {
         debug_assert!(self.nr_active >= n, "nr_active underflow");

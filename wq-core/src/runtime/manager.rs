@@ -183,14 +183,21 @@ fn creation_failed(retries: &mut Retries, pool: Arc<Pool>, err: &Error) {
 /// as one worker per pool, and reserves taking it all left a pool whose
 /// first item came later with no worker until a reserve timed out.
 fn maybe_create_worker(pool: &Arc<Pool>, all: &Mutex<Vec<Arc<Pool>>>) -> Result<(), Error> {
-    let unstaffed = all.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|p| p.workers().is_empty()).count();
+    // Counted (every pool's worker list) only for a pool that has a worker,
+    // the only kind that can ask for a reserve; a pool that gained its
+    // first worker since then is refused a reserve, which it can ask for again.
+    // (The bool first, on its own: a temporary guard of this pool's worker
+    // list in the same statement would be held while the count locks it again.)
+    let staffed = !pool.workers().is_empty();
+    let unstaffed = staffed
+        .then(|| all.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|p| p.workers().is_empty()).count());
     let cap_left = pool.rt.config.max_workers.saturating_sub(pool.rt.nr_workers.load(SeqCst));
     {
         // Decided under the pool lock, as a kick decides to ask: work that
         // arrives after this asks again, work that came before is seen.
         let mut inner = pool.lock();
         let reserve = !pool.workers().is_empty() && !pool.has_pending();
-        if !pool.wants_reserve(&inner) || (reserve && cap_left <= unstaffed) {
+        if !pool.wants_reserve(&inner) || (reserve && unstaffed.is_none_or(|n| cap_left <= n)) {
             inner.want_worker = false;
             return Ok(());
         }

@@ -143,6 +143,7 @@ impl DelayedWork {
         delay: Duration,
         modify: bool,
     ) -> Result<bool, Error> {
+        wq.check_not_forked()?;
         let shared = &self.shared;
         // Computed once: a second `now() + delay` could overflow where this
         // check passed.

@@ -5,7 +5,45 @@
 //! errno into an `io::Error` and never hands out raw pointers.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Once;
 use std::time::Duration;
+
+/// Forks this process is the child of, counted since the first
+/// `fork_generation` call: raised in each child by a `pthread_atfork`
+/// handler, which the child inherits, so a grandchild counts two.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// The `pthread_atfork` child handler. A child of a multithreaded process
+/// may only do async-signal-safe work here; an atomic add is.
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, Relaxed);
+}
+
+/// How many forks lie between the process that first called this and the
+/// calling process (0 in that process itself). A runtime records it when
+/// built: a different value later means the calling process is a child
+/// made by `fork`, in which the runtime's threads do not exist. Relaxed:
+/// the handler runs on the thread that called `fork`, before `fork`
+/// returns in the child, and that thread is the child's only one.
+pub(crate) fn fork_generation() -> u64 {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: the handler takes no arguments, returns nothing, and only
+        // performs an atomic add on a static, which is async-signal-safe; the
+        // `None`s register nothing for the prepare and parent steps. A failure
+        // (ENOMEM) leaves forks uncounted, and runtimes as they were before
+        // fork detection existed.
+        unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
+    });
+    forks()
+}
+
+/// `fork_generation` without the registration, for checks on runtimes
+/// whose build registered the handler.
+pub(crate) fn forks() -> u64 {
+    FORKS.load(Relaxed)
+}
 
 /// The kernel thread id of the calling thread (what `/proc/self/task/<tid>` names).
 pub(crate) fn gettid() -> i32 {

@@ -155,3 +155,52 @@ def test_a_forked_child_exits_while_the_parent_has_an_item_running(script):
         """
     )
     check(proc, "child exited 0")
+
+
+def test_a_forked_child_is_refused_by_the_parents_queues_and_can_use_its_own(script):
+    """In a child made by fork, the parent's queues raise instead of taking work no thread of
+    the child would run (its futures stayed pending for ever), and a runtime built in the child
+    runs work."""
+    proc = script(
+        """
+        import os, sys, time, cmwq
+        wq = cmwq.Workqueue("forking")
+        assert wq.submit(lambda: 1).result(10) == 1
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                wq.submit(lambda: 2)
+                code = 3
+            except RuntimeError as err:
+                if "fork" not in str(err):
+                    code = 4
+            try:
+                cmwq.Workqueue("child")
+                code = 5
+            except RuntimeError:
+                pass
+            try:
+                own = cmwq.Workqueue("own", runtime=cmwq.Runtime(cpus=[0]))
+                if own.submit(lambda: 6 * 7).result(10) != 42:
+                    code = 6
+                own.shutdown()
+            except BaseException:
+                code = 7
+            sys.stdout.flush()
+            os._exit(code)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                print("child exited", os.waitstatus_to_exitcode(status))
+                break
+            time.sleep(0.02)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            print("child hung")
+        print("parent still works", wq.submit(lambda: 8).result(10))
+        """
+    )
+    check(proc, "child exited 0 parent still works 8")

@@ -50,6 +50,10 @@ impl Deref for PwqHandle {
 
 impl Drop for PwqHandle {
     fn drop(&mut self) {
+        // In a child made by `fork`, the pool's locks may be held for ever.
+        if self.0.pool.rt.forked() {
+            return;
+        }
         self.0.pool.release_pwq(self.0.slot);
     }
 }

@@ -75,9 +75,27 @@ pub(crate) struct RtCore {
     /// The builder thread's policy if it is `SCHED_OTHER` or `SCHED_BATCH`,
     /// which workers take back from the monitor's `SCHED_BATCH`.
     pub(crate) base_policy: Option<crate::sys::FairPolicy>,
+    /// `sys::fork_generation` when the runtime was built (see `forked`).
+    fork_generation: u64,
 }
 
 impl RtCore {
+    /// Whether the calling process is a child made by `fork` after the
+    /// runtime was built: none of its threads exist here, and a lock one
+    /// of them held at the fork stays locked for ever.
+    pub(crate) fn forked(&self) -> bool {
+        crate::sys::forks() != self.fork_generation
+    }
+
+    /// [`Error::Forked`] in a child made by `fork` after the runtime was
+    /// built. Checked before any of the runtime's locks is taken.
+    pub(crate) fn check_not_forked(&self) -> Result<(), Error> {
+        if self.forked() {
+            return Err(Error::Forked);
+        }
+        Ok(())
+    }
+
     /// The one place worker threads are created (fault injection hooks in here).
     pub(crate) fn spawn_thread(&self, name: String, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
         if let Some(hook) = &self.config.spawn_hook {
@@ -109,6 +127,15 @@ pub(crate) struct RuntimeShared {
 
 impl Drop for RuntimeShared {
     fn drop(&mut self) {
+        if self.core.forked() {
+            // In a child made by `fork` there is nothing to stop, locks the
+            // parent's threads held may never be released, and the counter
+            // file is the parent's (named after its pid): leave it in place.
+            if let Some(publisher) = self.publisher.take() {
+                std::mem::forget(publisher);
+            }
+            return;
+        }
         // Nobody can thaw a runtime once it is gone: what its frozen pwqs
         // hold would never run. Thawed here, it runs as the pools wind down.
         *self.freeze.lock().unwrap_or_else(|e| e.into_inner()) = false;
@@ -145,6 +172,14 @@ impl RuntimeShared {
 /// println!("{}", rt.dump());
 /// # Ok::<(), wq_core::Error>(())
 /// ```
+///
+/// # After `fork`
+///
+/// A child made by `fork` has none of a runtime's threads. Every call of
+/// a runtime built before the fork that would queue work, wait for it or
+/// create a queue returns [`Error::Forked`] there (the items' own waits,
+/// [`Work::flush`](crate::Work::flush) and the like, are not covered), and
+/// dropping it leaves the parent's state alone. The child builds its own.
 #[derive(Clone)]
 pub struct Runtime {
     pub(crate) shared: Arc<RuntimeShared>,
@@ -269,6 +304,7 @@ impl Runtime {
         ordered: bool,
         attrs: Option<Attrs>,
     ) -> Result<Workqueue, Error> {
+        self.shared.core.check_not_forked()?;
         let unbound = flags.contains(Flags::UNBOUND);
         let attrs = unbound.then(|| {
             attrs.unwrap_or_else(|| Attrs { nice: pools::nice_of(flags.contains(Flags::HIGHPRI)), ..Attrs::default() })
@@ -332,6 +368,7 @@ impl Runtime {
     pub fn freeze(&self) -> Result<(), Error> {
         // Read from the item itself, not from the live queues: one whose
         // handles are gone still runs, and would be waited for.
+        self.shared.core.check_not_forked()?;
         if crate::worker::runs_freezable_item_of(&self.shared.core) {
             return Err(Error::WouldDeadlock("Runtime::freeze called from an item of a freezable queue".into()));
         }
@@ -358,6 +395,13 @@ impl Runtime {
         for pool in self.shared.pools.list() {
             pool.set_freezable_frozen(false);
         }
+    }
+
+    /// Whether the calling process is a child made by `fork` after the
+    /// runtime was built. The runtime's threads exist only in the parent,
+    /// so here its queues refuse work with [`Error::Forked`].
+    pub fn is_forked(&self) -> bool {
+        self.shared.core.forked()
     }
 
     /// Whether the runtime is frozen.
@@ -551,6 +595,7 @@ impl RuntimeBuilder {
             base_nice: crate::sys::current_nice(),
             base_timer_slack: crate::sys::current_timer_slack(),
             base_policy: crate::sys::current_fair_policy(),
+            fork_generation: crate::sys::fork_generation(),
         });
         let cpus = topology.cpus().to_vec();
         let pools = Pools::new(core.clone(), &cpus);

@@ -231,6 +231,11 @@ impl WqShared {
 
 impl Drop for WqShared {
     fn drop(&mut self) {
+        if self.rt.shared.core.forked() {
+            // The rescuer and the names are the parent's; their locks may
+            // have been held at the fork.
+            return;
+        }
         if let Some(r) = &self.rescuer {
             r.stop();
         }
@@ -447,6 +452,7 @@ impl Workqueue {
     /// # Errors
     /// [`Error::WouldDeadlock`] when called from one of this queue's items.
     pub fn flush(&self) -> Result<(), Error> {
+        self.check_not_forked()?;
         self.check_not_own_item("flush")?;
         self.flush_colors();
         Ok(())
@@ -458,6 +464,7 @@ impl Workqueue {
     /// # Errors
     /// [`Error::WouldDeadlock`] when called from one of this queue's items.
     pub fn drain(&self) -> Result<(), Error> {
+        self.check_not_forked()?;
         self.check_not_own_item("drain")?;
         self.drain_inner();
         Ok(())
@@ -475,6 +482,7 @@ impl Workqueue {
         if self.shared.core.system.load(SeqCst) {
             return Err(Error::SystemQueue { queue: self.name().to_owned() });
         }
+        self.check_not_forked()?;
         self.check_not_own_item("destroy")?;
         self.check_none_armed()?;
         // Refuse other work from here to the end, not only while each
@@ -555,6 +563,11 @@ impl Workqueue {
         })
     }
 
+    /// [`Error::Forked`] in a child made by `fork` after the runtime was built.
+    pub(crate) fn check_not_forked(&self) -> Result<(), Error> {
+        self.shared.rt.shared.core.check_not_forked()
+    }
+
     fn check_not_own_item(&self, what: &str) -> Result<(), Error> {
         if self.is_current() {
             return Err(Error::WouldDeadlock(format!(
@@ -613,6 +626,10 @@ impl Workqueue {
     /// not refuse), and a pool that needs a worker woken, where the kick
     /// takes the lock anyway and the inbox would only lengthen the wake-up.
     fn queue_with(&self, slot: usize, from_timer: bool, make: impl FnOnce() -> Option<Job>) -> Result<bool, Error> {
+        if let Err(err) = self.check_not_forked() {
+            self.shared.core.counters.refused.fetch_add(1, Relaxed);
+            return Err(err);
+        }
         // An unbound queue's set may be replaced; holding the read lock
         // while queueing keeps `apply_attrs` from retiring it meanwhile.
         let guard;
@@ -716,6 +733,7 @@ impl Workqueue {
         if core.ordered {
             return Err(Error::ConflictingFlags("an ordered queue keeps its attributes (one pwq keeps the order)"));
         }
+        self.check_not_forked()?;
         let rt = &self.shared.rt;
         // Held until the new set is in place, as when a queue is created:
         // a `freeze` or `thaw` either comes first, and the set is built in

@@ -139,6 +139,42 @@ fn bad_runtime_settings_are_refused() {
     refused!(b().max_workers(3).build(), Error::InvalidConfig(_), "max_workers 3");
 }
 
+/// Every pool keeps its first worker, so a pool made after `build` (a
+/// queue with attributes of its own) needs room under `max_workers`: at
+/// the cap of one worker per built-in pool it would never get a worker and
+/// its items would wait for ever, so the queue is refused instead.
+#[test]
+fn a_pool_beyond_max_workers_is_refused_and_one_within_it_runs() {
+    // One CPU: two bound pools and two default unbound ones.
+    let at_cap = Runtime::builder().cpus([0]).max_workers(4).build().unwrap();
+    let nice = |n| Attrs { nice: n, ..Attrs::default() };
+    for flags in [Flags::UNBOUND, Flags::UNBOUND | Flags::HIGHPRI] {
+        let q = at_cap.workqueue("default").flags(flags).build().unwrap();
+        assert_eq!(q.submit(|| 1).unwrap().wait().unwrap(), 1, "the default pools were counted");
+    }
+    refused!(
+        at_cap.workqueue("niced").flags(Flags::UNBOUND).attrs(nice(5)).build(),
+        Error::InvalidConfig(_),
+        "max_workers 4",
+        "nice 5"
+    );
+    let unbound = at_cap.workqueue("u").flags(Flags::UNBOUND).build().unwrap();
+    refused!(unbound.apply_attrs(nice(5)), Error::InvalidConfig(_), "max_workers 4");
+    assert_eq!(unbound.submit(|| 2).unwrap().wait().unwrap(), 2, "a refused apply_attrs keeps the queue");
+
+    let one_more = Runtime::builder().cpus([0]).max_workers(5).build().unwrap();
+    let niced = one_more.workqueue("niced").flags(Flags::UNBOUND).attrs(nice(5)).build().unwrap();
+    let again = one_more.workqueue("same").flags(Flags::UNBOUND).attrs(nice(5)).build().unwrap();
+    assert_eq!(niced.submit(|| 3).unwrap().wait().unwrap(), 3);
+    assert_eq!(again.submit(|| 4).unwrap().wait().unwrap(), 4, "a second queue shares the pool");
+    refused!(
+        one_more.workqueue("nicer").flags(Flags::UNBOUND).attrs(nice(6)).build(),
+        Error::InvalidConfig(_),
+        "max_workers 5",
+        "6 pools"
+    );
+}
+
 /// A runtime built with `setting` either is refused naming it, or works.
 fn huge_setting_works_or_is_refused(name: &str, builder: wq_core::RuntimeBuilder) {
     let rt = match builder.build() {

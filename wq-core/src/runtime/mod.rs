@@ -346,7 +346,7 @@ impl Runtime {
                 let (cpus, pods) = attrs.pods(self, core.ordered)?;
                 let mut links = Vec::with_capacity(pods.len());
                 for pod in &pods {
-                    links.push(link(self.shared.pools.unbound(attrs.nice, &cpus, pod, attrs.strict)));
+                    links.push(link(self.shared.pools.unbound(attrs.nice, &cpus, pod, attrs.strict)?));
                 }
                 // A CPU outside the queue's CPUs queues to some pod of it.
                 let by_slot = (0..self.cpus().len())
@@ -364,7 +364,8 @@ impl Runtime {
     /// started have finished. Queueing still works; nothing is dropped.
     ///
     /// # Errors
-    /// [`Error::WouldDeadlock`] when called from an item of a freezable queue.
+    /// [`Error::WouldDeadlock`] when called from an item of a freezable queue;
+    /// [`Error::Forked`].
     pub fn freeze(&self) -> Result<(), Error> {
         // Read from the item itself, not from the live queues: one whose
         // handles are gone still runs, and would be waited for.
@@ -481,7 +482,9 @@ impl RuntimeBuilder {
     /// The most worker threads the runtime may have at once (default 4096;
     /// at least one for each of the runtime's pools). A pool keeps an idle
     /// worker in reserve, for its next wake-up, only while the cap leaves
-    /// room for the first worker of every pool that has none.
+    /// room for the first worker of every pool that has none. A queue with
+    /// attributes of its own may need a pool of its own: it is refused with
+    /// [`Error::InvalidConfig`] when the cap leaves no worker for that pool.
     pub fn max_workers(mut self, max: usize) -> Self {
         self.config.max_workers = max;
         self
@@ -598,7 +601,7 @@ impl RuntimeBuilder {
             fork_generation: crate::sys::fork_generation(),
         });
         let cpus = topology.cpus().to_vec();
-        let pools = Pools::new(core.clone(), &cpus);
+        let pools = Pools::new(core.clone(), &topology);
         let max_cpu = cpus.iter().max().copied().unwrap_or(0);
         let mut slot_of_cpu = vec![None; max_cpu + 1];
         for (slot, &cpu) in cpus.iter().enumerate() {

@@ -63,7 +63,10 @@ impl WorkqueueBuilder {
     /// # Errors
     /// [`Error::EmptyName`], [`Error::NameTooLong`], [`Error::NameHasNul`], [`Error::UnknownFlags`],
     /// [`Error::MaxActiveTooLarge`], [`Error::ConflictingFlags`] (ordered
-    /// with `max_active` above 1, or with `CPU_INTENSIVE`), and
+    /// with `max_active` above 1, or with `CPU_INTENSIVE`),
+    /// [`Error::InvalidConfig`] for attributes that need a pool the
+    /// runtime's `max_workers` leaves no worker for, [`Error::Forked`] for a
+    /// runtime built before this process was forked, and
     /// [`Error::Spawn`] if the global runtime or a `MEM_RECLAIM` queue's
     /// rescuer thread cannot start.
     pub fn build(self) -> Result<Workqueue, Error> {

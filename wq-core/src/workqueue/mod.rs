@@ -323,7 +323,8 @@ impl Workqueue {
     /// Like [`queue`](Workqueue::queue), with refusals as errors.
     ///
     /// # Errors
-    /// [`Error::Destroyed`] or [`Error::Draining`].
+    /// [`Error::Destroyed`] or [`Error::Draining`]; [`Error::Forked`] in a
+    /// child made by `fork` after the runtime was built.
     pub fn try_queue(&self, work: &Work) -> Result<bool, Error> {
         let slot = self.shared.rt.local_slot();
         self.queue_work(&work.shared, slot)
@@ -351,7 +352,8 @@ impl Workqueue {
     /// Like [`queue_delayed`](Workqueue::queue_delayed), with refusals as errors.
     ///
     /// # Errors
-    /// [`Error::DelayTooLong`], [`Error::Destroyed`], [`Error::Draining`].
+    /// [`Error::DelayTooLong`], [`Error::Destroyed`], [`Error::Draining`],
+    /// [`Error::Forked`].
     pub fn try_queue_delayed(&self, dwork: &DelayedWork, delay: Duration) -> Result<bool, Error> {
         dwork.queue_on_wq(self, None, delay, false)
     }
@@ -381,7 +383,7 @@ impl Workqueue {
     /// Runs `f` once on this queue and returns a handle to its result.
     ///
     /// # Errors
-    /// [`Error::Destroyed`] or [`Error::Draining`]; `f` is dropped.
+    /// [`Error::Destroyed`], [`Error::Draining`] or [`Error::Forked`]; `f` is dropped.
     pub fn submit<T, F>(&self, f: F) -> Result<Completion<T>, Error>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -398,7 +400,7 @@ impl Workqueue {
     /// caught, counted in [`WorkqueueStats::panics`] and otherwise ignored.
     ///
     /// # Errors
-    /// [`Error::Destroyed`] or [`Error::Draining`]; `f` is dropped.
+    /// [`Error::Destroyed`], [`Error::Draining`] or [`Error::Forked`]; `f` is dropped.
     pub fn execute(&self, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
         let job = Job::Once(Box::new(move || Outcome::of_call(f)));
         self.queue_job(job, self.shared.rt.local_slot())
@@ -408,7 +410,7 @@ impl Workqueue {
     /// own entry (see [`SharedItem`]).
     ///
     /// # Errors
-    /// [`Error::Destroyed`] or [`Error::Draining`]; `item` is discarded
+    /// [`Error::Destroyed`], [`Error::Draining`] or [`Error::Forked`]; `item` is discarded
     /// ([`SharedItem::discard`]) before this returns.
     pub fn execute_shared(&self, item: Arc<impl SharedItem>) -> Result<(), Error> {
         let job = Job::Shared(SharedJob::new(item));
@@ -440,7 +442,7 @@ impl Workqueue {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Destroyed`] or [`Error::Draining`]; `runnable` is dropped
+    /// [`Error::Destroyed`], [`Error::Draining`] or [`Error::Forked`]; `runnable` is dropped
     /// before this returns, so the task is cancelled.
     pub fn execute_runnable(&self, runnable: async_task::Runnable) -> Result<(), Error> {
         self.queue_job(Job::Poll(runnable), self.shared.rt.local_slot())
@@ -450,7 +452,8 @@ impl Workqueue {
     /// queued meanwhile (also by those items) are not waited for.
     ///
     /// # Errors
-    /// [`Error::WouldDeadlock`] when called from one of this queue's items.
+    /// [`Error::WouldDeadlock`] when called from one of this queue's items;
+    /// [`Error::Forked`].
     pub fn flush(&self) -> Result<(), Error> {
         self.check_not_forked()?;
         self.check_not_own_item("flush")?;
@@ -462,7 +465,8 @@ impl Workqueue {
     /// items may queue more here (chaining); others get [`Error::Draining`].
     ///
     /// # Errors
-    /// [`Error::WouldDeadlock`] when called from one of this queue's items.
+    /// [`Error::WouldDeadlock`] when called from one of this queue's items;
+    /// [`Error::Forked`].
     pub fn drain(&self) -> Result<(), Error> {
         self.check_not_forked()?;
         self.check_not_own_item("drain")?;
@@ -477,7 +481,8 @@ impl Workqueue {
     /// [`Error::DelayedWorkArmed`] if delayed work is armed to fire on this
     /// queue (the queue stays usable; cancel those items first);
     /// [`Error::WouldDeadlock`] when called from one of its items;
-    /// [`Error::SystemQueue`] for the process-wide `system_*` queues.
+    /// [`Error::SystemQueue`] for the process-wide `system_*` queues;
+    /// [`Error::Forked`].
     pub fn destroy(&self) -> Result<(), Error> {
         if self.shared.core.system.load(SeqCst) {
             return Err(Error::SystemQueue { queue: self.name().to_owned() });
@@ -724,7 +729,9 @@ impl Workqueue {
     /// [`Error::ConflictingFlags`] for a bound or an ordered queue (more than
     /// one pod would break its ordering, as in the kernel);
     /// [`Error::InvalidConfig`], [`Error::NoCpus`], [`Error::InvalidCpu`] for
-    /// bad attributes; [`Error::Destroyed`].
+    /// bad attributes, or attributes that need a pool the runtime's
+    /// `max_workers` leaves no worker for; [`Error::Destroyed`];
+    /// [`Error::Forked`].
     pub fn apply_attrs(&self, attrs: Attrs) -> Result<(), Error> {
         let core = &self.shared.core;
         if !core.flags.contains(Flags::UNBOUND) {

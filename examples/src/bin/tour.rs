@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use wq_core::{Detector, Flags, Runtime, Workqueue};
+use wq_core::{Detector, Flags, Runtime, Topology, Workqueue};
 
 const BURN: Duration = Duration::from_millis(10);
 const SLEEP: Duration = Duration::from_millis(20);
@@ -71,18 +71,24 @@ fn scenario(title: &str, q0: &Workqueue, q1: &Workqueue) {
     }
 }
 
+/// The first CPU this process may run on (CPU 0 unless `taskset` or a
+/// container says otherwise): the one the scenarios share.
+fn first_cpu() -> usize {
+    Topology::detect().cpus()[0]
+}
+
 fn one_cpu_runtime(detector: Detector) -> Runtime {
     Runtime::builder()
-        .cpus([0])
+        .cpus([first_cpu()])
         .detector(detector)
         // The scenario's 10 ms burns must not count as CPU hogs.
         .cpu_hog_threshold(Duration::from_millis(100))
         .build()
-        .expect("CPU 0 is available")
+        .expect("the process may run on this CPU")
 }
 
 fn main() -> Result<(), wq_core::Error> {
-    println!("cmwq for userspace: the kernel's example execution scenarios on one CPU");
+    println!("cmwq for userspace: the kernel's example execution scenarios on one CPU (CPU {})", first_cpu());
     println!("(burn = {BURN:?} of CPU time, sleep = {SLEEP:?} in std::thread::sleep)");
 
     let blind = one_cpu_runtime(Detector::ExplicitOnly);

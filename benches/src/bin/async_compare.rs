@@ -14,10 +14,11 @@
 //! Every executor gets one thread per CPU: wq-futures a fresh runtime with a bound queue,
 //! async-executor one `Executor::run` per CPU, tokio `new_multi_thread()` defaults. Prints
 //! Markdown tables (median [min–max] and ratio to wq-futures) and exits with status 1 if any
-//! run returned a wrong result.
+//! run returned a wrong result, or if one did not finish within `STEP_TIMEOUT` (a lost task
+//! or wake-up would otherwise hang the program).
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,36 @@ use wq_futures::WorkqueueExt;
 const TASKS: u64 = 100_000;
 const ROUND_TRIPS: u64 = 50_000;
 const DEFAULT_ROUNDS: usize = 5;
+/// Each step (building a peer, one scenario on it) takes well under a second; one that runs
+/// this long has lost a task or a wake-up.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Ends the process with status 1 when a step outlives `STEP_TIMEOUT`, naming it.
+struct Watchdog {
+    step: Arc<Mutex<Option<(String, Instant)>>>,
+}
+
+impl Watchdog {
+    fn start() -> Watchdog {
+        let step: Arc<Mutex<Option<(String, Instant)>>> = Arc::default();
+        let watched = step.clone();
+        thread::spawn(move || loop {
+            thread::sleep(Duration::from_millis(100));
+            if let Some((name, since)) = &*watched.lock().unwrap_or_else(|e| e.into_inner()) {
+                if since.elapsed() > STEP_TIMEOUT {
+                    eprintln!("async_compare: {name} did not finish within {STEP_TIMEOUT:?}");
+                    std::process::exit(1);
+                }
+            }
+        });
+        Watchdog { step }
+    }
+
+    /// Starts timing `name`, ending the step before it.
+    fn step(&self, name: String) {
+        *self.step.lock().unwrap_or_else(|e| e.into_inner()) = Some((name, Instant::now()));
+    }
+}
 
 /// One async executor under test.
 trait AsyncPeer {
@@ -280,12 +311,14 @@ fn main() -> ExitCode {
     let mut spawn_rates: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
     let mut rtt_us: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
     let mut failed = false;
+    let watchdog = Watchdog::start();
     for round in 0..rounds {
         // Rotate the order so no peer always runs first (cold caches) or last.
         for k in 0..peers.len() {
             let idx = (k + round) % peers.len();
             let (name, build) = peers[idx];
             eprintln!("round {}/{rounds}: {name}", round + 1);
+            watchdog.step(format!("building {name}"));
             let peer = match build() {
                 Ok(p) => p,
                 Err(e) => {
@@ -294,6 +327,7 @@ fn main() -> ExitCode {
                     continue;
                 }
             };
+            watchdog.step(format!("{name} spawn+join"));
             match peer.spawn_join(TASKS) {
                 Ok(d) => spawn_rates[idx].push(TASKS as f64 / d.as_secs_f64()),
                 Err(e) => {
@@ -301,6 +335,7 @@ fn main() -> ExitCode {
                     failed = true;
                 }
             }
+            watchdog.step(format!("{name} ping-pong"));
             match peer.ping_pong(ROUND_TRIPS) {
                 Ok(d) => rtt_us[idx].push(d.as_secs_f64() * 1e6 / ROUND_TRIPS as f64),
                 Err(e) => {
@@ -308,8 +343,11 @@ fn main() -> ExitCode {
                     failed = true;
                 }
             }
+            watchdog.step(format!("dropping {name}"));
+            drop(peer);
         }
     }
+    *watchdog.step.lock().unwrap_or_else(|e| e.into_inner()) = None;
 
     let mut t = Table::new(format!("spawn+join of {TASKS} tiny tasks"), &["executor", "tasks/s", "vs wq-futures"]);
     t.note(format!(

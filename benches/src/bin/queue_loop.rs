@@ -14,7 +14,7 @@
 //! exits with status 1 if any round lost or duplicated an item.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -133,12 +133,15 @@ fn run(o: &Options) -> Result<Vec<f64>, String> {
     const WARM_UP: usize = 4;
     let done: Arc<Vec<CachePadded<AtomicUsize>>> = Arc::new((0..STRIPES).map(|_| CachePadded::default()).collect());
     let per = o.items / o.submitters;
+    // Each Work's own run count: a lost item and a duplicated one would cancel out in the total.
+    let runs: Arc<Vec<AtomicU32>> = Arc::new((0..per * o.submitters).map(|_| AtomicU32::new(0)).collect());
     let batches: Vec<Vec<Work>> = (0..o.submitters)
-        .map(|_| {
+        .map(|b| {
             (0..per)
-                .map(|_| {
-                    let done = done.clone();
+                .map(|i| {
+                    let (done, runs, me) = (done.clone(), runs.clone(), b * per + i);
                     Work::new(move || {
+                        runs[me].fetch_add(1, Relaxed);
                         STRIPE.with(|&s| done[s].fetch_add(1, Relaxed));
                     })
                 })
@@ -171,6 +174,10 @@ fn run(o: &Options) -> Result<Vec<f64>, String> {
         wq.flush().map_err(|e| format!("flushing the workqueue: {e}"))?;
         if counted() != expected {
             return Err(format!("{} runs counted for {expected} queued items", counted()));
+        }
+        let round = rates.len() as u32;
+        if let Some((i, n)) = runs.iter().map(|r| r.load(Relaxed)).enumerate().find(|&(_, n)| n != round) {
+            return Err(format!("Work {i} ran {n} times in {round} rounds"));
         }
     }
     Ok(rates)

@@ -371,6 +371,29 @@ fn stats_count_cpu_time_and_in_flight() {
     assert!(s.cpu_time >= Duration::from_millis(20), "{s:?}");
 }
 
+/// An item that sleeps is charged the CPU time it used, not its wall time,
+/// also as the first item of a busy period: with no reading of the
+/// worker's CPU clock before it, it was charged its wall time.
+#[test]
+fn a_sleeping_item_is_charged_its_cpu_time_not_its_wall_time() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let wq = rt.workqueue("sleepy").build().unwrap();
+    // The pool's worker exists, and has parked by the time the item comes.
+    wq.submit(|| ()).unwrap().wait().unwrap();
+    thread::sleep(Duration::from_millis(50));
+    let item = wq.submit(|| {
+        common::burn(Duration::from_millis(20));
+        thread::sleep(Duration::from_millis(100));
+    });
+    item.unwrap().wait().unwrap();
+    wq.flush().unwrap();
+    let used = wq.stats().cpu_time;
+    assert!(
+        (Duration::from_millis(20)..Duration::from_millis(70)).contains(&used),
+        "an item that burned 20 ms and slept 100 ms was charged {used:?}"
+    );
+}
+
 #[test]
 fn highpri_workers_run_at_the_priority_the_os_granted() {
     let rt = Runtime::builder().cpus([0]).build().unwrap();

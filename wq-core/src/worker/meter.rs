@@ -37,8 +37,13 @@ pub(crate) type Charge = (Arc<PwqLink>, Duration);
 pub(super) struct CpuMeter {
     /// Thread CPU time at the last reading; `None` until the first long
     /// item of a busy period (reading it at every wake-up would put a
-    /// system call on the wake path).
+    /// system call on the wake path) unless the worker parked before it.
     checkpoint: Option<Duration>,
+    /// Thread CPU time when the worker last parked (`parking`): a parked
+    /// thread uses none, so it stands for the next busy period's start.
+    /// Read off the wake path, after the worker left its pool lock and
+    /// found no work in its spin.
+    parked: Option<Duration>,
     charged: Duration,
     last_end: Option<Instant>,
     /// Wall time of the last item of this busy period (`None` before the first).
@@ -68,10 +73,17 @@ impl CpuMeter {
     /// Items shorter than this make the worker take a batch (see `pool/batch.rs`).
     const TINY: Duration = Duration::from_micros(10);
 
+    /// The worker parks (`Some`: reads the thread's CPU clock), or goes
+    /// idle without parking (`None`: forgets an older reading, which the
+    /// busy period since then would make wrong).
+    pub(super) fn parking(&mut self, parks: bool) {
+        self.parked = parks.then(sys::thread_cpu_time);
+    }
+
     /// A busy period starts: the idle time before it is nobody's.
     pub(super) fn checkpoint(&mut self) {
         debug_assert!(self.window.is_none(), "a window left open over an idle period");
-        self.checkpoint = None;
+        self.checkpoint = self.parked.take();
         self.charged = Duration::ZERO;
         self.last_end = None;
         self.last_wall = None;
@@ -159,8 +171,9 @@ impl CpuMeter {
             return wall;
         }
         let now = sys::thread_cpu_time();
-        // The first long item of a busy period has no reading before it:
-        // it is charged its wall time, an upper bound.
+        // The first long item of a busy period that began without a
+        // parking (a new worker, or one woken in its spin) has no reading
+        // before it: it is charged its wall time, an upper bound.
         let used = match self.checkpoint {
             Some(before) => now.saturating_sub(before).saturating_sub(self.charged).min(wall),
             None => wall,

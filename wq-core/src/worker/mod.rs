@@ -376,7 +376,7 @@ pub(crate) fn run(pool: Arc<Pool>, me: Arc<WorkerShared>) {
             break;
         }
         if !inner.dying && !pool.need_more_worker(&inner) {
-            match idle_wait(&pool, &me, inner, &mut slice) {
+            match idle_wait(&pool, &me, inner, &mut slice, &mut meter) {
                 Some(guard) => {
                     inner = guard;
                     continue;
@@ -503,6 +503,7 @@ fn idle_wait<'a>(
     me: &Arc<WorkerShared>,
     mut inner: MutexGuard<'a, PoolInner>,
     slice: &mut WakeSlice,
+    meter: &mut CpuMeter,
 ) -> Option<MutexGuard<'a, PoolInner>> {
     me.woken.store(false, SeqCst);
     // This worker no longer counts in `nr_running`.
@@ -517,7 +518,9 @@ fn idle_wait<'a>(
     // thread that is not parked is just a store) and lets a producer on this
     // CPU queue a batch before the worker takes the CPU back.
     spin_until_woken(me);
-    if !me.woken.load(SeqCst) {
+    let parks = !me.woken.load(SeqCst);
+    meter.parking(parks);
+    if parks {
         slice.before_park(quiet, &me.name);
     }
     loop {

@@ -15,7 +15,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -36,23 +36,84 @@ enum Outcome<T> {
     Aborted,
 }
 
+/// A task's output as async-task keeps it. async-task drops an output that
+/// no handle takes (a detached task's, or a finished one whose handle is
+/// dropped) where a panic aborts the process or unwinds into whoever
+/// dropped the handle; the value's `Drop` is user code, so it runs here,
+/// where a panic is caught (tokio swallows it the same way).
+struct Quiet<T>(Option<Outcome<T>>);
+
+impl<T> Quiet<T> {
+    fn new(outcome: Outcome<T>) -> Quiet<T> {
+        Quiet(Some(outcome))
+    }
+
+    /// The outcome, for the handle that awaits it.
+    fn take(mut self) -> Outcome<T> {
+        self.0.take().expect("a task's output is taken once")
+    }
+}
+
+impl<T> Drop for Quiet<T> {
+    fn drop(&mut self) {
+        if let Some(outcome) = self.0.take() {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(outcome)));
+        }
+    }
+}
+
 /// State shared by a task's wrapper future, its [`JoinHandle`] and any
 /// [`AbortHandle`].
-#[derive(Default)]
 struct Shared {
     aborted: AtomicBool,
     /// Set once the wrapper future is gone: completed, aborted or dropped
     /// unpolled because its queue refused it.
     finished: AtomicBool,
     /// The task's own waker, so `abort` can get a pending task polled once
-    /// more and let it observe the abort.
+    /// more and let it observe the abort. Held only while `handles` is
+    /// non-zero: the task owns this `Shared`, so its own waker here keeps
+    /// it alive, and once nobody can abort it, only the wakers its future
+    /// gave out may (when they are all gone, async-task drops the task).
     waker: AtomicWaker,
+    /// The [`JoinHandle`] and the [`AbortHandle`]s that exist: who may still
+    /// abort the task. Starts at 1, the `JoinHandle`.
+    handles: AtomicUsize,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            aborted: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            handles: AtomicUsize::new(1),
+        }
+    }
+
+    /// Keeps the waker of a poll, for `abort`, if a handle may still abort.
+    /// Registered first, then `handles` read again (SeqCst, as the last
+    /// handle's decrement before it takes the waker): either the last
+    /// handle's take finds this waker, or this read sees no handle left
+    /// and takes it back itself.
+    fn keep_waker(&self, cx: &Context<'_>) {
+        if self.handles.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        self.waker.register(cx.waker());
+        if self.handles.load(Ordering::SeqCst) == 0 {
+            drop(self.waker.take());
+        }
+    }
 }
 
 /// What an [`AbortHandle`] can do to a task or a blocking call.
 pub(crate) trait Abort: Send + Sync {
     fn abort(&self);
     fn is_finished(&self) -> bool;
+    /// A handle that may abort was made (an `AbortHandle`, or its clone).
+    fn add_handle(&self) {}
+    /// Such a handle, or the `JoinHandle`, was dropped.
+    fn drop_handle(&self) {}
 }
 
 impl Abort for Shared {
@@ -64,6 +125,16 @@ impl Abort for Shared {
     /// The task's future is gone (completed, panicked or cancelled).
     fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
+    }
+
+    fn add_handle(&self) {
+        self.handles.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn drop_handle(&self) {
+        if self.handles.fetch_sub(1, Ordering::SeqCst) == 1 {
+            drop(self.waker.take());
+        }
     }
 }
 
@@ -99,14 +170,20 @@ pin_project! {
 }
 
 impl<F: Future> Future for Guarded<F> {
-    type Output = Outcome<F::Output>;
+    type Output = Quiet<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_outcome(cx).map(Quiet::new)
+    }
+}
+
+impl<F: Future> Guarded<F> {
+    fn poll_outcome(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<F::Output>> {
         let mut this = self.project();
         let shared = &this.done.0;
         // Register before reading the flag: an abort that lands after the
         // read then finds the waker and gets the task polled again.
-        shared.waker.register(cx.waker());
+        shared.keep_waker(cx);
         if shared.aborted.load(Ordering::Acquire) {
             // tokio drops an aborted task's future at its next poll; so do
             // we. A panicking destructor must not unwind into the worker.
@@ -154,7 +231,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared::new());
     let guarded = Guarded { fut: Some(fut), done: FinishOnDrop(Arc::clone(&shared)) };
     let sched_wq = wq.clone();
     let schedule = move |runnable: Runnable| {
@@ -197,7 +274,11 @@ where
 /// It mirrors `tokio::task::JoinHandle`: awaiting it gives
 /// `Ok(output)`, or a [`JoinError`] if the task panicked or was cancelled.
 /// **Dropping it detaches the task**, which keeps running to completion
-/// (unlike a bare `async_task::Task`, which cancels on drop).
+/// (unlike a bare `async_task::Task`, which cancels on drop). A detached
+/// task that can never be woken again (no [`AbortHandle`] is left, and
+/// every waker its future gave out is gone) is dropped, as async-task
+/// drops such a task. A finished task's output that nobody takes is
+/// dropped quietly: a panic in its `Drop` is swallowed, as in tokio.
 ///
 /// A task is cancelled by [`abort`](Self::abort), or when its queue refuses
 /// to run one of its polls: after `Workqueue::destroy`, or while the queue
@@ -214,7 +295,7 @@ pub struct JoinHandle<T> {
 /// What a handle awaits.
 enum Awaits<T> {
     /// A future: `task` is `None` once the output was taken.
-    Task { task: Option<FallibleTask<Outcome<T>>>, shared: Arc<Shared> },
+    Task { task: Option<FallibleTask<Quiet<T>>>, shared: Arc<Shared> },
     /// A blocking closure: `None` once the output was taken.
     Call(Option<Arc<dyn CallHandle<T>>>),
 }
@@ -255,7 +336,10 @@ impl<T> JoinHandle<T> {
     /// A handle that can abort the task without owning its output.
     pub fn abort_handle(&self) -> AbortHandle {
         match &self.awaits {
-            Awaits::Task { shared, .. } => AbortHandle { target: Arc::clone(shared) as Arc<dyn Abort> },
+            Awaits::Task { shared, .. } => {
+                shared.add_handle();
+                AbortHandle { target: Arc::clone(shared) as Arc<dyn Abort> }
+            }
             Awaits::Call(Some(call)) => AbortHandle { target: Arc::clone(call) as Arc<dyn Abort> },
             Awaits::Call(None) => AbortHandle { target: Arc::new(Finished) },
         }
@@ -285,7 +369,7 @@ impl<T> Future for JoinHandle<T> {
                     Poll::Ready(outcome) => outcome,
                 };
                 *task = None;
-                Poll::Ready(match outcome {
+                Poll::Ready(match outcome.map(Quiet::take) {
                     Some(Outcome::Done(value)) => Ok(value),
                     Some(Outcome::Panicked(payload)) => Err(JoinError::panic(payload)),
                     Some(Outcome::Aborted) | None => Err(JoinError::cancelled()),
@@ -303,10 +387,12 @@ impl<T> Future for JoinHandle<T> {
 
 impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
-        if let Awaits::Task { task, .. } = &mut self.awaits {
+        if let Awaits::Task { task, shared } = &mut self.awaits {
+            // A finished task's output is dropped here, quietly (`Quiet`).
             if let Some(task) = task.take() {
                 task.detach();
             }
+            shared.drop_handle();
         }
     }
 }
@@ -319,9 +405,21 @@ impl<T> fmt::Debug for JoinHandle<T> {
 
 /// Aborts a task without owning its output; cheap to clone.
 /// Mirrors `tokio::task::AbortHandle`.
-#[derive(Clone)]
 pub struct AbortHandle {
     target: Arc<dyn Abort>,
+}
+
+impl Clone for AbortHandle {
+    fn clone(&self) -> AbortHandle {
+        self.target.add_handle();
+        AbortHandle { target: Arc::clone(&self.target) }
+    }
+}
+
+impl Drop for AbortHandle {
+    fn drop(&mut self) {
+        self.target.drop_handle();
+    }
 }
 
 impl AbortHandle {

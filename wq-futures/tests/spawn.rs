@@ -299,3 +299,106 @@ fn a_future_whose_drop_panics_is_a_join_error_not_an_abort() {
     let refused = block_on(wq.spawn(ReadyWithPanickingDrop(PanicOnDrop))).expect_err("refused");
     assert!(refused.is_cancelled(), "{refused:?}");
 }
+
+/// A value whose drop panics (unless already unwinding).
+struct OutputPanicsOnDrop;
+
+impl Drop for OutputPanicsOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("dropping the task's output");
+        }
+    }
+}
+
+/// A finished task's output is dropped with its handle; a panic in that
+/// drop is swallowed, as tokio's `JoinHandle` does (it unwound into the
+/// caller).
+#[test]
+fn dropping_a_finished_handle_whose_output_drop_panics_does_not_unwind() {
+    let wq = queue("t_out_drop");
+    let handle = wq.spawn(async { OutputPanicsOnDrop });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !handle.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "the task did not finish");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(handle)));
+    assert!(dropped.is_ok(), "dropping a finished JoinHandle unwound into the caller");
+}
+
+/// A detached task's output is dropped on the worker where async-task
+/// aborts the process on a panic: it must be dropped quietly there. Run in
+/// a child process of this test binary, since the bug killed the process.
+#[test]
+fn a_detached_task_whose_output_drop_panics_does_not_abort_the_process() {
+    const CHILD: &str = "WQ_FUTURES_DETACHED_OUTPUT_CHILD";
+    const NAME: &str = "a_detached_task_whose_output_drop_panics_does_not_abort_the_process";
+    if std::env::var_os(CHILD).is_some() {
+        let wq = queue("t_detached_out");
+        let (gate_tx, gate_rx) = oneshot::channel::<()>();
+        drop(wq.spawn(async move {
+            let _ = gate_rx.await;
+            OutputPanicsOnDrop
+        }));
+        gate_tx.send(()).unwrap();
+        wq.flush().unwrap();
+        assert_eq!(block_on(wq.spawn(async { 7 })).unwrap(), 7, "the worker survived");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "child: {:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
+/// Keeps the waker of every poll in `slot`, and never completes.
+struct StoresWaker {
+    slot: Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+    polled: Option<mpsc::Sender<()>>,
+    _dropped: DropFlag,
+}
+
+impl Future for StoresWaker {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        *self.slot.lock().unwrap() = Some(cx.waker().clone());
+        if let Some(tx) = self.polled.take() {
+            let _ = tx.send(());
+        }
+        Poll::Pending
+    }
+}
+
+/// A detached task that nobody can wake any more (its handle and every
+/// waker its future gave out are gone) is dropped, as async-task drops it:
+/// the task's own waker, kept for `abort`, kept it (and its queue) alive
+/// for ever. With an `AbortHandle` left, it stays abortable.
+#[test]
+fn a_detached_task_with_no_waker_left_is_dropped() {
+    let wq = queue("t_unwakeable");
+    for keep_abort_handle in [false, true] {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let (polled_tx, polled_rx) = mpsc::channel();
+        let task =
+            StoresWaker { slot: Arc::clone(&slot), polled: Some(polled_tx), _dropped: DropFlag(Arc::clone(&dropped)) };
+        let handle = wq.spawn(task);
+        let abort = keep_abort_handle.then(|| handle.abort_handle());
+        drop(handle);
+        polled_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        wq.flush().unwrap();
+        drop(slot.lock().unwrap().take());
+        if let Some(abort) = abort {
+            assert!(!dropped.load(Ordering::SeqCst), "an abortable task was dropped");
+            abort.abort();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !dropped.load(Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "the task's future was never dropped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}

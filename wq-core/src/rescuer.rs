@@ -24,7 +24,17 @@ pub(crate) const MAYDAY_INITIAL_TIMEOUT: std::time::Duration = std::time::Durati
 /// How often maydays repeat while creation keeps failing.
 pub(crate) const MAYDAY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// A `MEM_RECLAIM` queue's hold on its rescuer thread. The queue's handle
+/// and each of its pwqs keep one (an `Arc`): a pwq outlives the queue's
+/// last handle until its entries have run, and those may still need
+/// rescuing. The thread exits when the last hold is dropped, or when a
+/// queue that cannot be made drops it.
 pub(crate) struct Rescuer {
+    thread: Arc<RescuerThread>,
+}
+
+/// What the rescuer thread runs on.
+struct RescuerThread {
     wq: Arc<WqCore>,
     maydays: Mutex<Vec<Arc<Pool>>>,
     cv: Condvar,
@@ -34,39 +44,45 @@ pub(crate) struct Rescuer {
 impl Rescuer {
     /// Reserves the rescuer thread of queue `wq` (named `wq/r:<queue>`).
     pub(crate) fn start(wq: Arc<WqCore>) -> Result<Arc<Rescuer>, Error> {
-        let rescuer = Arc::new(Rescuer {
+        let thread = Arc::new(RescuerThread {
             wq,
             maydays: Mutex::new(Vec::new()),
             cv: Condvar::new(),
             shutdown: AtomicBool::new(false),
         });
-        let mut name = format!("wq/r:{}", rescuer.wq.name);
+        let mut name = format!("wq/r:{}", thread.wq.name);
         name.truncate(name.char_indices().nth(15).map_or(name.len(), |(i, _)| i));
-        let r = rescuer.clone();
-        std::thread::Builder::new().name(name).spawn(move || r.run()).map_err(Error::Spawn)?;
-        Ok(rescuer)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Pool>>> {
-        self.maydays.lock().unwrap_or_else(|e| e.into_inner())
+        let t = thread.clone();
+        std::thread::Builder::new().name(name).spawn(move || t.run()).map_err(Error::Spawn)?;
+        Ok(Arc::new(Rescuer { thread }))
     }
 
     /// A pool with this queue's work cannot get a worker.
     pub(crate) fn mayday(&self, pool: Arc<Pool>) {
-        self.wq.counters.mayday.fetch_add(1, Relaxed);
-        let mut list = self.lock();
+        let t = &self.thread;
+        t.wq.counters.mayday.fetch_add(1, Relaxed);
+        let mut list = t.lock();
         if !list.iter().any(|p| Arc::ptr_eq(p, &pool)) {
             list.push(pool);
         }
         drop(list);
-        self.cv.notify_one();
+        t.cv.notify_one();
     }
+}
 
-    /// The queue is gone: the thread exits.
-    pub(crate) fn stop(&self) {
-        self.shutdown.store(true, SeqCst);
-        let _list = self.lock();
-        self.cv.notify_one();
+impl Drop for Rescuer {
+    /// Nothing of the queue can need rescuing any more: the thread exits.
+    fn drop(&mut self) {
+        let t = &self.thread;
+        t.shutdown.store(true, SeqCst);
+        let _list = t.lock();
+        t.cv.notify_one();
+    }
+}
+
+impl RescuerThread {
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Pool>>> {
+        self.maydays.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn run(&self) {

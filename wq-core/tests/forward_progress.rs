@@ -359,3 +359,73 @@ fn freeze_and_thaw_reach_queues_whose_handles_are_gone() {
     rt.thaw();
     wait_until("the item of the queue dropped before the freeze ran", || ran.load(SeqCst) == 2);
 }
+
+/// Blocks every worker of CPU 0's normal pool with items of `q` (creation
+/// failing meanwhile, no new one comes); sends on the returned channel
+/// release them, one each.
+fn block_normal_pool(rt: &Runtime, q: &wq_core::Workqueue) -> (mpsc::Sender<()>, usize) {
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+    let workers = rt.stats().pools.iter().find(|p| p.cpu == Some(0) && !p.highpri).unwrap().workers;
+    let blocked = Arc::new(AtomicUsize::new(0));
+    for _ in 0..workers {
+        let (rx, b) = (release_rx.clone(), blocked.clone());
+        q.execute(move || {
+            b.fetch_add(1, SeqCst);
+            wq_core::blocking(|| {
+                let _ = rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
+            });
+        })
+        .unwrap();
+    }
+    wait_until("every worker is blocked", || blocked.load(SeqCst) == workers);
+    (release_tx, workers)
+}
+
+/// A `MEM_RECLAIM` queue's items queued before its last handle dropped
+/// are still rescued: its pwqs keep the rescuer until they have run (it
+/// stopped with the handle, and none of 10 items ran).
+#[test]
+fn items_of_a_dropped_mem_reclaim_queue_are_still_rescued() {
+    let (rt, fail) = one_cpu_runtime_with_failing_spawns();
+    let blocker_q = rt.workqueue("blocker").build().unwrap();
+    blocker_q.submit(|| ()).unwrap().wait().unwrap();
+    thread::sleep(Duration::from_millis(50));
+    let reclaim = rt.workqueue("rdrop").flags(Flags::MEM_RECLAIM).build().unwrap();
+    fail.store(true, SeqCst);
+    let (release, workers) = block_normal_pool(&rt, &blocker_q);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let done: Vec<_> = (0..10)
+        .map(|_| {
+            let r = ran.clone();
+            reclaim.submit(move || _ = r.fetch_add(1, SeqCst)).unwrap()
+        })
+        .collect();
+    drop(reclaim);
+    let rescued = done.iter().all(|c| c.wait_timeout(Duration::from_secs(5)));
+    let n = ran.load(SeqCst);
+    fail.store(false, SeqCst);
+    for _ in 0..workers {
+        let _ = release.send(());
+    }
+    assert!(rescued, "with worker creation failing, {n} of 10 items of a dropped MEM_RECLAIM queue ran");
+    // Once its pwqs are gone, so is the rescuer thread.
+    wait_until("the rescuer thread exits", || !thread_names().iter().any(|n| n.starts_with("wq/r:rdrop")));
+}
+
+/// A `MEM_RECLAIM` queue that cannot be made leaves no rescuer thread
+/// behind (one leaked per refused `build`).
+#[test]
+fn a_refused_mem_reclaim_queue_leaves_no_rescuer_thread() {
+    // One CPU: four pools, and no room for a fifth.
+    let rt = Runtime::builder().cpus([0]).max_workers(4).build().unwrap();
+    for _ in 0..5 {
+        let refused = rt
+            .workqueue("leaky")
+            .flags(Flags::UNBOUND | Flags::MEM_RECLAIM)
+            .attrs(Attrs { nice: 5, ..Attrs::default() })
+            .build();
+        assert!(refused.is_err(), "the cap refuses the queue's pool");
+    }
+    wait_until("no rescuer of a refused queue is left", || !thread_names().iter().any(|n| n.starts_with("wq/r:leaky")));
+}

@@ -232,12 +232,8 @@ impl WqShared {
 impl Drop for WqShared {
     fn drop(&mut self) {
         if self.rt.shared.core.forked() {
-            // The rescuer and the names are the parent's; their locks may
-            // have been held at the fork.
+            // The names are the parent's; their lock may have been held at the fork.
             return;
-        }
-        if let Some(r) = &self.rescuer {
-            r.stop();
         }
         self.rt.shared.core.wq_names.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.core.id);
     }

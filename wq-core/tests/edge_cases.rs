@@ -167,3 +167,83 @@ fn reading_a_fifo_as_a_snapshot_is_an_error() {
     let r = r.expect("Snapshot::read of a FIFO hangs");
     assert!(r.is_err(), "a FIFO read as a snapshot: {r:?}");
 }
+
+/// An item queued just before the runtime is dropped, while its pool's
+/// first worker is being made, still runs when that creation fails: a
+/// dying pool is retried by nobody (it waited for ever).
+#[test]
+fn a_runtime_dropped_while_the_first_workers_creation_fails_still_runs_the_item() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let rt = Runtime::builder()
+        .cpus([0])
+        .publish(false)
+        .spawn_hook(move || {
+            if c.fetch_add(1, SeqCst) == 0 {
+                // Slow, then refused: the runtime is dropped meanwhile.
+                thread::sleep(Duration::from_millis(300));
+                return Err(std::io::Error::from_raw_os_error(libc::EAGAIN));
+            }
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let q = rt.workqueue("q").build().unwrap();
+    let item = q.submit(|| "ran").unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while calls.load(SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the manager never tried to make a worker");
+        thread::sleep(Duration::from_millis(2));
+    }
+    thread::sleep(Duration::from_millis(50));
+    drop((q, rt));
+    assert!(item.wait_timeout(PATIENCE), "the item never ran ({} creations tried)", calls.load(SeqCst));
+}
+
+/// After the runtime is dropped, its pools finish their work, and
+/// concurrency management still holds: an item that blocks waiting for an
+/// item queued after it gets that item run (it was never run: a dying pool
+/// got no new worker once its only one blocked).
+#[test]
+fn after_the_runtime_is_dropped_an_item_blocking_on_a_later_one_is_not_left_waiting() {
+    // No idle reserve may take B at shutdown: the cap of four workers
+    // keeps room for the first worker of each of the four pools (the
+    // unbound ones made by the two queues), so the bound pool keeps one.
+    // ExplicitOnly: A's wait for the gate is not taken for a sleep.
+    let rt = Runtime::builder()
+        .cpus([0])
+        .publish(false)
+        .max_workers(4)
+        .detector(wq_core::Detector::ExplicitOnly)
+        .build()
+        .unwrap();
+    let _u = rt.workqueue("u").flags(Flags::UNBOUND).build().unwrap();
+    let _uh = rt.workqueue("uh").flags(Flags::UNBOUND | Flags::HIGHPRI).build().unwrap();
+    let q = rt.workqueue("q").build().unwrap();
+    q.submit(|| ()).unwrap().wait().unwrap();
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(rt.stats().workers, 1, "{}", rt.dump());
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let (b_tx, b_rx) = mpsc::channel::<()>();
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let a = q
+        .submit(move || {
+            started_tx.send(()).unwrap();
+            let _ = gate_rx.recv_timeout(PATIENCE);
+            wq_core::blocking(|| b_rx.recv_timeout(PATIENCE).is_ok())
+        })
+        .unwrap();
+    started_rx.recv_timeout(PATIENCE).unwrap();
+    // A took the pool's last idle worker, which asks the manager for a
+    // reserve: answered (refused, under the cap) before B comes, B would
+    // not have it refused.
+    thread::sleep(Duration::from_millis(50));
+    let b = q.submit(move || _ = b_tx.send(())).unwrap();
+    assert_eq!(rt.stats().workers, 1, "{}", rt.dump());
+    drop((q, rt, _u, _uh));
+    thread::sleep(Duration::from_millis(50));
+    assert!(!b.is_finished(), "B waits behind A, which holds the only running worker");
+    gate_tx.send(()).unwrap();
+    assert!(b.wait_timeout(PATIENCE), "B never ran while A blocked waiting for it");
+    assert!(a.wait().unwrap(), "A got B's signal");
+}

@@ -580,8 +580,12 @@ impl Pool {
         let mut inner = self.lock();
         self.reclaim(&mut inner, w, &mut follow_ups);
         let woken = self.kick(&mut inner);
+        let orphaned = self.is_orphaned(&inner);
         drop(inner);
         follow_ups.run();
+        if orphaned {
+            self.drain_orphans();
+        }
         match woken {
             Some(w) => {
                 w.unpark();

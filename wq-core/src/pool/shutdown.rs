@@ -30,9 +30,9 @@ impl Pool {
         }
     }
 
-    /// Runs the worklist of a dying pool that has no worker: on a new
-    /// worker, or, if none can be made, on the calling thread.
-    pub(super) fn drain_orphans(self: &Arc<Self>) {
+    /// Runs the worklist of a dying pool that has no worker to run it: on a
+    /// new worker, or, if none can be made, on the calling thread.
+    pub(crate) fn drain_orphans(self: &Arc<Self>) {
         {
             let mut inner = self.lock();
             if inner.draining_orphans {
@@ -66,15 +66,18 @@ impl Pool {
         }
     }
 
-    /// Work waits on a dying pool whose workers all left: a dying pool asks
-    /// the manager for none, so whoever finds this runs it (`drain_orphans`).
-    /// Work can come after the last worker: an entry another pool's worker
-    /// completes (a hand-off) activates the next one here.
-    pub(super) fn is_orphaned(&self, inner: &PoolInner) -> bool {
+    /// Work waits on a dying pool that has no worker to run it: none runs,
+    /// is being woken or started, and none idles. A dying pool asks the
+    /// manager for none, so whoever finds this brings one (`drain_orphans`).
+    /// It happens after the last worker left (an entry another pool's
+    /// worker completes, a hand-off, activates the next one here; a first
+    /// worker's creation fails), and while every worker left sleeps or
+    /// blocks (an item waiting for one queued after it).
+    pub(crate) fn is_orphaned(&self, inner: &PoolInner) -> bool {
         inner.dying
             && !inner.draining_orphans
-            && !inner.worklist.is_empty()
+            && self.need_more_worker(inner)
+            && inner.idle.is_empty()
             && inner.nr_starting == 0
-            && self.workers().is_empty()
     }
 }

@@ -242,8 +242,13 @@ pub(crate) fn spawn_worker(pool: &Arc<Pool>) -> Result<(), Error> {
             let mut inner = pool.lock();
             inner.nr_starting -= 1;
             pool.remove_worker(&me);
+            // A dying pool is retried by nobody: its work runs now.
+            let orphaned = pool.is_orphaned(&inner);
             drop(inner);
             rt.nr_workers.fetch_sub(1, SeqCst);
+            if orphaned {
+                pool.drain_orphans();
+            }
             Err(Error::Spawn(err))
         }
     }

@@ -12,12 +12,13 @@
 //! grew.) The tokens of calls run that way find the queue empty and return at once.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
 use wq_core::Flags;
 
 use crate::errors::to_py;
@@ -25,6 +26,10 @@ use crate::future::{self, FutureHandle, Outcome};
 use crate::gil::{attach_worker, switch_interval, CallSection};
 use crate::runtime::PyRuntime;
 use crate::tracker::{python_abandoned, Item, RunningGuard, Tracker};
+
+/// How long `flush` waits for wq-core to account for the tokens of the items it waited for: a
+/// bound, not a timing (it takes microseconds); past it, `stats()` may lag by those tokens.
+const ACCOUNTING_WAIT: Duration = Duration::from_secs(1);
 
 /// wq-core's handle on one submitted call: whichever token runs takes the oldest queued call.
 struct Token {
@@ -176,9 +181,11 @@ impl NativeQueue {
         ordered: bool,
         runtime: Option<PyRef<'_, PyRuntime>>,
     ) -> PyResult<NativeQueue> {
-        let name: String = name
-            .extract()
-            .map_err(|_| PyTypeError::new_err(format!("workqueue name must be str, not {}", type_name(name))))?;
+        if !name.is_instance_of::<PyString>() {
+            return Err(PyTypeError::new_err(format!("workqueue name must be str, not {}", type_name(name))));
+        }
+        // A str that is not valid UTF-8 (a lone surrogate) keeps Python's own UnicodeEncodeError.
+        let name: String = name.extract()?;
         let flags = parse_flags(flags)?;
         let max_active = int_arg(max_active, "max_active")?
             .and_then(|m| u32::try_from(m).ok())
@@ -298,6 +305,9 @@ impl NativeQueue {
     /// asked, and waits for the rest if asked.
     #[pyo3(signature = (wait = true, cancel_futures = false))]
     fn shutdown(&self, py: Python<'_>, wait: bool, cancel_futures: bool) -> PyResult<()> {
+        // In a child made by `fork`, the items in flight are the parent's workers' and never
+        // end here: `ThreadPoolExecutor.shutdown` there returns at once too.
+        let wait = wait && !self.wq.runtime().is_forked();
         if !self.system {
             self.tracker.close();
             // A closed queue makes no more futures: release the spare (outside the lock).
@@ -318,26 +328,42 @@ impl NativeQueue {
                 return Err(err);
             }
         }
-        if wait {
-            self.tracker.wait_idle(py, "shutdown(wait=True)")?;
-            if !self.system {
-                let wq = self.wq.clone();
-                py.detach(move || wq.destroy()).map_err(to_py)?;
-            }
+        if !wait {
+            return Ok(());
         }
-        Ok(())
+        if self.system {
+            // A system queue keeps taking work from everyone: what this call waits for is what
+            // was submitted through this object before it, as `flush` does (waiting until
+            // nothing is in flight might never end).
+            return self.tracker.flush(py);
+        }
+        self.tracker.wait_idle(py, "shutdown(wait=True)")?;
+        let wq = self.wq.clone();
+        py.detach(move || wq.destroy()).map_err(to_py)
     }
 
     /// Waits for every item submitted before the call.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        if self.wq.runtime().is_forked() {
+            // The parent's items in flight never end in this child.
+            return Err(to_py(wq_core::Error::Forked));
+        }
         // Our own wait checks signals; once it is over, the items' Python work is done.
         self.tracker.flush(py)?;
         if !self.system {
-            // Only our items are on this queue and they have finished: this waits just for
-            // wq-core's bookkeeping after them, so `stats()` right after `flush()` counts them.
-            // (On shared system queues it could wait for unrelated Rust work: skipped.)
-            let wq = self.wq.clone();
-            py.detach(move || wq_core::blocking(|| wq.flush())).map_err(to_py)?;
+            // wq-core accounts for their tokens microseconds later; `stats()` right after
+            // `flush()` should count them. wq-core's own flush would also wait for tokens
+            // queued since the call (and hang on a later item that waits for this thread), so
+            // wait only until no token is in flight beyond one per item still pending: the
+            // rest are tokens of finished items, or tokens that found no item to run, about to
+            // be accounted for. (On shared system queues other work counts too: skipped.)
+            let (wq, tracker) = (self.wq.clone(), Arc::clone(&self.tracker));
+            py.detach(move || {
+                let deadline = Instant::now() + ACCOUNTING_WAIT;
+                while wq.stats().in_flight > tracker.pending() as u64 && Instant::now() < deadline {
+                    thread::sleep(Duration::from_micros(200));
+                }
+            });
         }
         Ok(())
     }

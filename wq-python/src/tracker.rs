@@ -10,7 +10,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -28,9 +28,11 @@ static EXITING: AtomicBool = AtomicBool::new(false);
 /// Set when the exit hook gave up waiting (it was interrupted): the interpreter is about to be
 /// finalized with items possibly still queued, so no worker may enter Python any more.
 static ABANDONED: AtomicBool = AtomicBool::new(false);
-/// Set in a child made by `fork`: the parent's workers are not in it, so what the parent had
-/// queued or running never ends here, and the exit hook must not wait for it.
-static FORKED: AtomicBool = AtomicBool::new(false);
+/// Forks between the interpreter's start and this process (0 in the first process): raised
+/// in each child made by `fork`. The parent's workers are not in a child, so what the parent's
+/// trackers had queued or running never ends there and the exit hook must not wait for it;
+/// a tracker made in the child (on a runtime of its own) is waited for as anywhere.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 /// Every tracker ever created, so the exit hook can wait for all of them.
 static TRACKERS: Mutex<Vec<Weak<Tracker>>> = Mutex::new(Vec::new());
 
@@ -98,6 +100,9 @@ const LONE_GAP: Duration = Duration::from_micros(50);
 pub(crate) struct Tracker {
     state: Mutex<State>,
     cond: Condvar,
+    /// `FORK_GENERATION` when the tracker was made: only a tracker of this process is waited
+    /// for at exit.
+    fork_generation: u64,
 }
 
 impl Tracker {
@@ -113,6 +118,7 @@ impl Tracker {
                 last_push: None,
             }),
             cond: Condvar::new(),
+            fork_generation: FORK_GENERATION.load(Ordering::Acquire),
         });
         let mut all = lock(&TRACKERS);
         all.retain(|t| t.strong_count() > 0);
@@ -297,12 +303,12 @@ impl Drop for RunningGuard {
 /// interruption is re-raised either way.
 pub(crate) fn exit_hook(py: Python<'_>) -> PyResult<()> {
     EXITING.store(true, Ordering::Release);
-    if FORKED.load(Ordering::Acquire) {
-        // A `ThreadPoolExecutor`'s hook in a fork child joins only threads that `threading`
-        // already knows are gone; the items counted here belong to the parent's workers.
-        return Ok(());
-    }
-    let trackers: Vec<Arc<Tracker>> = lock(&TRACKERS).iter().filter_map(Weak::upgrade).collect();
+    // In a child made by `fork`, the items the parent's trackers count belong to the parent's
+    // workers (a `ThreadPoolExecutor`'s hook there likewise joins only threads that
+    // `threading` knows are gone): only the trackers made in this process are waited for.
+    let generation = FORK_GENERATION.load(Ordering::Acquire);
+    let trackers: Vec<Arc<Tracker>> =
+        lock(&TRACKERS).iter().filter_map(Weak::upgrade).filter(|t| t.fork_generation == generation).collect();
     let mut interrupted: Option<PyErr> = None;
     for tracker in &trackers {
         if let Err(err) = tracker.wait_idle(py, "interpreter exit") {
@@ -328,7 +334,8 @@ pub(crate) fn exit_hook(py: Python<'_>) -> PyResult<()> {
     Err(first)
 }
 
-/// Called in a child process right after `fork` (`os.register_at_fork`): see [`FORKED`].
+/// Called in a child process right after `fork` (`os.register_at_fork`): see
+/// [`FORK_GENERATION`].
 pub(crate) fn after_fork_in_child() {
-    FORKED.store(true, Ordering::Release);
+    FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
 }

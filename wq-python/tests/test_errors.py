@@ -92,3 +92,23 @@ def test_blocking_needs_a_callable():
 def test_unknown_attribute():
     with pytest.raises(AttributeError):
         cmwq.system_nonexistent_wq
+
+
+def test_a_name_that_is_not_valid_utf8_gets_pythons_unicode_error():
+    """A str with a lone surrogate cannot be a name; the error says so (it said "workqueue name
+    must be str, not str")."""
+    with pytest.raises(UnicodeError):
+        cmwq.Workqueue("bad\ud800name")
+
+
+def test_the_stub_declares_every_public_runtime_member():
+    import ast
+    import os
+
+    stub = os.path.join(os.path.dirname(cmwq.__file__), "_cmwq.pyi")
+    with open(stub) as f:
+        tree = ast.parse(f.read())
+    runtime = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Runtime")
+    declared = {n.name for n in runtime.body if isinstance(n, ast.FunctionDef)}
+    public = {a for a in dir(cmwq.Runtime) if not a.startswith("_")}
+    assert public - declared == set()

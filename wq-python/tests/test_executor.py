@@ -302,3 +302,55 @@ def test_runtime_stats_and_dump(one_cpu_runtime):
     assert "rt-stats" in one_cpu_runtime.dump()
     assert wq.runtime.cpus == one_cpu_runtime.cpus
     wq.shutdown()
+
+
+def test_flush_does_not_wait_for_items_submitted_after_the_call():
+    """flush waits for the items submitted before it, not for later ones (it also waited for
+    wq-core's tokens queued since the call, and hung on a later item waiting for this thread)."""
+    wq = cmwq.Workqueue("flush-late")
+    release = threading.Event()
+    wq.submit(cmwq.blocking, time.sleep, 0.5)
+    flusher = threading.Thread(target=wq.flush)
+    flusher.start()
+    time.sleep(0.2)  # the flush has begun
+    late = wq.submit(cmwq.blocking, release.wait, 60)
+    flusher.join(30)
+    finished = not flusher.is_alive()
+    release.set()
+    flusher.join(60)
+    assert late.result(timeout=60) is True
+    wq.shutdown()
+    assert finished, "flush() waited for an item submitted after it was called"
+
+
+def test_system_queue_shutdown_waits_only_for_its_own_earlier_items():
+    """shutdown(wait=True) on a system queue, which keeps taking work, waits for what was
+    submitted through the object before it, not for the queue to be idle (under steady load
+    from elsewhere it never returned)."""
+    stop = threading.Event()
+
+    def producer():
+        while not stop.is_set():
+            cmwq.system_unbound_wq.submit(cmwq.blocking, time.sleep, 0.2)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=producer)
+    t.start()
+    try:
+        time.sleep(0.5)
+        returned = threading.Event()
+        threading.Thread(
+            target=lambda: (cmwq.system_unbound_wq.shutdown(wait=True), returned.set()), daemon=True
+        ).start()
+        ok = returned.wait(30)
+    finally:
+        stop.set()
+        t.join(30)
+    assert ok, "system_unbound_wq.shutdown(wait=True) did not return while other work kept arriving"
+
+
+@pytest.mark.parametrize("kwargs", [{"wait": 0}, {"wait": None}, {"cancel_futures": 1}])
+def test_shutdown_takes_any_truthy_value_as_thread_pool_executor_does(kwargs):
+    wq = cmwq.Workqueue("truthy", ordered=1)
+    wq.shutdown(**kwargs)
+    wq.shutdown()

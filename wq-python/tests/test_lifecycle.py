@@ -204,3 +204,60 @@ def test_a_forked_child_is_refused_by_the_parents_queues_and_can_use_its_own(scr
         """
     )
     check(proc, "child exited 0 parent still works 8")
+
+
+def test_a_forked_child_waits_at_exit_for_work_on_its_own_runtime(script):
+    """The exit hook of a child made by fork skips the parent's items only: work the child
+    queued on a runtime of its own runs before it exits (it was skipped, lost, and the child
+    could crash finalizing under a running item)."""
+    proc = script(
+        """
+        import os, sys, time, cmwq
+        pid = os.fork()
+        if pid == 0:
+            own = cmwq.Workqueue("own", runtime=cmwq.Runtime())
+            def item():
+                cmwq.blocking(time.sleep, 0.5)
+                print("child item ran", flush=True)
+            own.submit(item)
+            def spin():
+                end = time.monotonic() + 0.5
+                while time.monotonic() < end:
+                    pass
+            for _ in range(4):
+                own.submit(spin)
+            sys.exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child exited", os.waitstatus_to_exitcode(status), flush=True)
+        """
+    )
+    check(proc, "child item ran child exited 0")
+
+
+@pytest.mark.parametrize("call", ["wq.flush()", "wq.shutdown(wait=True)"])
+def test_a_forked_child_does_not_wait_for_the_parents_items(script, call):
+    """In a child made by fork, waiting on a parent's queue for the parent's running item would
+    wait for ever (no worker of the child runs it): flush raises, shutdown returns at once, as
+    ThreadPoolExecutor's does."""
+    proc = script(
+        f"""
+        import os, signal, threading, cmwq
+        wq = cmwq.Workqueue("forking")
+        gate, running = threading.Event(), threading.Event()
+        wq.submit(lambda: (running.set(), gate.wait()))
+        running.wait(10)
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)  # a hung child ends with SIGALRM
+            try:
+                {call}
+            except RuntimeError as err:
+                assert "fork" in str(err), err
+            print("returned", flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child exited", os.waitstatus_to_exitcode(status), flush=True)
+        gate.set()
+        """
+    )
+    check(proc, "returned child exited 0")

@@ -80,7 +80,7 @@ class Workqueue(_futures.Executor):
     """
 
     def __init__(self, name, flags=0, max_active=0, ordered=False, *, runtime=None):
-        self._attach(_cmwq._Queue(name, flags, max_active, ordered, runtime))
+        self._attach(_cmwq._Queue(name, flags, max_active, bool(ordered), runtime))
 
     @classmethod
     def _wrap(cls, native):
@@ -111,7 +111,8 @@ class Workqueue(_futures.Executor):
         process: on them, ``shutdown`` cancels and waits for the items submitted through this
         object but keeps accepting work.
         """
-        self._q.shutdown(wait, cancel_futures)
+        # Any truthy value, as ``ThreadPoolExecutor`` takes them.
+        self._q.shutdown(bool(wait), bool(cancel_futures))
 
     def flush(self):
         """Waits until every item submitted before the call has finished.

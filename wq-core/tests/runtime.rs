@@ -127,6 +127,43 @@ fn with_one_worker_per_pool_allowed_every_pool_still_gets_one() {
     }
 }
 
+/// The same with the unbound queues made only after the bound pools ran:
+/// `build` counted the default unbound pools, which exist only once a queue
+/// makes them, and the bound pools' reserves took their room meanwhile.
+#[test]
+fn reserves_leave_room_for_the_unbound_pools_no_queue_has_made_yet() {
+    let rt = Runtime::builder().cpus([0]).max_workers(4).idle_timeout(Duration::from_secs(60)).build().unwrap();
+    let normal = rt.workqueue("n").build().unwrap();
+    let high = rt.workqueue("h").flags(Flags::HIGHPRI).build().unwrap();
+    normal.submit(|| ()).unwrap().wait().unwrap();
+    high.submit(|| ()).unwrap().wait().unwrap();
+    // Time for both pools to ask for reserves.
+    thread::sleep(Duration::from_millis(200));
+    let unbound = rt.workqueue("u").flags(Flags::UNBOUND).build().unwrap();
+    let c = unbound.submit(|| 5).unwrap();
+    assert!(c.wait_timeout(Duration::from_secs(10)), "no worker for the unbound pool: {}", rt.dump());
+}
+
+/// A burst that left one pool with idle workers up to the cap does not
+/// keep another pool's first item waiting for their idle timeout: one of
+/// them leaves when the cap refuses that pool its first worker.
+#[test]
+fn idle_workers_of_one_pool_make_room_for_another_pools_first_worker() {
+    let rt = Runtime::builder().cpus([0]).max_workers(4).idle_timeout(Duration::from_secs(60)).build().unwrap();
+    let normal = rt.workqueue("n").build().unwrap();
+    let burst: Vec<_> = (0..8)
+        .map(|_| normal.submit(|| wq_core::blocking(|| thread::sleep(Duration::from_millis(100)))).unwrap())
+        .collect();
+    for c in burst {
+        c.wait().unwrap();
+    }
+    normal.flush().unwrap();
+    thread::sleep(Duration::from_millis(50));
+    let high = rt.workqueue("h").flags(Flags::HIGHPRI).build().unwrap();
+    let c = high.submit(|| 5).unwrap();
+    assert!(c.wait_timeout(Duration::from_secs(10)), "no worker for the highpri pool: {}", rt.dump());
+}
+
 #[test]
 fn dropping_a_runtime_still_runs_queued_work() {
     let ran = Arc::new(AtomicUsize::new(0));

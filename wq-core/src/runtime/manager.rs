@@ -140,7 +140,12 @@ impl Manager {
                     retries.failing.remove(&pool.id);
                     pool.creation_failing.store(false, SeqCst);
                 }
-                Err(err) => creation_failed(retries, pool, &err),
+                Err(err) => {
+                    if matches!(&err, Error::Spawn(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+                        make_room_for(&pool, all);
+                    }
+                    creation_failed(retries, pool, &err)
+                }
             }
         }
         if !retries.pools.is_empty() && retries.at.is_none() {
@@ -179,9 +184,11 @@ fn creation_failed(retries: &mut Retries, pool: Arc<Pool>, err: &Error) {
 
 /// Creates a worker if the pool still wants one. A worker no item waits
 /// for (an idle reserve) must leave the runtime's cap room for the first
-/// worker of every pool (`all`) that has none: `max_workers` may be as low
-/// as one worker per pool, and reserves taking it all left a pool whose
-/// first item came later with no worker until a reserve timed out.
+/// worker of every pool that has none: those in `all`, and the default
+/// unbound pools `build` counted that no queue has made yet
+/// (`RtCore::pools_to_come`). `max_workers` may be as low as one worker
+/// per pool, and reserves taking it all left a pool whose first item came
+/// later with no worker until a reserve timed out.
 fn maybe_create_worker(pool: &Arc<Pool>, all: &Mutex<Vec<Arc<Pool>>>) -> Result<(), Error> {
     // Counted (every pool's worker list) only for a pool that has a worker,
     // the only kind that can ask for a reserve; a pool that gained its
@@ -189,8 +196,10 @@ fn maybe_create_worker(pool: &Arc<Pool>, all: &Mutex<Vec<Arc<Pool>>>) -> Result<
     // (The bool first, on its own: a temporary guard of this pool's worker
     // list in the same statement would be held while the count locks it again.)
     let staffed = !pool.workers().is_empty();
-    let unstaffed = staffed
-        .then(|| all.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|p| p.workers().is_empty()).count());
+    let unstaffed = staffed.then(|| {
+        let listed = all.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|p| p.workers().is_empty()).count();
+        listed + pool.rt.pools_to_come.load(SeqCst)
+    });
     let cap_left = pool.rt.config.max_workers.saturating_sub(pool.rt.nr_workers.load(SeqCst));
     {
         // Decided under the pool lock, as a kick decides to ask: work that
@@ -203,6 +212,29 @@ fn maybe_create_worker(pool: &Arc<Pool>, all: &Mutex<Vec<Arc<Pool>>>) -> Result<
         }
     }
     spawn_worker(pool)
+}
+
+/// The runtime's worker cap refused `pool` a worker. If that was to be the
+/// pool's first, an idle worker of another pool that keeps one more idle
+/// leaves now (`reap_now`), so the retry finds room: otherwise a burst that
+/// left one pool with idle workers held the cap until their idle timeout
+/// (5 minutes by default) while another pool's first item waited.
+fn make_room_for(pool: &Arc<Pool>, all: &Mutex<Vec<Arc<Pool>>>) {
+    if !pool.workers().is_empty() {
+        return;
+    }
+    let pools = all.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for other in pools.iter().filter(|p| !Arc::ptr_eq(p, pool)) {
+        // The oldest idle worker: the one its own timeout would reap first.
+        let victim = {
+            let inner = other.lock();
+            (inner.idle.len() > 1).then(|| inner.idle[0].clone())
+        };
+        if let Some(w) = victim {
+            w.reap_now();
+            return;
+        }
+    }
 }
 
 /// Creates one worker thread for `pool`; it starts idle (or takes pending

@@ -62,6 +62,10 @@ pub(crate) struct RtCore {
     pub(crate) trace: Recorder,
     /// Live worker threads of all pools. Invariant: `<= config.max_workers`.
     pub(crate) nr_workers: AtomicUsize,
+    /// Default unbound pools that `build` counted against `max_workers`
+    /// and no queue has made yet (`Pools::unbound` lowers it): workerless
+    /// pools the manager must leave room for, though not in its list.
+    pub(crate) pools_to_come: AtomicUsize,
     /// Panics the monitor's thread caught and started over from (only grows).
     pub(crate) monitor_panics: AtomicU64,
     /// The nice value of the thread that built the runtime: what "nice 0"
@@ -482,9 +486,14 @@ impl RuntimeBuilder {
     /// The most worker threads the runtime may have at once (default 4096;
     /// at least one for each of the runtime's pools). A pool keeps an idle
     /// worker in reserve, for its next wake-up, only while the cap leaves
-    /// room for the first worker of every pool that has none. A queue with
-    /// attributes of its own may need a pool of its own: it is refused with
-    /// [`Error::InvalidConfig`] when the cap leaves no worker for that pool.
+    /// room for the first worker of every pool that has none, and when the
+    /// cap refuses a pool its first worker, an idle worker of another pool
+    /// (one that keeps another idle) leaves at once. Workers that are busy,
+    /// or blocked, keep their place: items that wait for other items beyond
+    /// the cap wait for ever, as with any fixed number of threads. A queue
+    /// with attributes of its own may need a pool of its own: it is refused
+    /// with [`Error::InvalidConfig`] when the cap leaves no worker for that
+    /// pool.
     pub fn max_workers(mut self, max: usize) -> Self {
         self.config.max_workers = max;
         self
@@ -594,6 +603,7 @@ impl RuntimeBuilder {
             wq_names: Mutex::new(HashMap::new()),
             trace: Recorder::default(),
             nr_workers: AtomicUsize::new(0),
+            pools_to_come: AtomicUsize::new(2 * topology.pods(crate::Scope::Cache).len()),
             monitor_panics: AtomicU64::new(0),
             base_nice: crate::sys::current_nice(),
             base_timer_slack: crate::sys::current_timer_slack(),

@@ -91,6 +91,9 @@ impl Pools {
                 attrs.cpus
             )));
         }
+        if self.counted.contains(&attrs) {
+            self.core.pools_to_come.fetch_sub(1, SeqCst);
+        }
         let pool = Pool::new(self.core.clone(), self.next_id.fetch_add(1, SeqCst), attrs);
         unbound.push(pool.clone());
         lock(&self.all).push(pool.clone());

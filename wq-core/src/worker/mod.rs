@@ -64,6 +64,10 @@ pub(crate) struct WorkerShared {
     transition: Mutex<()>,
     /// Set by whoever took the worker off the idle list to wake it.
     woken: AtomicBool,
+    /// Set by the manager to have an idle worker leave now rather than at
+    /// its idle timeout: the runtime's cap keeps another pool from its
+    /// first worker (`reap_now`).
+    reap: AtomicBool,
     thread: OnceLock<Thread>,
     pub(crate) tid: AtomicI32,
     /// Items started by this worker; the monitor uses it to tell items apart.
@@ -110,6 +114,7 @@ impl WorkerShared {
             flags: AtomicU32::new(IDLE),
             transition: Mutex::new(()),
             woken: AtomicBool::new(false),
+            reap: AtomicBool::new(false),
             thread: OnceLock::new(),
             tid: AtomicI32::new(0),
             items_started: AtomicU64::new(0),
@@ -243,6 +248,13 @@ impl WorkerShared {
         if let Some(t) = self.thread.get() {
             t.unpark();
         }
+    }
+
+    /// Asks the idle worker to leave now, as at its idle timeout (if its
+    /// pool keeps another idle worker then).
+    pub(crate) fn reap_now(&self) {
+        self.reap.store(true, SeqCst);
+        self.unpark();
     }
 }
 
@@ -506,6 +518,9 @@ fn idle_wait<'a>(
     meter: &mut CpuMeter,
 ) -> Option<MutexGuard<'a, PoolInner>> {
     me.woken.store(false, SeqCst);
+    // A request to leave made while it was at work is stale: the manager
+    // asks again if it still needs the room.
+    me.reap.store(false, SeqCst);
     // This worker no longer counts in `nr_running`.
     let quiet = pool.nr_running() <= 0 && inner.worklist.is_empty();
     inner.idle.push(me.clone());
@@ -533,7 +548,8 @@ fn idle_wait<'a>(
             pool.add_waking(&mut inner, -1);
             return Some(inner);
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        let reap = me.reap.swap(false, SeqCst);
+        if reap || deadline.is_some_and(|d| Instant::now() >= d) {
             if inner.idle.len() > 1 {
                 inner.idle.retain(|w| !Arc::ptr_eq(w, me));
                 pool.remove_worker(me);
@@ -541,6 +557,11 @@ fn idle_wait<'a>(
                 pool.rt.nr_workers.fetch_sub(1, SeqCst);
                 emit_quietly(|| tracing::debug!(target: "wq", worker = %me.name, "idle worker reaped"));
                 return None;
+            }
+            if reap {
+                // The pool's last idle worker stays, whatever the manager wanted.
+                drop(inner);
+                continue;
             }
             // The pool's last idle worker, idle for the whole timeout: if
             // no other worker is at work either, the pool gives back what a

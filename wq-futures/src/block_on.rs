@@ -29,7 +29,12 @@ impl Wake for Parker {
 ///
 /// On a workqueue worker the waits are wrapped in [`wq_core::blocking`], so
 /// the pool knows the worker sleeps and lets another worker run its other
-/// items meanwhile (the waited-for task may well be one of them).
+/// items meanwhile (the waited-for task may well be one of them). That
+/// does not lift a queue's own limit: inside an item of an ordered queue,
+/// or one with `max_active` 1, waiting for a later item of the same queue
+/// waits for ever, as the blocked item holds the only active slot (as
+/// `Workqueue::flush` would, which refuses; `block_on` cannot know what the
+/// future waits for).
 ///
 /// ```
 /// use wq_futures::{block_on, WorkqueueExt};

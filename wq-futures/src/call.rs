@@ -36,7 +36,7 @@ use std::task::{Context, Poll};
 use futures::task::AtomicWaker;
 use wq_core::{recycle, SharedItem, Workqueue};
 
-use crate::task::{Abort, JoinError, JoinHandle};
+use crate::task::{Abort, Id, JoinError, JoinHandle};
 
 /// Queued; `abort` may still win.
 const QUEUED: u8 = 0;
@@ -150,16 +150,16 @@ where
 
 impl<T> CallState<T> {
     /// The handle's poll: the result once the call is done or cancelled.
-    pub(crate) fn poll_result(&self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
+    pub(crate) fn poll_result(&self, cx: &mut Context<'_>, id: Id) -> Poll<Result<T, JoinError>> {
         // Register first: see "States" in the module docs.
         self.waker.register(cx.waker());
         match self.state.load(Ordering::Acquire) {
             DONE => {
                 let result = self.result.lock().unwrap_or_else(|e| e.into_inner()).take();
                 let result = result.expect("a call's result is taken once: the handle returns Ready once");
-                Poll::Ready(result.map_err(JoinError::panic))
+                Poll::Ready(result.map_err(|payload| JoinError::panic(payload, id)))
             }
-            CANCELLED => Poll::Ready(Err(JoinError::cancelled())),
+            CANCELLED => Poll::Ready(Err(JoinError::cancelled(id))),
             _ => Poll::Pending,
         }
     }

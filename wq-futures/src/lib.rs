@@ -65,5 +65,5 @@ mod unblock;
 
 pub use crate::block_on::block_on;
 pub use crate::executor::{spawn, Executor, WorkqueueExt};
-pub use crate::task::{AbortHandle, JoinError, JoinHandle};
+pub use crate::task::{AbortHandle, Id, JoinError, JoinHandle};
 pub use crate::unblock::{unblock, unblock_on, Unblock};

@@ -13,9 +13,10 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::num::NonZeroU64;
+use std::panic::{catch_unwind, AssertUnwindSafe, RefUnwindSafe, UnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -240,7 +241,7 @@ where
         let _ = queue_poll(&sched_wq, runnable);
     };
     let (runnable, task) = async_task::spawn(guarded, schedule);
-    let handle = JoinHandle { awaits: Awaits::Task { task: Some(task.fallible()), shared } };
+    let handle = JoinHandle { awaits: Awaits::Task { task: Some(task.fallible()), shared }, id: Id::next() };
     (runnable, handle)
 }
 
@@ -268,6 +269,24 @@ where
     handle
 }
 
+/// An opaque id of a task or blocking closure, unique in the process.
+/// Mirrors `tokio::task::Id`: compare, hash and print it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(NonZeroU64);
+
+impl Id {
+    fn next() -> Id {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Id(NonZeroU64::new(NEXT.fetch_add(1, Ordering::Relaxed)).expect("2^64 tasks"))
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// An owned permission to await a task spawned on a workqueue, or a
 /// blocking closure sent to one.
 ///
@@ -290,7 +309,13 @@ where
 /// finishes, as in tokio.
 pub struct JoinHandle<T> {
     awaits: Awaits<T>,
+    id: Id,
 }
+
+// As tokio's: the handle gives out the output or the panic payload, never
+// a reference into a state that a panic could leave half-changed.
+impl<T> UnwindSafe for JoinHandle<T> {}
+impl<T> RefUnwindSafe for JoinHandle<T> {}
 
 /// What a handle awaits.
 enum Awaits<T> {
@@ -302,7 +327,7 @@ enum Awaits<T> {
 
 impl<T> JoinHandle<T> {
     pub(crate) fn from_call(call: Arc<dyn CallHandle<T>>) -> JoinHandle<T> {
-        JoinHandle { awaits: Awaits::Call(Some(call)) }
+        JoinHandle { awaits: Awaits::Call(Some(call)), id: Id::next() }
     }
 
     /// Asks the task to stop.
@@ -333,15 +358,21 @@ impl<T> JoinHandle<T> {
         }
     }
 
+    /// The task's id, which its [`AbortHandle`]s and [`JoinError`] share.
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
     /// A handle that can abort the task without owning its output.
     pub fn abort_handle(&self) -> AbortHandle {
+        let id = self.id;
         match &self.awaits {
             Awaits::Task { shared, .. } => {
                 shared.add_handle();
-                AbortHandle { target: Arc::clone(shared) as Arc<dyn Abort> }
+                AbortHandle { target: Arc::clone(shared) as Arc<dyn Abort>, id }
             }
-            Awaits::Call(Some(call)) => AbortHandle { target: Arc::clone(call) as Arc<dyn Abort> },
-            Awaits::Call(None) => AbortHandle { target: Arc::new(Finished) },
+            Awaits::Call(Some(call)) => AbortHandle { target: Arc::clone(call) as Arc<dyn Abort>, id },
+            Awaits::Call(None) => AbortHandle { target: Arc::new(Finished), id },
         }
     }
 }
@@ -361,6 +392,7 @@ impl<T> Future for JoinHandle<T> {
     type Output = Result<T, JoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let id = self.id;
         match &mut self.awaits {
             Awaits::Task { task, .. } => {
                 let running = task.as_mut().expect("JoinHandle polled after it returned its result");
@@ -371,13 +403,13 @@ impl<T> Future for JoinHandle<T> {
                 *task = None;
                 Poll::Ready(match outcome.map(Quiet::take) {
                     Some(Outcome::Done(value)) => Ok(value),
-                    Some(Outcome::Panicked(payload)) => Err(JoinError::panic(payload)),
-                    Some(Outcome::Aborted) | None => Err(JoinError::cancelled()),
+                    Some(Outcome::Panicked(payload)) => Err(JoinError::panic(payload, id)),
+                    Some(Outcome::Aborted) | None => Err(JoinError::cancelled(id)),
                 })
             }
             Awaits::Call(slot) => {
                 let call = slot.as_ref().expect("JoinHandle polled after it returned its result");
-                let result = std::task::ready!(call.shared().poll_result(cx));
+                let result = std::task::ready!(call.shared().poll_result(cx, id));
                 *slot = None;
                 Poll::Ready(result)
             }
@@ -407,12 +439,16 @@ impl<T> fmt::Debug for JoinHandle<T> {
 /// Mirrors `tokio::task::AbortHandle`.
 pub struct AbortHandle {
     target: Arc<dyn Abort>,
+    id: Id,
 }
+
+impl UnwindSafe for AbortHandle {}
+impl RefUnwindSafe for AbortHandle {}
 
 impl Clone for AbortHandle {
     fn clone(&self) -> AbortHandle {
         self.target.add_handle();
-        AbortHandle { target: Arc::clone(&self.target) }
+        AbortHandle { target: Arc::clone(&self.target), id: self.id }
     }
 }
 
@@ -423,6 +459,11 @@ impl Drop for AbortHandle {
 }
 
 impl AbortHandle {
+    /// The id of the task it aborts.
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
     /// Same as [`JoinHandle::abort`].
     pub fn abort(&self) {
         self.target.abort();
@@ -452,15 +493,21 @@ enum Repr {
 /// Mirrors `tokio::task::JoinError`.
 pub struct JoinError {
     repr: Repr,
+    id: Id,
 }
 
 impl JoinError {
-    pub(crate) fn cancelled() -> Self {
-        JoinError { repr: Repr::Cancelled }
+    pub(crate) fn cancelled(id: Id) -> Self {
+        JoinError { repr: Repr::Cancelled, id }
     }
 
-    pub(crate) fn panic(payload: Box<dyn Any + Send + 'static>) -> Self {
-        JoinError { repr: Repr::Panic(Mutex::new(payload)) }
+    pub(crate) fn panic(payload: Box<dyn Any + Send + 'static>, id: Id) -> Self {
+        JoinError { repr: Repr::Panic(Mutex::new(payload)), id }
+    }
+
+    /// The id of the task that failed.
+    pub fn id(&self) -> Id {
+        self.id
     }
 
     /// The task was aborted, or its queue refused to run it.

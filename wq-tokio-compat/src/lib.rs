@@ -61,4 +61,4 @@ pub use crate::blocking::{
     ShutdownTimedOut, BLOCKING_QUEUE_NAME,
 };
 pub use crate::spawn_on::{spawn_on, spawn_on_handle, SpawnOnError};
-pub use wq_futures::{AbortHandle, JoinError, JoinHandle};
+pub use wq_futures::{AbortHandle, Id, JoinError, JoinHandle};

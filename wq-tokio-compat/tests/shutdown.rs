@@ -123,3 +123,17 @@ fn shutdown_timeout_from_an_own_item_is_refused_and_a_second_one_is_immediate() 
     assert!(matches!(shutdown_timeout(&wq, Duration::from_secs(30)), Ok(Ok(()))));
     assert!(matches!(shutdown_timeout(&wq, Duration::from_secs(30)), Ok(Ok(()))), "already shut down");
 }
+
+/// A queue with nothing to run shuts down in time whatever the timeout,
+/// even a zero one (the helper thread that waits for `destroy` had not
+/// started, and "still had blocking work" was reported); so does one
+/// already shut down.
+#[test]
+fn an_idle_or_shut_down_queue_shuts_down_in_time_even_with_a_zero_timeout() {
+    for i in 0..20 {
+        let wq = Workqueue::builder(&format!("t_tc_idle{i}")).build().unwrap();
+        assert!(matches!(shutdown_timeout(&wq, Duration::ZERO), Ok(Ok(()))), "idle queue {i}");
+        assert!(wq.is_destroyed());
+        assert!(matches!(shutdown_timeout(&wq, Duration::ZERO), Ok(Ok(()))), "shut down queue {i}");
+    }
+}

@@ -35,6 +35,16 @@ pub fn program() -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
             Err(e) => return Err(e.into()),
         }
 
+        // Ids: the handle's, its abort handle's and its error's are one; a
+        // handle can cross `catch_unwind`.
+        let failing = spawn_blocking(|| panic!("expected"));
+        let (id, abort_id) = (failing.id(), failing.abort_handle().id());
+        let moved = std::panic::catch_unwind(move || failing).map_err(|_| "catch_unwind")?;
+        let err = moved.await.unwrap_err();
+        if id == abort_id && err.id() == id && id != spawn_blocking(|| ()).id() {
+            checks += 1;
+        }
+
         let handle = spawn_blocking(|| 7);
         while !handle.is_finished() {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;

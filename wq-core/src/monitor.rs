@@ -414,9 +414,9 @@ fn check_worker(pool: &Arc<Pool>, w: &WorkerShared, hog_threshold: Duration, hog
             // must not wait behind it where the worklist's would not.
             reclaim_stash(pool, w);
         }
-        ThreadState::Running if flags & SLEEPING != 0 => {
-            // The kernel's wq_worker_running().
-            w.clr_flags(pool, SLEEPING);
+        // The kernel's wq_worker_running(). The item's end may have cleared
+        // the flag first, and recorded the wake itself.
+        ThreadState::Running if flags & SLEEPING != 0 && w.take_flags(pool, SLEEPING) & SLEEPING != 0 => {
             w.trace(pool, TraceKind::Wake);
         }
         _ => {}

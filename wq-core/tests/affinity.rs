@@ -417,3 +417,19 @@ fn an_entry_parked_for_the_queue_wide_limit_runs_after_its_queue_is_dropped() {
         "an item queued before its queue was dropped never ran: the slot freed in another pod never reached it"
     );
 }
+
+/// A queue's `total` never goes back: after `apply_attrs`, the counts of
+/// a drained, replaced pwq move to the queue's retired counts, and a
+/// reading in between counted them in neither (it read 0, then 5).
+#[test]
+fn stats_total_does_not_go_back_after_apply_attrs() {
+    let rt = Runtime::builder().cpus([0]).publish(false).build().unwrap();
+    let wq = rt.workqueue("u").flags(Flags::UNBOUND).build().unwrap();
+    for _ in 0..5 {
+        wq.submit(|| ()).unwrap().wait().unwrap();
+    }
+    wq.flush().unwrap();
+    assert_eq!(wq.stats().total, 5);
+    wq.apply_attrs(Attrs { nice: 0, ..Attrs::default() }).unwrap();
+    assert_eq!((wq.stats().total, wq.stats().total), (5, 5));
+}

@@ -60,3 +60,68 @@ fn trace_has_one_begin_end_pair_per_item_on_worker_tracks() {
     q.flush().unwrap();
     assert!(rt.stop_trace().events.is_empty());
 }
+
+/// A sleep the detector saw has its wake on the timeline, even when the
+/// item ends before the monitor sees it run again (the item's end cleared
+/// the sleep and recorded nothing: 3 sleeps, 0 wakes).
+#[test]
+fn every_detected_sleep_has_its_wake() {
+    use std::time::Duration;
+    use wq_core::TraceKind;
+    let _cpu0 = common::cpu0();
+    let rt = warmed_up(Runtime::builder().cpus([0]).detector(Detector::Procfs).publish(false).build().unwrap());
+    let wq = rt.workqueue("sleepy").build().unwrap();
+    rt.start_trace();
+    for _ in 0..3 {
+        let sleeper = wq.submit(|| std::thread::sleep(Duration::from_millis(200))).unwrap();
+        let behind = wq.submit(|| ()).unwrap();
+        sleeper.wait().unwrap();
+        behind.wait().unwrap();
+    }
+    // A result is out before its item's end is recorded.
+    wq.flush().unwrap();
+    let trace = rt.stop_trace();
+    let count = |k: TraceKind| trace.events.iter().filter(|e| e.kind == k).count();
+    assert!(count(TraceKind::Sleep) >= 3, "{:?}", trace.events);
+    assert_eq!(count(TraceKind::Sleep), count(TraceKind::Wake), "a sleep without its wake: {:?}", trace.events);
+}
+
+/// An item's queueing is recorded before any worker can start it (it was
+/// recorded after the push, and a busy worker's start could come first).
+#[test]
+fn an_items_queueing_comes_before_its_start() {
+    use std::sync::{mpsc, Arc};
+    use wq_core::{TraceKind, Work};
+    let _cpu0 = common::cpu0();
+    let rt = warmed_up(Runtime::builder().cpus([0]).publish(false).build().unwrap());
+    let wq = rt.workqueue("t").build().unwrap();
+    let b = Arc::new(Work::new(|| ()));
+    let mut bad = 0;
+    for _ in 0..300 {
+        rt.start_trace();
+        let b2 = b.clone();
+        let (tx, rx) = mpsc::channel();
+        // A worker busy until B is pending takes B from the inbox at once.
+        wq.execute(move || {
+            tx.send(()).unwrap();
+            while !b2.is_pending() {
+                std::hint::spin_loop();
+            }
+        })
+        .unwrap();
+        rx.recv().unwrap();
+        assert!(wq.queue_on(0, &b).unwrap());
+        wq.flush().unwrap();
+        let kinds: Vec<TraceKind> = rt
+            .stop_trace()
+            .events
+            .iter()
+            .map(|e| e.kind)
+            .filter(|k| matches!(k, TraceKind::Queue | TraceKind::Start))
+            .collect();
+        if kinds != [TraceKind::Queue, TraceKind::Start, TraceKind::Queue, TraceKind::Start] {
+            bad += 1;
+        }
+    }
+    assert_eq!(bad, 0, "{bad} of 300 rounds recorded an item's start before its queueing");
+}

@@ -221,13 +221,19 @@ impl WorkerShared {
 
     /// Clears `f`; returns true if the worker counts as running again.
     pub(crate) fn clr_flags(&self, pool: &Pool, f: u32) -> bool {
+        let old = self.take_flags(pool, f);
+        old & NOT_RUNNING != 0 && old & !f & NOT_RUNNING == 0
+    }
+
+    /// `clr_flags`, giving the flags as they were: whoever clears a flag
+    /// (a sleep's end, say) is the one who finds it set.
+    pub(crate) fn take_flags(&self, pool: &Pool, f: u32) -> u32 {
         let _transition = self.transition.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.flags.fetch_and(!f, SeqCst);
         if old & NOT_RUNNING != 0 && old & !f & NOT_RUNNING == 0 {
             pool.nr_running.fetch_add(1, SeqCst);
-            return true;
         }
-        false
+        old
     }
 
     /// Records `kind` on this worker's track if the runtime is recording.
@@ -782,10 +788,12 @@ fn execute(
     me.trace(pool, TraceKind::Start);
     let outcome = f();
     emit_quietly(|| tracing::trace!(target: "wq", wq = wq_id, worker = %me.name, "execute_end"));
-    me.trace(pool, TraceKind::End);
-    if me.flags() & (CPU_INTENSIVE | SLEEPING) != 0 {
-        me.clr_flags(pool, CPU_INTENSIVE | SLEEPING);
+    // A sleep the detector saw ends with the item at the latest: its wake
+    // goes on the timeline unless the monitor recorded it first.
+    if me.flags() & (CPU_INTENSIVE | SLEEPING) != 0 && me.take_flags(pool, CPU_INTENSIVE | SLEEPING) & SLEEPING != 0 {
+        me.trace(pool, TraceKind::Wake);
     }
+    me.trace(pool, TraceKind::End);
     me.current_wq.store(0, Relaxed);
     let current = CURRENT.with(|c| c.borrow_mut().take()).expect("current item vanished");
     let cpu_time = meter.item_end(start, current.link, Arc::ptr_eq(&current.link.pool, pool));

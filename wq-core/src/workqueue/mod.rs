@@ -545,9 +545,9 @@ impl Workqueue {
             refused: c.refused.load(Relaxed),
             ..WorkqueueStats::default()
         };
-        let retired = *self.shared.core.retired_stats.lock().unwrap_or_else(|e| e.into_inner());
+        let (links, retired) = self.links_and_retired();
         (s.total, s.cpu_time, s.panics) = retired;
-        for link in self.links() {
+        for link in links {
             let (total, in_flight, cpu_time, panics) = link.pool.pwq_stats(link.slot);
             s.total += total;
             s.in_flight += in_flight as u64;
@@ -652,6 +652,7 @@ impl Workqueue {
                 return Err(err);
             }
             let Some(job) = make() else { return Ok(false) };
+            self.trace_queue(pool);
             pool.queue_locked(inner, Entry { pwq: PwqRef::new(link.link()), color: 0, job });
         } else {
             let mut make = Some(make);
@@ -661,7 +662,11 @@ impl Workqueue {
                     return Err(err);
                 }
                 let make = make.take().expect("called once");
-                Ok(make().map(|job| Entry { pwq, color: 0, job }))
+                let entry = make().map(|job| Entry { pwq, color: 0, job });
+                if entry.is_some() {
+                    self.trace_queue(pool);
+                }
+                Ok(entry)
             });
             // A refused `make` (and whatever it captured) is dropped here,
             // with the inbox unlocked.
@@ -672,11 +677,16 @@ impl Workqueue {
                 Some(false) => {}
             }
         }
+        Ok(true)
+    }
+
+    /// Records the queueing on the timeline, before a worker can see the
+    /// entry (under the lock it takes the entry with), so its start comes after.
+    fn trace_queue(&self, pool: &Pool) {
         let trace = &pool.rt.trace;
         if trace.on() {
             trace.record(TraceKind::Queue, crate::sys::gettid(), None, Some(self.name()));
         }
-        Ok(true)
     }
 
     /// Why queueing is refused, counted as a refusal.
@@ -689,11 +699,20 @@ impl Workqueue {
     /// Every pwq that may have work of this queue: the current ones and
     /// those `apply_attrs` replaced (dropped once drained, their stats kept).
     pub(crate) fn links(&self) -> Vec<Arc<PwqHandle>> {
+        self.links_and_retired().0
+    }
+
+    /// `links`, and the counts of the replaced pwqs dropped so far, read
+    /// under the lock that moves a drained pwq's counts into
+    /// `retired_stats`: read apart, a pwq dropped in between was counted in
+    /// neither, and `stats().total` went backwards.
+    fn links_and_retired(&self) -> (Vec<Arc<PwqHandle>>, (u64, Duration, u64)) {
         let mut old = self.shared.old.lock().unwrap_or_else(|e| e.into_inner());
         self.drop_drained(&mut old);
+        let retired = *self.shared.core.retired_stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut links = self.shared.set().links.clone();
         links.extend(old.iter().cloned());
-        links
+        (links, retired)
     }
 
     /// Drops the handles of replaced pwqs with nothing in flight, keeping

@@ -22,6 +22,13 @@ pub enum Error {
         /// The name given.
         name: String,
     },
+    /// A workqueue name contained another control character (a newline,
+    /// an escape): names are printed in dumps, tables and logs, where one
+    /// would forge rows or drive the terminal.
+    NameHasControl {
+        /// The name given.
+        name: String,
+    },
     /// Flag bits that name no [`Flags`](crate::Flags) value.
     UnknownFlags {
         /// The unknown bits.
@@ -91,6 +98,7 @@ impl fmt::Display for Error {
                 write!(f, "workqueue name is {len} bytes long; the limit is {}", crate::MAX_NAME_LEN)
             }
             Error::NameHasNul { name } => write!(f, "workqueue name {name:?} contains a NUL byte"),
+            Error::NameHasControl { name } => write!(f, "workqueue name {name:?} contains a control character"),
             Error::UnknownFlags { bits } => write!(f, "unknown workqueue flag bits {bits:#x}"),
             Error::MaxActiveTooLarge { requested } => {
                 write!(f, "max_active {requested} is above the limit of {}", crate::MAX_ACTIVE_LIMIT)

@@ -81,12 +81,18 @@ impl PublishedFile {
     }
 
     /// Every snapshot file in [`PublishedFile::dirs`], ordered by pid then
-    /// runtime id. Missing or unreadable directories count as empty; a
-    /// listed file may still belong to a process that has exited (see
-    /// [`Snapshot::is_from_live_process`]).
+    /// runtime id. Missing or unreadable directories count as empty, and so
+    /// does one that is not a directory of ours (a symlink, or another
+    /// user's: in a shared temp dir anyone can make `cmwq-<our uid>`, and a
+    /// tool deleting stale files there would delete files of their
+    /// choosing); a listed file may still belong to a process that has
+    /// exited (see [`Snapshot::is_from_live_process`]).
     pub fn list() -> Vec<PublishedFile> {
         let mut found = Vec::new();
         for dir in PublishedFile::dirs() {
+            if !is_our_dir(&dir) {
+                continue;
+            }
             let Ok(entries) = fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
                 let name = entry.file_name();
@@ -260,6 +266,12 @@ fn sweep(dir: &Path) {
             }
         }
     }
+}
+
+/// Whether `dir` itself (not a symlink to one) is a directory owned by us:
+/// what `ensure_dir` makes sure of before publishing there.
+fn is_our_dir(dir: &Path) -> bool {
+    fs::symlink_metadata(dir).is_ok_and(|meta| meta.is_dir() && meta.uid() == euid())
 }
 
 /// Creates `dir` (mode 0700) if needed, and refuses one that is not a

@@ -53,6 +53,10 @@ fn workqueue_names_are_checked() {
     refused!(rt.workqueue(&"é".repeat(33)).build(), Error::NameTooLong { len: 66 }, "66");
     assert!(rt.workqueue(&"q".repeat(64)).build().is_ok(), "a 64-byte name is allowed");
     refused!(rt.workqueue("bad\0name").build(), Error::NameHasNul { .. }, "NUL", "bad\\0name");
+    // A newline forged a row of `wq monitor`'s table; an escape sequence
+    // reached the terminal.
+    refused!(rt.workqueue("real\nfake-q 123").build(), Error::NameHasControl { .. }, "control", "real\\nfake-q");
+    refused!(rt.workqueue("\u{1b}[2J").build(), Error::NameHasControl { .. }, "control");
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub(crate) fn to_py(err: wq_core::Error) -> PyErr {
         E::EmptyName
         | E::NameTooLong { .. }
         | E::NameHasNul { .. }
+        | E::NameHasControl { .. }
         | E::UnknownFlags { .. }
         | E::MaxActiveTooLarge { .. }
         | E::ConflictingFlags(_)

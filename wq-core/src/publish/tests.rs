@@ -332,3 +332,23 @@ fn dropping_the_handle_stops_a_live_publisher() {
     let b = start_in(&rt, &dir.0).unwrap();
     assert_ne!(a.path(), b.path());
 }
+
+/// Only a real directory of ours is listed: in a shared temp dir another
+/// user can plant `cmwq-<our uid>` as a symlink to a directory of their
+/// choosing, where a tool deleting stale files would delete ours.
+#[test]
+fn a_symlinked_or_foreign_directory_is_not_ours() {
+    let dir = TestDir::new("ours");
+    assert!(is_our_dir(&dir.0));
+    let link = dir.0.with_extension("link");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&dir.0, &link).unwrap();
+    assert!(!is_our_dir(&link), "a symlink to our directory");
+    fs::remove_file(&link).unwrap();
+    assert!(!is_our_dir(&dir.0.join("missing")));
+    if euid() == 0 {
+        let theirs = TestDir::new("theirs");
+        std::os::unix::fs::chown(&theirs.0, Some(65534), Some(65534)).unwrap();
+        assert!(!is_our_dir(&theirs.0), "another user's directory");
+    }
+}

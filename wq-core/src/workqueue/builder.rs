@@ -61,7 +61,8 @@ impl WorkqueueBuilder {
     /// Creates the queue.
     ///
     /// # Errors
-    /// [`Error::EmptyName`], [`Error::NameTooLong`], [`Error::NameHasNul`], [`Error::UnknownFlags`],
+    /// [`Error::EmptyName`], [`Error::NameTooLong`], [`Error::NameHasNul`], [`Error::NameHasControl`],
+    /// [`Error::UnknownFlags`],
     /// [`Error::MaxActiveTooLarge`], [`Error::ConflictingFlags`] (ordered
     /// with `max_active` above 1, or with `CPU_INTENSIVE`),
     /// [`Error::InvalidConfig`] for attributes that need a pool the
@@ -78,6 +79,9 @@ impl WorkqueueBuilder {
         }
         if self.name.contains('\0') {
             return Err(Error::NameHasNul { name: self.name });
+        }
+        if self.name.chars().any(char::is_control) {
+            return Err(Error::NameHasControl { name: self.name });
         }
         let unknown = self.flags.bits() & !Flags::all().bits();
         if unknown != 0 {

@@ -247,3 +247,79 @@ fn after_the_runtime_is_dropped_an_item_blocking_on_a_later_one_is_not_left_wait
     assert!(b.wait_timeout(PATIENCE), "B never ran while A blocked waiting for it");
     assert!(a.wait().unwrap(), "A got B's signal");
 }
+
+/// Dropping the runtime does not run a busy unbound pool's waiting item on
+/// the dropping thread: a dying pool with a worker at work is not orphaned,
+/// though an unbound pool wants more than one running (the drop ran it,
+/// taking as long as the item, when no worker could be made).
+#[test]
+fn dropping_the_runtime_leaves_a_busy_unbound_pools_items_to_its_worker() {
+    use std::sync::atomic::AtomicBool;
+    let spawns = Arc::new(AtomicUsize::new(0));
+    let s = spawns.clone();
+    let rt = Runtime::builder()
+        .cpus([0])
+        .publish(false)
+        .detector(wq_core::Detector::ExplicitOnly)
+        .spawn_hook(move || {
+            if s.fetch_add(1, SeqCst) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::from_raw_os_error(libc::EAGAIN))
+            }
+        })
+        .build()
+        .unwrap();
+    let q = rt.workqueue("u").flags(Flags::UNBOUND).build().unwrap();
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let a = q
+        .submit(move || {
+            started_tx.send(()).unwrap();
+            thread::sleep(Duration::from_millis(300));
+        })
+        .unwrap();
+    started_rx.recv_timeout(PATIENCE).unwrap();
+    let released = Arc::new(AtomicBool::new(false));
+    let r = released.clone();
+    let b = q
+        .submit(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while !r.load(SeqCst) && std::time::Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            (thread::current().id(), r.load(SeqCst))
+        })
+        .unwrap();
+    thread::sleep(Duration::from_millis(50));
+    drop((q, rt));
+    released.store(true, SeqCst);
+    a.wait().unwrap();
+    let (ran_on, saw_release) = b.wait().unwrap();
+    assert!(ran_on != thread::current().id() && saw_release, "B ran on the dropping thread, inside drop");
+}
+
+/// A `MEM_RECLAIM` queue dropped without ever being used leaves no rescuer
+/// thread: its pwqs are freed at once, not when their pools are next
+/// locked (a CPU's pool the queue never used never is).
+#[test]
+fn an_unused_mem_reclaim_queue_dropped_leaves_no_rescuer_thread() {
+    let rt = one_cpu();
+    let q = rt.workqueue("unusedr").flags(Flags::MEM_RECLAIM).build().unwrap();
+    let names = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+            .any(|n| n.starts_with("wq/r:unusedr"))
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !names() {
+        assert!(std::time::Instant::now() < deadline, "the rescuer never started");
+        thread::sleep(Duration::from_millis(5));
+    }
+    drop(q);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while names() {
+        assert!(std::time::Instant::now() < deadline, "the rescuer of a dropped, unused queue is still there");
+        thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -143,12 +143,18 @@ impl fmt::Display for ShutdownTimedOut {
 
 impl std::error::Error for ShutdownTimedOut {}
 
+/// How much longer than its timeout `shutdown_timeout` waits for a queue
+/// with nothing in flight when the time runs out: the helper thread's
+/// start, not any work.
+const IDLE_GRACE: Duration = Duration::from_millis(200);
+
 /// Shuts a queue down like tokio's `Runtime::shutdown_timeout` does its
 /// blocking pool: no new closure is accepted, the queued and running ones
 /// run to the end, and the caller waits for them for at most `timeout`.
 ///
 /// Returns `Ok(Ok(()))` when everything finished in time (at once for a
-/// queue already shut down), `Ok(Err(_))` when the time ran out (the
+/// queue already shut down; a queue with nothing in flight when the time
+/// runs out gets up to 200 ms more, for the waiting thread to start), `Ok(Err(_))` when the time ran out (the
 /// remaining closures still run to the end on their workers, as tokio
 /// leaves its blocking threads running), and `Err(_)` when the queue cannot
 /// be shut down: the call comes from one of the queue's own items
@@ -183,10 +189,10 @@ pub fn shutdown_timeout(wq: &Workqueue, timeout: Duration) -> Result<Result<(), 
     match rx.recv_timeout(timeout) {
         Ok(result) => result.map(Ok),
         // Nothing left to run: the helper's `destroy` ends as soon as it has
-        // run (a timeout shorter than a thread's start is no "blocking work").
-        // Draining, the queue takes no new work but its own items' chaining,
-        // and it has no item left to chain.
-        Err(_) if wq.stats().in_flight == 0 => match rx.recv() {
+        // run (a timeout shorter than a thread's start is no "blocking
+        // work"). Waited for a short grace only: work queued before the
+        // helper raised `draining` would be waited for.
+        Err(_) if wq.stats().in_flight == 0 => match rx.recv_timeout(IDLE_GRACE) {
             Ok(result) => result.map(Ok),
             Err(_) => Ok(Err(ShutdownTimedOut { queue: wq.name().to_owned(), timeout })),
         },

@@ -137,3 +137,34 @@ fn an_idle_or_shut_down_queue_shuts_down_in_time_even_with_a_zero_timeout() {
         assert!(matches!(shutdown_timeout(&wq, Duration::ZERO), Ok(Ok(()))), "shut down queue {i}");
     }
 }
+
+/// With nothing in flight when the time runs out, `shutdown_timeout` waits
+/// only a short grace for the helper: an item queued before the helper
+/// raised `draining` is not waited for past it (it waited 1.5 s for one).
+#[test]
+fn shutdown_timeout_keeps_its_timeout_when_work_arrives_just_after_the_idle_check() {
+    use std::sync::Barrier;
+    use std::time::Instant;
+    let rt = wq_core::Runtime::builder().cpus([0]).publish(false).build().unwrap();
+    for round in 0..40u64 {
+        let wq = rt.workqueue("q").build().unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let (b, q) = (barrier.clone(), wq.clone());
+        let delay = Duration::from_micros(round * 37 % 400);
+        let producer = std::thread::spawn(move || {
+            b.wait();
+            let t = Instant::now();
+            while t.elapsed() < delay {
+                std::hint::spin_loop();
+            }
+            q.execute(|| std::thread::sleep(Duration::from_millis(1500))).is_ok()
+        });
+        barrier.wait();
+        let t0 = Instant::now();
+        let r = shutdown_timeout(&wq, Duration::ZERO);
+        let took = t0.elapsed();
+        producer.join().unwrap();
+        assert!(took < Duration::from_millis(1000), "round {round}: {r:?} after {took:?}");
+        let _ = wq.destroy();
+    }
+}

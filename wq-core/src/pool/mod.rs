@@ -546,6 +546,18 @@ impl Pool {
     fn release_pwq(&self, slot: usize) {
         self.released.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
         self.has_released.store(true, SeqCst);
+        // Freed at once if the pool lock is free: a pool nobody locks again
+        // (a CPU a bound queue never used) would otherwise keep the pwq, and
+        // what it holds (a rescuer thread), for the runtime's life. Held by
+        // this thread or another, its holder's next `admit` frees it.
+        let inner = match self.inner.try_lock() {
+            Ok(inner) => Some(inner),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if let Some(mut inner) = inner {
+            self.admit(&mut inner);
+        }
     }
 
     /// Frees the slots of released pwqs with nothing in flight; marks the

@@ -74,9 +74,14 @@ impl Pool {
     /// worker's creation fails), and while every worker left sleeps or
     /// blocks (an item waiting for one queued after it).
     pub(crate) fn is_orphaned(&self, inner: &PoolInner) -> bool {
+        // Not `need_more_worker`: an unbound pool wants more than one
+        // running, but a dying pool with one at work is not orphaned (it
+        // keeps working until the worklist is empty).
         inner.dying
             && !inner.draining_orphans
-            && self.need_more_worker(inner)
+            && !inner.worklist.is_empty()
+            && self.nr_running() <= 0
+            && inner.nr_waking == 0
             && inner.idle.is_empty()
             && inner.nr_starting == 0
     }

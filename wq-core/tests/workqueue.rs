@@ -394,6 +394,25 @@ fn a_sleeping_item_is_charged_its_cpu_time_not_its_wall_time() {
     );
 }
 
+/// The same for a new worker's first item (it had no reading either:
+/// the tour's first sleeping item read 40 ms for 20 ms of CPU).
+#[test]
+fn a_new_workers_first_sleeping_item_is_charged_its_cpu_time() {
+    let rt = Runtime::builder().cpus([0]).build().unwrap();
+    let wq = rt.workqueue("first").build().unwrap();
+    let item = wq.submit(|| {
+        common::burn(Duration::from_millis(20));
+        thread::sleep(Duration::from_millis(100));
+    });
+    item.unwrap().wait().unwrap();
+    wq.flush().unwrap();
+    let used = wq.stats().cpu_time;
+    assert!(
+        (Duration::from_millis(20)..Duration::from_millis(70)).contains(&used),
+        "a new worker's first item, 20 ms burned and 100 ms asleep, was charged {used:?}"
+    );
+}
+
 #[test]
 fn highpri_workers_run_at_the_priority_the_os_granted() {
     let rt = Runtime::builder().cpus([0]).build().unwrap();

@@ -39,10 +39,9 @@ pub(super) struct CpuMeter {
     /// item of a busy period (reading it at every wake-up would put a
     /// system call on the wake path) unless the worker parked before it.
     checkpoint: Option<Duration>,
-    /// Thread CPU time when the worker last parked (`parking`): a parked
-    /// thread uses none, so it stands for the next busy period's start.
-    /// Read off the wake path, after the worker left its pool lock and
-    /// found no work in its spin.
+    /// Thread CPU time when the worker last went idle (`parking`): an idle
+    /// thread uses next to none, so it stands for the next busy period's
+    /// start. Read off the wake path, after the worker left its pool lock.
     parked: Option<Duration>,
     charged: Duration,
     last_end: Option<Instant>,
@@ -73,11 +72,9 @@ impl CpuMeter {
     /// Items shorter than this make the worker take a batch (see `pool/batch.rs`).
     const TINY: Duration = Duration::from_micros(10);
 
-    /// The worker parks (`Some`: reads the thread's CPU clock), or goes
-    /// idle without parking (`None`: forgets an older reading, which the
-    /// busy period since then would make wrong).
-    pub(super) fn parking(&mut self, parks: bool) {
-        self.parked = parks.then(sys::thread_cpu_time);
+    /// The worker goes idle (or starts): reads the thread's CPU clock.
+    pub(super) fn parking(&mut self) {
+        self.parked = Some(sys::thread_cpu_time());
     }
 
     /// A busy period starts: the idle time before it is nobody's.
@@ -171,9 +168,9 @@ impl CpuMeter {
             return wall;
         }
         let now = sys::thread_cpu_time();
-        // The first long item of a busy period that began without a
-        // parking (a new worker, or one woken in its spin) has no reading
-        // before it: it is charged its wall time, an upper bound.
+        // The first long item of a busy period with no reading before it
+        // (none is taken unless the worker went idle or started) is
+        // charged its wall time, an upper bound.
         let used = match self.checkpoint {
             Some(before) => now.saturating_sub(before).saturating_sub(self.charged).min(wall),
             None => wall,

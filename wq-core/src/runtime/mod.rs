@@ -603,7 +603,8 @@ impl RuntimeBuilder {
             wq_names: Mutex::new(HashMap::new()),
             trace: Recorder::default(),
             nr_workers: AtomicUsize::new(0),
-            pools_to_come: AtomicUsize::new(2 * topology.pods(crate::Scope::Cache).len()),
+            // Set by `Pools::new`, which knows the default pools.
+            pools_to_come: AtomicUsize::new(0),
             monitor_panics: AtomicU64::new(0),
             base_nice: crate::sys::current_nice(),
             base_timer_slack: crate::sys::current_timer_slack(),

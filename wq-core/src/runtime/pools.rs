@@ -39,7 +39,8 @@ impl Pools {
             .into_iter()
             .flat_map(|nice| topology.pods(Scope::Cache).into_iter().map(move |pod| (nice, pod)))
             .map(|(nice, pod)| unbound_attrs(nice, cpus, &pod, false))
-            .collect();
+            .collect::<Vec<_>>();
+        core.pools_to_come.store(counted.len(), SeqCst);
         let next_id = AtomicUsize::new(0);
         let mut all = Vec::new();
         let bound = cpus

@@ -115,11 +115,13 @@ impl RescuerThread {
             if mine.is_empty() {
                 return;
             }
-            self.wq.counters.rescued.fetch_add(mine.len() as u64, Relaxed);
             emit_quietly(
                 || tracing::info!(target: "wq", queue = %self.wq.name, pool = %pool.label(), items = mine.len(), "rescuer runs work items"),
             );
-            worker::rescue(pool, me, mine);
+            // Counted as they ran: a cancelled item's stale entry is taken
+            // too, but only accounted.
+            let ran = worker::rescue(pool, me, mine);
+            self.wq.counters.rescued.fetch_add(ran, Relaxed);
             if !pool.creation_failing.load(SeqCst) {
                 return;
             }

@@ -429,3 +429,52 @@ fn a_refused_mem_reclaim_queue_leaves_no_rescuer_thread() {
     }
     wait_until("no rescuer of a refused queue is left", || !thread_names().iter().any(|n| n.starts_with("wq/r:leaky")));
 }
+
+/// `rescued` counts the items the rescuer ran. It counted the entries it
+/// took, and a cancelled item's stale entry is taken too, only to be
+/// discarded: 7 for 4 runs here.
+#[test]
+fn rescued_counts_runs_not_stale_entries() {
+    let (rt, fail) = one_cpu_runtime_with_failing_spawns();
+    let blocker_q = rt.workqueue("blocker").build().unwrap();
+    blocker_q.submit(|| ()).unwrap().wait().unwrap();
+    thread::sleep(Duration::from_millis(50));
+    let reclaim = rt.workqueue("rstale").flags(Flags::MEM_RECLAIM).build().unwrap();
+    fail.store(true, SeqCst);
+    let (release, workers) = block_normal_pool(&rt, &blocker_q);
+    // The rescuer holds the gate while the items below are queued and half
+    // of them cancelled, so their stale entries wait for it.
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let (in_gate_tx, in_gate_rx) = mpsc::channel();
+    let gate = reclaim
+        .submit(move || {
+            in_gate_tx.send(()).unwrap();
+            gate_rx.recv_timeout(Duration::from_secs(10)).expect("gate never opened");
+        })
+        .unwrap();
+    in_gate_rx.recv_timeout(Duration::from_secs(10)).expect("the rescuer never ran the gate");
+    let ran = Arc::new(AtomicUsize::new(0));
+    let works: Vec<_> = (0..6)
+        .map(|_| {
+            let r = ran.clone();
+            wq_core::Work::new(move || _ = r.fetch_add(1, SeqCst))
+        })
+        .collect();
+    for w in &works {
+        assert!(reclaim.queue(w));
+    }
+    for w in &works[..3] {
+        assert!(w.cancel());
+    }
+    gate_tx.send(()).unwrap();
+    gate.wait().unwrap();
+    wait_for_count(&ran, 3, Duration::from_secs(10), || "the three live items ran".into());
+    reclaim.flush().unwrap();
+    let rescued = reclaim.stats().rescued;
+    fail.store(false, SeqCst);
+    for _ in 0..workers {
+        let _ = release.send(());
+    }
+    assert_eq!(ran.load(SeqCst), 3);
+    assert_eq!(rescued, 4, "the gate and three items ran; three entries were stale");
+}

@@ -36,6 +36,11 @@ impl Done {
         Done { link, color, ran, panicked, skipped, cpu_time }
     }
 
+    /// How many of its entries ran their user code (panicked or not).
+    pub(crate) fn ran(&self) -> u64 {
+        u64::from(self.ran)
+    }
+
     /// How many entries the record accounts for.
     pub(crate) fn entries(&self) -> usize {
         self.ran as usize + self.skipped as usize

@@ -495,8 +495,11 @@ fn complete_local<'a>(
 }
 
 /// A rescuer runs `entries` of `pool` on its own thread. `me` keeps `IDLE`
-/// set, so nothing it does moves the pool's `nr_running`.
-pub(crate) fn rescue(pool: &Arc<Pool>, me: &Arc<WorkerShared>, entries: Vec<Entry>) {
+/// set, so nothing it does moves the pool's `nr_running`. Returns how many
+/// entries ran user code: stale ones (cancelled, superseded) are only
+/// accounted, and an instance handed to the item's runner elsewhere runs
+/// there.
+pub(crate) fn rescue(pool: &Arc<Pool>, me: &Arc<WorkerShared>, entries: Vec<Entry>) -> u64 {
     // The calling thread may be a worker in the middle of its own item (a
     // runtime dropped inside an item drains another pool's orphans here):
     // its context is put back afterwards, or that item's end would find it
@@ -506,14 +509,17 @@ pub(crate) fn rescue(pool: &Arc<Pool>, me: &Arc<WorkerShared>, entries: Vec<Entr
     let mut meter = CpuMeter::default();
     meter.checkpoint();
     let mut done = Vec::new();
+    let mut ran = 0;
     for entry in entries {
         process_one(pool, me, &mut meter, entry, &mut done);
         for d in done.drain(..) {
+            ran += d.ran();
             complete_entry(d);
         }
     }
     WORKER.with(|w| *w.borrow_mut() = outer_worker);
     CURRENT.with(|c| *c.borrow_mut() = outer_item);
+    ran
 }
 
 /// Parks `me` on the idle list until woken, or reaps it after the idle

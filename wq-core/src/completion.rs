@@ -321,6 +321,10 @@ impl<T> Completion<T> {
     /// Blocks until the closure finished; gives its value, or the panic
     /// that ended it.
     ///
+    /// In a child made by `fork`, a closure submitted before the fork runs
+    /// in the parent only: waiting for it here never ends (as joining a
+    /// parent's thread cannot). Use [`wait_timeout`](Completion::wait_timeout) there.
+    ///
     /// # Panics
     /// If its future already returned the result (`.await`ed or polled to
     /// `Ready`): the value is gone, and waiting would never end.

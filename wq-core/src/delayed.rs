@@ -96,7 +96,9 @@ impl DelayedWork {
     /// instance to finish; queueing fails meanwhile. Returns whether it was pending.
     ///
     /// # Errors
-    /// [`Error::WouldDeadlock`] when called from inside this item.
+    /// [`Error::WouldDeadlock`] when called from inside this item;
+    /// [`Error::Forked`] in a child made by `fork` while the item was
+    /// armed, pending or running (that instance is the parent's).
     pub fn cancel_sync(&self) -> Result<bool, Error> {
         let shared = &self.shared;
         shared.work.cancel_sync_with("DelayedWork", || {
@@ -109,10 +111,14 @@ impl DelayedWork {
     /// running. Returns whether there was anything to wait for.
     ///
     /// # Errors
-    /// [`Error::WouldDeadlock`] when called from inside this item.
+    /// [`Error::WouldDeadlock`] when called from inside this item;
+    /// [`Error::Forked`] in a child made by `fork` while the item was
+    /// armed, pending or running (that instance is the parent's).
     pub fn flush(&self) -> Result<bool, Error> {
-        // Refused before anything changes: a refused call fires no timer.
+        // Refused before anything changes: a refused call fires no timer
+        // (and takes no lock the parent's timer may have held at a fork).
         self.shared.work.check_not_current("DelayedWork", "flush")?;
+        self.shared.work.check_not_forked()?;
         let mut slot = self.shared.lock();
         let fired = match slot.armed.as_ref() {
             Some(armed) => {
@@ -177,7 +183,7 @@ impl DelayedWork {
             wq.shared.core.counters.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(err);
         }
-        let gen = match shared.work.state.try_mark_pending() {
+        let gen = match shared.work.mark_pending() {
             Ok(gen) => gen,
             Err(NotQueued::Pending | NotQueued::Disabled) => return Ok(was_pending),
         };

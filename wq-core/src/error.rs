@@ -84,9 +84,10 @@ pub enum Error {
         /// The queue's name.
         queue: String,
     },
-    /// The runtime was built before this process was made by `fork`: its
-    /// worker, monitor and timer threads exist only in the parent, so here
-    /// it neither runs work nor waits for it. Build a runtime in the child.
+    /// The runtime was built (or the work item waited for was queued)
+    /// before this process was made by `fork`: the runtime's worker,
+    /// monitor and timer threads exist only in the parent, so here it
+    /// neither runs work nor waits for it. Build a runtime in the child.
     Forked,
 }
 
@@ -125,8 +126,8 @@ impl fmt::Display for Error {
                 write!(f, "the system workqueue {queue:?} is shared by the whole process and cannot be destroyed")
             }
             Error::Forked => f.write_str(
-                "this process was made by fork() after the runtime was built, and the runtime's threads \
-                 exist only in the parent: build a runtime in this process",
+                "this process was made by fork() after the runtime was built (or the item queued), and the \
+                 runtime's threads exist only in the parent: build a runtime in this process",
             ),
         }
     }

@@ -25,15 +25,48 @@ enum Step {
     Freeze,
     OwnRuntime,
     Panicked,
+    Stats,
+    Dump,
+    Thaw,
+    WorkFlush,
+    WorkCancelSync,
+    DelayedFlush,
+}
+
+/// The parent's items as they were at the fork.
+struct AtFork {
+    /// Running (it waits for the parent to release it).
+    running: Work,
+    /// Queued behind `running` on an ordered queue.
+    pending: Work,
+    /// Armed with a long delay.
+    armed: DelayedWork,
 }
 
 /// The child's side: every call of the parent's runtime that would queue or
-/// wait is refused with `Error::Forked`; a runtime of its own runs work.
-fn in_child(rt: Runtime, wq: wq_core::Workqueue, work: Work) -> Result<(), Step> {
+/// wait is refused with `Error::Forked`, and so is a wait for an item the
+/// parent queued; the views of the runtime take none of its locks (a
+/// parent's thread may have held one at the fork) and say it has no
+/// workers here; a runtime of its own runs work.
+fn in_child(rt: Runtime, wq: wq_core::Workqueue, work: Work, at_fork: &AtFork) -> Result<(), Step> {
     let forked = |r: Result<(), Error>, step| match r {
         Err(Error::Forked) => Ok(()),
         _ => Err(step),
     };
+    forked(at_fork.pending.flush().map(drop), Step::WorkFlush)?;
+    forked(at_fork.running.cancel_sync().map(drop), Step::WorkCancelSync)?;
+    forked(at_fork.armed.flush().map(drop), Step::DelayedFlush)?;
+    let stats = rt.stats();
+    if stats.workers != 0 || !stats.pools.is_empty() {
+        return Err(Step::Stats);
+    }
+    if !rt.dump().contains("fork") {
+        return Err(Step::Dump);
+    }
+    rt.thaw();
+    if rt.is_frozen() || wq.stats().total != 0 || !rt.stop_trace().events.is_empty() {
+        return Err(Step::Thaw);
+    }
     forked(wq.try_queue(&work).map(drop), Step::Queue)?;
     forked(wq.submit(|| 1).map(drop), Step::Submit)?;
     forked(wq.queue_on(0, &work).map(drop), Step::QueueOn)?;
@@ -100,6 +133,23 @@ fn a_fork_child_gets_errors_from_the_parents_runtime_and_can_build_its_own() {
     fired.flush().unwrap();
     let own_file = || PublishedFile::list().into_iter().any(|f| f.pid == std::process::id());
     assert!(own_file(), "the parent's runtime publishes its counters");
+    // An item running at the fork and one pending behind it, and a timer armed.
+    let ordered = rt.workqueue("parent-ordered").ordered().build().unwrap();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let at_fork = AtFork {
+        running: Work::new(move || {
+            let _ = started_tx.send(());
+            let _ = release_rx.lock().unwrap().recv_timeout(Duration::from_secs(60));
+        }),
+        pending: Work::new(|| {}),
+        armed: DelayedWork::new(|| {}),
+    };
+    assert!(ordered.queue(&at_fork.running));
+    started_rx.recv_timeout(Duration::from_secs(10)).expect("the running item never started");
+    assert!(ordered.queue(&at_fork.pending));
+    assert!(ordered.queue_delayed(&at_fork.armed, Duration::from_secs(3600)));
 
     // SAFETY: the child only runs `in_child` (queue checks, allocation,
     // thread creation), never returns into the test harness, and ends with
@@ -108,7 +158,8 @@ fn a_fork_child_gets_errors_from_the_parents_runtime_and_can_build_its_own() {
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     if pid == 0 {
         let (rt2, wq2, work2) = (rt.clone(), wq.clone(), work.clone());
-        let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || in_child(rt2, wq2, work2))) {
+        let child = std::panic::AssertUnwindSafe(|| in_child(rt2, wq2, work2, &at_fork));
+        let code = match std::panic::catch_unwind(child) {
             Ok(Ok(())) => 0,
             Ok(Err(step)) => step as i32,
             Err(_) => Step::Panicked as i32,
@@ -119,7 +170,13 @@ fn a_fork_child_gets_errors_from_the_parents_runtime_and_can_build_its_own() {
         // SAFETY: ends the child at once, as a fork child must.
         unsafe { libc::_exit(code) };
     }
-    assert_eq!(wait_for(pid), Ok(0), "exit codes: see `Step`");
+    let child = wait_for(pid);
+    release_tx.send(()).unwrap();
+    assert_eq!(child, Ok(0), "exit codes: see `Step`");
+    // The parent's items are the parent's still.
+    at_fork.pending.flush().unwrap();
+    assert!(!at_fork.pending.is_pending() && !at_fork.running.is_running());
+    assert!(at_fork.armed.cancel_sync().unwrap(), "the timer stayed armed");
 
     // The parent is untouched: its file is there and its queue works.
     assert!(own_file(), "the child's drop removed the parent's counter file");

@@ -23,7 +23,7 @@ use crate::topology::{Topology, TopologyError};
 use crate::trace::{Recorder, Trace};
 use crate::workqueue::{Attrs, PwqSet, WqCore, WqShared};
 use crate::{sys, Error, Flags, Workqueue, WorkqueueBuilder};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 
 /// Called before each worker thread is created; an error fails that creation.
 pub type SpawnHook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
@@ -125,6 +125,10 @@ pub(crate) struct RuntimeShared {
     /// Whether freezable queues are frozen; held while (un)freezing,
     /// while creating a queue and while `apply_attrs` replaces its pwqs.
     freeze: Mutex<bool>,
+    /// The freeze flag's value, for readers that must not take its lock
+    /// (a fork child, where a parent's thread may have held it). Written
+    /// with the lock held, so it changes with the flag.
+    frozen: AtomicBool,
     /// Publishes counters for the `wq` tool; dropped (stopping it) with the runtime.
     publisher: OnceLock<crate::publish::PublishHandle>,
 }
@@ -239,15 +243,31 @@ impl Runtime {
     }
 
     /// Pool and worker counts.
+    ///
+    /// In a child made by `fork` after the runtime was built (see
+    /// [`is_forked`](Runtime::is_forked)) the pools and workers are the
+    /// parent's: this reports no worker and no pool, and takes no lock a
+    /// parent's thread may have held at the fork.
     pub fn stats(&self) -> RuntimeStats {
-        let pools: Vec<PoolStats> = self.shared.pools().iter().map(|p| PoolStats::of(p)).collect();
         let core = &self.shared.core;
-        RuntimeStats { workers: core.nr_workers.load(SeqCst), monitor_panics: core.monitor_panics.load(SeqCst), pools }
+        let monitor_panics = core.monitor_panics.load(SeqCst);
+        if core.forked() {
+            return RuntimeStats { workers: 0, monitor_panics, pools: Vec::new() };
+        }
+        let pools: Vec<PoolStats> = self.shared.pools().iter().map(|p| PoolStats::of(p)).collect();
+        RuntimeStats { workers: core.nr_workers.load(SeqCst), monitor_panics, pools }
     }
 
     /// The `wq_dump.py` view: CPUs, pools, and which pool each workqueue
-    /// uses on each CPU.
+    /// uses on each CPU. In a child made by `fork` after the runtime was
+    /// built, one line saying so instead (as for [`stats`](Runtime::stats)).
     pub fn dump(&self) -> String {
+        if self.shared.core.forked() {
+            return format!(
+                "A runtime inherited through fork: its pools and workers are in the parent process (this is pid {}).\n",
+                std::process::id()
+            );
+        }
         crate::stats::dump(self)
     }
 
@@ -258,14 +278,23 @@ impl Runtime {
     }
 
     /// Starts recording a timeline of queue, activate, start, end, sleep
-    /// and wake events (restarting any recording in progress).
+    /// and wake events (restarting any recording in progress). Does nothing
+    /// in a child made by `fork` after the runtime was built: nothing runs
+    /// there to record.
     pub fn start_trace(&self) {
-        self.shared.core.trace.start();
+        if !self.shared.core.forked() {
+            self.shared.core.trace.start();
+        }
     }
 
     /// Stops recording and returns the timeline; write it with
-    /// [`Trace::write_chrome_json`](crate::Trace::write_chrome_json).
+    /// [`Trace::write_chrome_json`](crate::Trace::write_chrome_json). An
+    /// empty one in a child made by `fork` after the runtime was built (the
+    /// recording, and the lock it is kept under, are the parent's).
     pub fn stop_trace(&self) -> Trace {
+        if self.shared.core.forked() {
+            return Trace::default();
+        }
         self.shared.core.trace.stop()
     }
 
@@ -379,6 +408,7 @@ impl Runtime {
         }
         let mut frozen = self.freeze_state();
         *frozen = true;
+        self.shared.frozen.store(true, SeqCst);
         // Every pool, not every live queue's pwqs: a queue whose handles
         // are gone still runs what it queued, and must freeze and thaw too.
         let pools = self.shared.pools.list();
@@ -393,10 +423,16 @@ impl Runtime {
         Ok(())
     }
 
-    /// Thaws what [`freeze`](Runtime::freeze) froze: queued items start again.
+    /// Thaws what [`freeze`](Runtime::freeze) froze: queued items start
+    /// again. Does nothing in a child made by `fork` after the runtime was
+    /// built, where no item of it starts anyway.
     pub fn thaw(&self) {
+        if self.shared.core.forked() {
+            return;
+        }
         let mut frozen = self.freeze_state();
         *frozen = false;
+        self.shared.frozen.store(false, SeqCst);
         for pool in self.shared.pools.list() {
             pool.set_freezable_frozen(false);
         }
@@ -411,7 +447,7 @@ impl Runtime {
 
     /// Whether the runtime is frozen.
     pub fn is_frozen(&self) -> bool {
-        *self.freeze_state()
+        self.shared.frozen.load(SeqCst)
     }
 
     /// The freeze flag, locked: `freeze` and `thaw` hold it while they
@@ -628,6 +664,7 @@ impl RuntimeBuilder {
             workqueues: Mutex::new(Vec::new()),
             publisher: OnceLock::new(),
             freeze: Mutex::new(false),
+            frozen: AtomicBool::new(false),
         });
         // From here on a failure drops `shared`, which stops what started.
         core.monitor.start(shared.pools.all.clone(), core.clone())?;

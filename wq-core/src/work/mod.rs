@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::pool::{Done, Outcome, PwqRef};
 use crate::worker;
 use crate::Error;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 
 pub(crate) use state::{
     gen_of, gen_reached, retired_at_finish, Claim, Ended, NotQueued, State, PENDING, RUNNING, WAITERS,
@@ -40,6 +40,11 @@ impl Parked {
 pub(crate) struct WorkShared {
     pub(crate) id: u64,
     pub(crate) state: State,
+    /// `sys::forks()` when an instance was last marked pending. In a child
+    /// made by `fork` after that, the instance is the parent runtime's and
+    /// no thread here runs or ends it: waits for it are refused. Beside
+    /// `state`, so the store after its CAS dirties no other line.
+    fork_generation: AtomicU64,
     func: Box<dyn Fn() + Send + Sync>,
     /// Instances dequeued while the item ran elsewhere (see `HANDOFF`).
     parked: Mutex<Vec<Parked>>,
@@ -56,12 +61,32 @@ impl WorkShared {
         WorkShared {
             id: NEXT_ID.fetch_add(1, SeqCst),
             state: State::new(),
+            fork_generation: AtomicU64::new(crate::sys::forks()),
             func,
             parked: Mutex::new(Vec::new()),
             ended: Ended::new(),
             wait_lock: Mutex::new(()),
             wait_cv: Condvar::new(),
         }
+    }
+
+    /// Marks an instance pending (`State::try_mark_pending`), noting the
+    /// fork generation it belongs to.
+    pub(crate) fn mark_pending(&self) -> Result<u64, NotQueued> {
+        let gen = self.state.try_mark_pending()?;
+        self.fork_generation.store(crate::sys::forks(), Relaxed);
+        Ok(gen)
+    }
+
+    /// [`Error::Forked`] if an instance is pending or running that was
+    /// queued before a `fork` that made this process: it belongs to the
+    /// parent's runtime, and waiting for it here would never end.
+    pub(crate) fn check_not_forked(&self) -> Result<(), Error> {
+        let busy = self.state.load() & (PENDING | RUNNING) != 0;
+        if busy && self.fork_generation.load(Relaxed) != crate::sys::forks() {
+            return Err(Error::Forked);
+        }
+        Ok(())
     }
 
     pub(crate) fn call(&self) {
@@ -137,6 +162,7 @@ impl WorkShared {
     /// delayed item disarms its timer there); returns whether anything was pending.
     pub(crate) fn cancel_sync_with(&self, what: &str, take_back: impl FnOnce() -> bool) -> Result<bool, Error> {
         self.check_not_current(what, "cancel_sync")?;
+        self.check_not_forked()?;
         self.state.disable();
         let disarmed = take_back();
         let was_pending = self.cancel() || disarmed;
@@ -147,6 +173,7 @@ impl WorkShared {
 
     pub(crate) fn flush(&self, what: &str) -> Result<bool, Error> {
         self.check_not_current(what, "flush")?;
+        self.check_not_forked()?;
         let Some(target) = self.flush_target() else { return Ok(false) };
         self.wait_flushed(target);
         Ok(true)
@@ -248,7 +275,9 @@ impl Work {
     /// again. Returns whether an instance was pending.
     ///
     /// # Errors
-    /// [`Error::WouldDeadlock`] when called from inside this item.
+    /// [`Error::WouldDeadlock`] when called from inside this item;
+    /// [`Error::Forked`] in a child made by `fork` while the item was
+    /// pending or running (that instance is the parent's).
     pub fn cancel_sync(&self) -> Result<bool, Error> {
         self.shared.cancel_sync_with("Work", || false)
     }
@@ -257,7 +286,9 @@ impl Work {
     /// whether there was one to wait for.
     ///
     /// # Errors
-    /// [`Error::WouldDeadlock`] when called from inside this item.
+    /// [`Error::WouldDeadlock`] when called from inside this item;
+    /// [`Error::Forked`] in a child made by `fork` while the item was
+    /// pending or running (that instance is the parent's).
     pub fn flush(&self) -> Result<bool, Error> {
         self.shared.flush("Work")
     }

@@ -535,6 +535,11 @@ impl Workqueue {
     }
 
     /// The queue's counters: the `wq_monitor.py` columns.
+    ///
+    /// In a child made by `fork` after the runtime was built, `total`,
+    /// `in_flight`, `cpu_time` and `panics` read 0: they are kept with the
+    /// pools, which are the parent's, under locks a parent's thread may
+    /// have held at the fork.
     pub fn stats(&self) -> WorkqueueStats {
         let c = &self.shared.core.counters;
         let mut s = WorkqueueStats {
@@ -545,6 +550,9 @@ impl Workqueue {
             refused: c.refused.load(Relaxed),
             ..WorkqueueStats::default()
         };
+        if self.shared.rt.shared.core.forked() {
+            return s;
+        }
         let (links, retired) = self.links_and_retired();
         (s.total, s.cpu_time, s.panics) = retired;
         for link in links {
@@ -800,7 +808,7 @@ impl Workqueue {
 /// `queue`'s state transition: a new pending instance, unless one exists
 /// (or a `cancel_sync` holds the item).
 fn mark_pending(work: &Arc<WorkShared>) -> Option<Job> {
-    match work.state.try_mark_pending() {
+    match work.mark_pending() {
         Ok(gen) => Some(Job::Work { work: work.clone(), gen }),
         Err(NotQueued::Pending | NotQueued::Disabled) => None,
     }

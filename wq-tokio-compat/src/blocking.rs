@@ -46,6 +46,10 @@ pub fn blocking_queue_on(rt: &Runtime) -> Result<Workqueue, Error> {
 ///
 /// - Works from anywhere: inside a tokio runtime (either flavour), on a wq
 ///   worker, or on a plain thread with no runtime at all.
+/// - `f` runs inside the context of the tokio runtime current at the call,
+///   as on tokio's blocking threads: `Handle::current()` (and its
+///   `block_on`), `tokio::spawn` and `tokio::time` work in it. Called
+///   outside any runtime, `f` gets none.
 /// - Awaiting the handle gives `Ok(value)`, or a [`JoinError`](crate::JoinError)
 ///   whose `is_panic()` is true if `f` panicked (the worker survives).
 /// - `abort()` before `f` starts cancels it (`is_cancelled()`); once `f`
@@ -80,7 +84,14 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    wq.spawn_blocking(f)
+    // tokio enters the runtime on its blocking threads, and code written
+    // for them calls `Handle::current().block_on(..)` or `tokio::spawn`
+    // there; on a wq worker those panicked without this.
+    let context = Handle::try_current().ok();
+    wq.spawn_blocking(move || {
+        let _entered = context.as_ref().map(Handle::enter);
+        f()
+    })
 }
 
 /// Runs a blocking closure in place, telling whoever schedules this thread
@@ -94,7 +105,11 @@ where
 ///   `tokio::task::block_in_place`, which hands the worker's other tasks to
 ///   another thread.
 /// - Elsewhere (a plain thread, a current-thread runtime, where tokio's
-///   version would panic) it just runs `f`.
+///   version would panic) it just runs `f`. One case is told apart only by
+///   trying: a current-thread runtime's thread that entered a multi-thread
+///   runtime's handle. tokio's version refuses there with a panic, which
+///   this catches before running `f`; the panic hook still prints its
+///   message, and under `panic = "abort"` the process aborts.
 pub fn block_in_place<F, R>(f: F) -> R
 where
     F: FnOnce() -> R,

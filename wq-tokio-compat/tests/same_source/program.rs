@@ -45,6 +45,21 @@ pub fn program() -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
             checks += 1;
         }
 
+        // The closure runs inside the runtime's context, as on tokio's
+        // blocking threads: `Handle::current()`, its `block_on` and
+        // `tokio::spawn` work there.
+        let nested = spawn_blocking(|| {
+            let handle = tokio::runtime::Handle::current();
+            let spawned = tokio::spawn(async { 3 });
+            handle.block_on(async {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                spawned.await
+            })
+        });
+        if nested.await?? == 3 {
+            checks += 1;
+        }
+
         let handle = spawn_blocking(|| 7);
         while !handle.is_finished() {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;

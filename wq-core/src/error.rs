@@ -52,6 +52,10 @@ pub enum Error {
     NoCpus,
     /// A runtime option with an unusable value.
     InvalidConfig(String),
+    /// A workqueue's [`Attrs`](crate::Attrs) with an unusable value (a nice
+    /// value out of range, an empty CPU set; a CPU the runtime does not
+    /// manage is [`Error::InvalidCpu`]).
+    InvalidAttrs(String),
     /// The workqueue was destroyed; it takes no more work.
     Destroyed {
         /// The queue's name.
@@ -110,6 +114,7 @@ impl fmt::Display for Error {
             }
             Error::NoCpus => f.write_str("the runtime was given an empty CPU set"),
             Error::InvalidConfig(what) => write!(f, "invalid runtime option: {what}"),
+            Error::InvalidAttrs(what) => write!(f, "invalid workqueue attributes: {what}"),
             Error::Destroyed { queue } => write!(f, "workqueue {queue:?} has been destroyed"),
             Error::Draining { queue } => {
                 write!(f, "workqueue {queue:?} is draining: only its own work items may queue more")

@@ -122,7 +122,13 @@ fn bad_runtime_cpu_sets_are_refused() {
     assert_eq!(Runtime::builder().cpus([0, 0]).build().unwrap().cpus(), &[0]);
     let rt = one_cpu();
     let attrs = |cpus: Vec<usize>| Attrs { cpus: Some(cpus), ..Attrs::default() };
-    refused!(rt.workqueue("q").flags(Flags::UNBOUND).attrs(attrs(vec![])).build(), Error::NoCpus, "empty");
+    // Bad attributes are named as the queue's, not as the runtime's.
+    refused!(
+        rt.workqueue("q").flags(Flags::UNBOUND).attrs(attrs(vec![])).build(),
+        Error::InvalidAttrs(_),
+        "workqueue attributes",
+        "empty CPU set"
+    );
     refused!(
         rt.workqueue("q").flags(Flags::UNBOUND).attrs(attrs(vec![9])).build(),
         Error::InvalidCpu { cpu: 9, .. },
@@ -130,7 +136,13 @@ fn bad_runtime_cpu_sets_are_refused() {
     );
     let unbound = rt.workqueue("u").flags(Flags::UNBOUND).build().unwrap();
     refused!(unbound.apply_attrs(attrs(vec![9])), Error::InvalidCpu { cpu: 9, .. }, "9");
-    refused!(unbound.apply_attrs(Attrs { nice: 42, ..Attrs::default() }), Error::InvalidConfig(_), "42");
+    refused!(
+        unbound.apply_attrs(Attrs { nice: 42, ..Attrs::default() }),
+        Error::InvalidAttrs(_),
+        "workqueue attributes",
+        "nice 42"
+    );
+    refused!(unbound.apply_attrs(attrs(vec![])), Error::InvalidAttrs(_), "workqueue attributes", "empty CPU set");
 }
 
 #[test]

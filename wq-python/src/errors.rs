@@ -18,6 +18,7 @@ pub(crate) fn to_py(err: wq_core::Error) -> PyErr {
         | E::InvalidCpu { .. }
         | E::NoCpus
         | E::InvalidConfig(_)
+        | E::InvalidAttrs(_)
         | E::DelayTooLong { .. } => PyValueError::new_err(err.to_string()),
         E::Destroyed { .. } | E::Draining { .. } => {
             PyRuntimeError::new_err(format!("cannot schedule new futures: {err}"))

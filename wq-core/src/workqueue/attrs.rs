@@ -39,11 +39,16 @@ impl Attrs {
     /// Checks the attributes against `rt` and returns the queue's CPUs and pods.
     pub(crate) fn pods(&self, rt: &Runtime, ordered: bool) -> Result<(Vec<usize>, Vec<Vec<usize>>), Error> {
         if !(-20..=19).contains(&self.nice) {
-            return Err(Error::InvalidConfig(format!("nice {} is outside -20..=19", self.nice)));
+            return Err(Error::InvalidAttrs(format!("nice {} is outside -20..=19", self.nice)));
         }
         let topo = match &self.cpus {
             None => rt.topology().clone(),
-            Some(cpus) => crate::runtime::restrict(rt.topology(), cpus)?,
+            Some(cpus) => crate::runtime::restrict(rt.topology(), cpus).map_err(|err| match err {
+                // The runtime's own words for these would blame its options.
+                Error::NoCpus => Error::InvalidAttrs("an empty CPU set".into()),
+                Error::InvalidConfig(what) => Error::InvalidAttrs(what),
+                other => other,
+            })?,
         };
         let cpus = topo.cpus().to_vec();
         // One pwq keeps an ordered queue's items in order.

@@ -65,6 +65,8 @@ impl WorkqueueBuilder {
     /// [`Error::UnknownFlags`],
     /// [`Error::MaxActiveTooLarge`], [`Error::ConflictingFlags`] (ordered
     /// with `max_active` above 1, or with `CPU_INTENSIVE`),
+    /// [`Error::InvalidAttrs`] or [`Error::InvalidCpu`] for bad
+    /// [`attrs`](WorkqueueBuilder::attrs),
     /// [`Error::InvalidConfig`] for attributes that need a pool the
     /// runtime's `max_workers` leaves no worker for, [`Error::Forked`] for a
     /// runtime built before this process was forked, and

@@ -751,8 +751,8 @@ impl Workqueue {
     /// # Errors
     /// [`Error::ConflictingFlags`] for a bound or an ordered queue (more than
     /// one pod would break its ordering, as in the kernel);
-    /// [`Error::InvalidConfig`], [`Error::NoCpus`], [`Error::InvalidCpu`] for
-    /// bad attributes, or attributes that need a pool the runtime's
+    /// [`Error::InvalidAttrs`] or [`Error::InvalidCpu`] for bad attributes;
+    /// [`Error::InvalidConfig`] for attributes that need a pool the runtime's
     /// `max_workers` leaves no worker for; [`Error::Destroyed`];
     /// [`Error::Forked`].
     pub fn apply_attrs(&self, attrs: Attrs) -> Result<(), Error> {

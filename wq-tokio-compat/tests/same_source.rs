@@ -29,7 +29,7 @@ fn run(program: fn() -> Result<u64, Box<dyn std::error::Error + Send + Sync>>) -
 
 #[test]
 fn the_program_gives_the_same_answer_with_both_imports() {
-    let expected = (1..=100u64).map(|i| i * i).sum::<u64>() + 5;
+    let expected = (1..=100u64).map(|i| i * i).sum::<u64>() + 6;
     assert_eq!(run(with_tokio::program), expected);
     assert_eq!(run(with_compat::program), expected);
     assert_eq!(run(program), expected);

@@ -336,7 +336,8 @@ impl Timer {
             }
             t.run();
         };
-        thread::Builder::new().name(self.name.clone()).spawn(start).map_err(Error::Spawn)?;
+        let what = format!("the timer thread {}", self.name);
+        thread::Builder::new().name(self.name.clone()).spawn(start).map_err(|err| Error::spawn(&what, err))?;
         self.running.store(true, SeqCst);
         Ok(())
     }

@@ -23,8 +23,9 @@ pub enum Error {
         name: String,
     },
     /// A workqueue name contained another control character (a newline,
-    /// an escape): names are printed in dumps, tables and logs, where one
-    /// would forge rows or drive the terminal.
+    /// an escape) or a bidirectional formatting character (an override):
+    /// names are printed in dumps, tables and logs, where one would forge
+    /// rows, drive the terminal or reorder what follows.
     NameHasControl {
         /// The name given.
         name: String,
@@ -95,6 +96,14 @@ pub enum Error {
     Forked,
 }
 
+impl Error {
+    /// [`Error::Spawn`] for the thread `what` (its role and name), keeping
+    /// the OS error's kind.
+    pub(crate) fn spawn(what: &str, err: io::Error) -> Error {
+        Error::Spawn(io::Error::new(err.kind(), format!("{what}: {err}")))
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -126,7 +135,7 @@ impl fmt::Display for Error {
                 "cannot destroy workqueue {queue:?}: delayed work items {items:?} are still armed on it \
                  (cancel them first)"
             ),
-            Error::Spawn(err) => write!(f, "could not create a worker thread: {err}"),
+            Error::Spawn(err) => write!(f, "could not create a thread: {err}"),
             Error::SystemQueue { queue } => {
                 write!(f, "the system workqueue {queue:?} is shared by the whole process and cannot be destroyed")
             }

@@ -150,7 +150,7 @@ impl Monitor {
             .name("wq/monitor".into())
             .spawn(move || me.supervise(&all, &core))
             .map(drop)
-            .map_err(Error::Spawn)
+            .map_err(|err| Error::spawn("the monitor thread wq/monitor", err))
     }
 
     /// Runs the monitor, and starts it over after a panic. This thread

@@ -53,7 +53,8 @@ impl Rescuer {
         let mut name = format!("wq/r:{}", thread.wq.name);
         name.truncate(name.char_indices().nth(15).map_or(name.len(), |(i, _)| i));
         let t = thread.clone();
-        std::thread::Builder::new().name(name).spawn(move || t.run()).map_err(Error::Spawn)?;
+        let what = format!("the rescuer thread {name}");
+        std::thread::Builder::new().name(name).spawn(move || t.run()).map_err(|err| Error::spawn(&what, err))?;
         Ok(Arc::new(Rescuer { thread }))
     }
 

@@ -200,7 +200,7 @@ pub fn shutdown_timeout(wq: &Workqueue, timeout: Duration) -> Result<Result<(), 
         .spawn(move || {
             let _ = tx.send(queue.destroy());
         })
-        .map_err(Error::Spawn)?;
+        .map_err(|err| Error::Spawn(std::io::Error::new(err.kind(), format!("the shutdown helper thread: {err}"))))?;
     match rx.recv_timeout(timeout) {
         Ok(result) => result.map(Ok),
         // Nothing left to run: the helper's `destroy` ends as soon as it has

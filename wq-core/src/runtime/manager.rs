@@ -246,7 +246,7 @@ pub(crate) fn spawn_worker(pool: &Arc<Pool>) -> Result<(), Error> {
         rt.nr_workers.fetch_sub(1, SeqCst);
         return Err(Error::Spawn(std::io::Error::new(
             std::io::ErrorKind::WouldBlock,
-            format!("the runtime's worker cap of {max} is reached"),
+            format!("a worker: the runtime's worker cap of {max} is reached"),
         )));
     }
     let me = {
@@ -281,7 +281,7 @@ pub(crate) fn spawn_worker(pool: &Arc<Pool>) -> Result<(), Error> {
             if orphaned {
                 pool.drain_orphans();
             }
-            Err(Error::Spawn(err))
+            Err(Error::spawn(&format!("worker {}", me.name), err))
         }
     }
 }

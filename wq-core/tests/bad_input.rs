@@ -57,6 +57,11 @@ fn workqueue_names_are_checked() {
     // reached the terminal.
     refused!(rt.workqueue("real\nfake-q 123").build(), Error::NameHasControl { .. }, "control", "real\\nfake-q");
     refused!(rt.workqueue("\u{1b}[2J").build(), Error::NameHasControl { .. }, "control");
+    // A bidirectional override reorders the rest of a row on the terminal.
+    refused!(rt.workqueue("q\u{202e}321").build(), Error::NameHasControl { .. }, "control");
+    refused!(rt.workqueue("q\u{2066}x").build(), Error::NameHasControl { .. }, "control");
+    // Other non-ASCII text is a fine name.
+    assert!(rt.workqueue("é-β-队列").build().is_ok());
 }
 
 #[test]

@@ -82,7 +82,7 @@ impl WorkqueueBuilder {
         if self.name.contains('\0') {
             return Err(Error::NameHasNul { name: self.name });
         }
-        if self.name.chars().any(char::is_control) {
+        if self.name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
             return Err(Error::NameHasControl { name: self.name });
         }
         let unknown = self.flags.bits() & !Flags::all().bits();
@@ -113,4 +113,11 @@ impl WorkqueueBuilder {
         };
         rt.create_workqueue(self.name, flags, max_active, self.ordered, self.attrs)
     }
+}
+
+/// The Unicode bidirectional formatting characters (marks, embeddings,
+/// overrides, isolates): not control characters to `char::is_control`,
+/// but in a name printed in a table they reorder the rest of the row.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }

@@ -1,5 +1,5 @@
 //! Live monitoring from outside the process: each runtime publishes its
-//! counters into a small shared-memory file that the `wq` tool reads.
+//! counters into a small file that the `wq` tool reads.
 //!
 //! Where: `$XDG_RUNTIME_DIR/cmwq/<pid>.<runtime-id>`, or
 //! `<temp dir>/cmwq-<euid>/` when that is unset or unusable. The directory
@@ -21,13 +21,23 @@
 //! | 24     | payload length (u64)                       |
 //! | 32     | pid (u32)                                  |
 //! | 40     | runtime id (u64)                           |
+//! | 48     | checksum (u64, FNV-1a 64 of the payload)   |
+//! | 64     | payload                                    |
 //!
-//! All integers are little-endian; both sides access the mapping only
-//! through atomics, the payload as whole 8-byte words (zero-padded). The seqlock: the writer makes the counter odd, writes
-//! payload and length, then makes it even; a reader copies the payload
-//! between two reads of the counter and retries unless both were the same
-//! even value, so it never decodes a torn snapshot. The file only grows
-//! (never shrinks), so a reader's mapping stays valid while it reads.
+//! All integers are little-endian. The file is written with `pwrite` and
+//! read with `pread`, never mapped: anyone who can write the file can
+//! truncate it, and touching a mapped page past the end of a file raises
+//! SIGBUS, which would kill the publishing process (and a reader). The
+//! seqlock: the writer makes the counter odd, writes the payload, then the
+//! whole header with the payload's length and checksum, then makes the
+//! counter even; a reader reads the header, the payload and the counter
+//! again, and retries unless both counter reads were the same even value
+//! and the payload matches the checksum. The checksum catches a torn read
+//! whatever order the kernel makes one system call's writes visible to
+//! another's reads in; the same mismatch under the same even counter twice
+//! is a corrupt file, not a race, and is reported as one. A truncated file
+//! reads as an `InvalidData` error until the writer's next write, which
+//! writes the header whole and so repairs it.
 //!
 //! The publisher holds only a `Weak` to the runtime, so publishing never
 //! keeps a runtime alive.
@@ -109,8 +119,9 @@ impl PublishedFile {
     /// Reads the snapshot, retrying while the publisher is mid-update.
     ///
     /// # Errors
-    /// The file cannot be opened or mapped, is not a snapshot file, has an
-    /// unknown format version, or stays mid-update for half a second (a
+    /// The file cannot be opened or read, is not a snapshot file (or was
+    /// truncated), has an unknown format version, holds a payload that does
+    /// not match its checksum, or stays mid-update for half a second (a
     /// publisher that died while writing).
     pub fn read(&self) -> io::Result<Snapshot> {
         Snapshot::read(&self.path)

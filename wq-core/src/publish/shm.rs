@@ -1,11 +1,12 @@
 //! The snapshot file: a seqlock header and the payload, written with
 //! `pwrite` and read with `pread` (the layout and protocol are described in
-//! `publish.rs`).
+//! `publish.rs`), and the lock that tells a live publisher's file from an
+//! abandoned one.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -48,7 +49,9 @@ fn u64_at(header: &[u8; HEADER_LEN], off: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// The writing side of one snapshot file.
+/// The writing side of one snapshot file. Its descriptor holds a shared
+/// `flock` on the file for the writer's life: that is what tells readers
+/// the publisher is alive, whatever its pid means to them.
 pub(super) struct Writer {
     file: File,
     pid: u32,
@@ -72,10 +75,28 @@ fn allocate(file: &File, len: usize) -> io::Result<()> {
     }
 }
 
+/// `flock(file, op)`; `Ok(false)` when `op` has `LOCK_NB` and another open
+/// file holds a conflicting lock.
+fn flock(file: &File, op: libc::c_int) -> io::Result<bool> {
+    loop {
+        // SAFETY: `flock` only reads its arguments and touches no memory of
+        // ours; the descriptor is `file`'s and stays open across the call.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
 impl Writer {
     /// Creates `<dir>/<pid>.<runtime_id>` holding `first`. The file is built
-    /// under a hidden name and renamed into place, so a reader never finds
-    /// it without a complete snapshot.
+    /// and locked under a hidden name and renamed into place, so a reader
+    /// never finds it without a complete snapshot or without its lock.
     pub(super) fn create(dir: &Path, pid: u32, runtime_id: u64, first: &[u8]) -> io::Result<(Writer, PathBuf)> {
         let path = dir.join(format!("{pid}.{runtime_id}"));
         let tmp = dir.join(format!(".{pid}.{runtime_id}.tmp"));
@@ -92,6 +113,7 @@ impl Writer {
         let built = (|| {
             // The umask may have taken bits off; readers need exactly 0600.
             writer.file.set_permissions(fs::Permissions::from_mode(0o600))?;
+            flock(&writer.file, libc::LOCK_SH)?;
             writer.write(first)?;
             fs::rename(&tmp, &path)
         })();
@@ -259,6 +281,39 @@ pub(super) fn read_payload(path: &Path) -> io::Result<Vec<u8>> {
         } else {
             thread::yield_now();
         }
+    }
+}
+
+/// Whether a live writer holds the file at `path` (see `PublishedFile::is_held`).
+pub(super) fn is_held(path: &Path) -> io::Result<bool> {
+    // A lock we take goes with `file`, at the end of this call.
+    Ok(!flock(&open_regular(path)?, libc::LOCK_EX | libc::LOCK_NB)?)
+}
+
+/// Removes the file at `path` unless a live writer holds it (see
+/// `PublishedFile::remove_if_abandoned`).
+pub(super) fn remove_if_abandoned(path: &Path) -> io::Result<bool> {
+    let file = match open_regular(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    if !flock(&file, libc::LOCK_EX | libc::LOCK_NB)? {
+        return Ok(false);
+    }
+    // Between our open and our lock, the file may have been removed and a
+    // new publisher's renamed into its place: that one is not ours to judge.
+    let locked = file.metadata()?;
+    match fs::symlink_metadata(path) {
+        Ok(now) if (now.dev(), now.ino()) == (locked.dev(), locked.ino()) => {}
+        Ok(_) => return Ok(false),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(err),
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err),
     }
 }
 

@@ -457,3 +457,63 @@ fn a_payload_changed_behind_the_headers_back_is_refused() {
     assert!(err.to_string().contains("checksum"), "{err}");
     drop(writer);
 }
+
+/// A process in another pid namespace has a pid meaningless here, but its
+/// writer holds the file's lock: neither a reader nor the sweep removes it
+/// until the writer goes.
+#[test]
+fn a_file_held_by_its_writer_is_not_abandoned_whatever_its_pid() {
+    let dir = TestDir::new("held");
+    let pid_max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let absent = pid_max + 1;
+    let (first, path) = Writer::create(&dir.0, absent, 1, &sample(1, 10).encode()).unwrap();
+    let (second, other) = Writer::create(&dir.0, absent, 2, &sample(2, 10).encode()).unwrap();
+    let file = PublishedFile { path: path.clone(), pid: absent, runtime_id: 1 };
+    assert!(file.is_held().unwrap());
+    assert!(!file.remove_if_abandoned().unwrap());
+    sweep(&dir.0);
+    assert!(path.exists() && other.exists(), "a held file was swept");
+    assert_eq!(file.read().unwrap(), sample(1, 10), "probing the lock left the file readable");
+    assert!(file.is_held().unwrap(), "probing the lock left it held");
+
+    drop((first, second));
+    assert!(!file.is_held().unwrap());
+    assert!(file.remove_if_abandoned().unwrap());
+    assert!(!path.exists());
+    assert!(!file.remove_if_abandoned().unwrap(), "already gone");
+    sweep(&dir.0);
+    assert!(!other.exists(), "an abandoned file of an absent pid was left");
+}
+
+/// A hidden file being built is held from the start; one a crashed writer
+/// left behind is not, and is swept.
+#[test]
+fn the_sweep_leaves_a_held_hidden_file() {
+    let dir = TestDir::new("held-tmp");
+    let pid_max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let (held, left) = (dir.0.join(format!(".{}.1.tmp", pid_max + 1)), dir.0.join(format!(".{}.2.tmp", pid_max + 1)));
+    fs::write(&held, b"").unwrap();
+    fs::write(&left, b"").unwrap();
+    let lock = fs::File::open(&held).unwrap();
+    // SAFETY: `flock` only reads its arguments; `lock` is open across the call.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_SH) }, 0);
+    sweep(&dir.0);
+    assert!(held.exists(), "a held hidden file was swept");
+    assert!(!left.exists(), "an abandoned hidden file was left");
+}
+
+#[test]
+fn probing_the_lock_refuses_what_is_not_a_regular_file() {
+    let dir = TestDir::new("probe");
+    let probe = |path: PathBuf| PublishedFile { path, pid: 1, runtime_id: 1 };
+    let err = probe(dir.0.clone()).is_held().unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    assert!(probe(dir.0.clone()).remove_if_abandoned().is_err());
+    assert!(dir.0.exists());
+    let link = dir.0.join("1.1");
+    std::os::unix::fs::symlink(dir.0.join("elsewhere"), &link).unwrap();
+    assert!(probe(link.clone()).remove_if_abandoned().is_err(), "a symlink is not followed");
+    assert!(fs::symlink_metadata(&link).is_ok());
+    assert_eq!(probe(dir.0.join("missing")).is_held().unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert!(!probe(dir.0.join("missing")).remove_if_abandoned().unwrap());
+}

@@ -1,5 +1,5 @@
 //! Live monitoring from outside the process: each runtime publishes its
-//! counters into a small shared-memory file that the `wq` tool reads.
+//! counters into a small file that the `wq` tool reads.
 //!
 //! Where: `$XDG_RUNTIME_DIR/cmwq/<pid>.<runtime-id>`, or
 //! `<temp dir>/cmwq-<euid>/` when that is unset or unusable. The directory
@@ -7,8 +7,19 @@
 //! are the process's business. The file is written once at start and then
 //! every [`INTERVAL`] by the runtime's manager (a periodic job on the
 //! monitor's thread, so publishing costs no thread); it is removed when the runtime is dropped. Nothing is installed to run at exit, so a crashed
-//! process leaves its file behind; readers recognise it (its pid is gone,
-//! or belongs to a process with another start time) and may delete it.
+//! process leaves its file behind; readers recognise it and may delete it
+//! (with [`PublishedFile::remove_if_abandoned`]).
+//!
+//! A file is abandoned when its pid is gone (or belongs to a process with
+//! another start time) *and* nobody holds its lock: the writer takes a
+//! shared `flock` on the file, on its hidden name before renaming it into
+//! place so no reader ever finds it unlocked, and holds it for as long as
+//! it publishes. The pid alone would do within one pid namespace, but a
+//! process in another one (a container) sharing the directory publishes
+//! under a pid that means nothing here, and its live file would be deleted.
+//! The one known limit: an `flock` belongs to the open file description,
+//! which a `fork` child shares, so the file of a process that forked stays
+//! held until the child exits (or execs), even if the parent crashed first.
 //!
 //! The file is a 64-byte header followed by the payload, [`Snapshot::encode`]:
 //!
@@ -21,13 +32,23 @@
 //! | 24     | payload length (u64)                       |
 //! | 32     | pid (u32)                                  |
 //! | 40     | runtime id (u64)                           |
+//! | 48     | checksum (u64, FNV-1a 64 of the payload)   |
+//! | 64     | payload                                    |
 //!
-//! All integers are little-endian; both sides access the mapping only
-//! through atomics, the payload as whole 8-byte words (zero-padded). The seqlock: the writer makes the counter odd, writes
-//! payload and length, then makes it even; a reader copies the payload
-//! between two reads of the counter and retries unless both were the same
-//! even value, so it never decodes a torn snapshot. The file only grows
-//! (never shrinks), so a reader's mapping stays valid while it reads.
+//! All integers are little-endian. The file is written with `pwrite` and
+//! read with `pread`, never mapped: anyone who can write the file can
+//! truncate it, and touching a mapped page past the end of a file raises
+//! SIGBUS, which would kill the publishing process (and a reader). The
+//! seqlock: the writer makes the counter odd, writes the payload, then the
+//! whole header with the payload's length and checksum, then makes the
+//! counter even; a reader reads the header, the payload and the counter
+//! again, and retries unless both counter reads were the same even value
+//! and the payload matches the checksum. The checksum catches a torn read
+//! whatever order the kernel makes one system call's writes visible to
+//! another's reads in; the same mismatch under the same even counter twice
+//! is a corrupt file, not a race, and is reported as one. A truncated file
+//! reads as an `InvalidData` error until the writer's next write, which
+//! writes the header whole and so repairs it.
 //!
 //! The publisher holds only a `Weak` to the runtime, so publishing never
 //! keeps a runtime alive.
@@ -86,7 +107,7 @@ impl PublishedFile {
     /// user's: in a shared temp dir anyone can make `cmwq-<our uid>`, and a
     /// tool deleting stale files there would delete files of their
     /// choosing); a listed file may still belong to a process that has
-    /// exited (see [`Snapshot::is_from_live_process`]).
+    /// exited (see [`PublishedFile::remove_if_abandoned`]).
     pub fn list() -> Vec<PublishedFile> {
         let mut found = Vec::new();
         for dir in PublishedFile::dirs() {
@@ -109,11 +130,38 @@ impl PublishedFile {
     /// Reads the snapshot, retrying while the publisher is mid-update.
     ///
     /// # Errors
-    /// The file cannot be opened or mapped, is not a snapshot file, has an
-    /// unknown format version, or stays mid-update for half a second (a
+    /// The file cannot be opened or read, is not a snapshot file (or was
+    /// truncated), has an unknown format version, holds a payload that does
+    /// not match its checksum, or stays mid-update for half a second (a
     /// publisher that died while writing).
     pub fn read(&self) -> io::Result<Snapshot> {
         Snapshot::read(&self.path)
+    }
+
+    /// Whether a live publisher holds the file: the lock its writer takes
+    /// says it is alive even where its pid means nothing (a process in
+    /// another pid namespace), and is released when the process exits,
+    /// however it ends. A `fork` child of the publisher holds it too, until
+    /// it exits or execs.
+    ///
+    /// # Errors
+    /// The file cannot be opened, or is not a regular file (a symlink is not
+    /// followed).
+    pub fn is_held(&self) -> io::Result<bool> {
+        shm::is_held(&self.path)
+    }
+
+    /// Removes the file if no live publisher holds it (see
+    /// [`PublishedFile::is_held`]); `Ok(true)` if it was removed. Meant for
+    /// files whose pid says their process is gone: a held one belongs to a
+    /// live process in another pid namespace, and is left. `Ok(false)` too
+    /// if the file is already gone, or if the path came to name another
+    /// file meanwhile (a new publisher's: not ours to judge).
+    ///
+    /// # Errors
+    /// The file cannot be opened or removed, or is not a regular file.
+    pub fn remove_if_abandoned(&self) -> io::Result<bool> {
+        shm::remove_if_abandoned(&self.path)
     }
 }
 
@@ -162,6 +210,8 @@ impl Snapshot {
 
     /// Whether the process that published this snapshot is still running:
     /// its pid exists and has the same start time (so it was not reused).
+    /// Only meaningful within the publisher's pid namespace: `false` for a
+    /// live process in another one, which [`PublishedFile::is_held`] tells.
     pub fn is_from_live_process(&self) -> bool {
         match process_start_time(self.pid) {
             Ok(now) => self.start_time == 0 || now == self.start_time,
@@ -245,10 +295,10 @@ pub(crate) fn start_in(rt: &Runtime, dir: &Path) -> io::Result<PublishHandle> {
     Ok(PublishHandle { path, writer })
 }
 
-/// Once per process, removes the files of processes that no longer exist
-/// from `dir` (ours: it is a 0700 directory of ours), so files left by
-/// crashed processes, or by ones that never dropped their runtime, do not
-/// pile up between runs of `wq list`.
+/// Once per process, removes the abandoned files (their pid gone and their
+/// lock free) from `dir` (ours: it is a 0700 directory of ours), so files
+/// left by crashed processes, or by ones that never dropped their runtime,
+/// do not pile up between runs of `wq list`.
 fn sweep_once(dir: &Path) {
     static SWEPT: OnceLock<()> = OnceLock::new();
     SWEPT.get_or_init(|| sweep(dir));
@@ -262,7 +312,7 @@ fn sweep(dir: &Path) {
         let published = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")).unwrap_or(name);
         if let Some((pid, _)) = parse_file_name(published) {
             if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = fs::remove_file(entry.path());
+                let _ = shm::remove_if_abandoned(&entry.path());
             }
         }
     }

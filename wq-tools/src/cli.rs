@@ -156,8 +156,11 @@ fn list(out: &mut dyn Write) -> Result<(), Failure> {
         .runtimes
         .iter()
         .map(|p| {
-            let name = crate::procfs::ProcessInfo::of(p.snapshot.pid).ok().flatten().map_or("?".into(), |i| i.name);
-            (name, p)
+            // A runtime of another pid namespace: its pid here, if taken at
+            // all, is some other process's, whose name would mislead.
+            let here = p.snapshot.is_from_live_process();
+            let info = here.then(|| crate::procfs::ProcessInfo::of(p.snapshot.pid).ok().flatten()).flatten();
+            (info.map_or("?".into(), |i| i.name), p)
         })
         .collect();
     write!(out, "{}", render_list(&rows))?;

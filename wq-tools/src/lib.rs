@@ -1,7 +1,7 @@
 //! The `wq` command: looks into a running cmwq process from outside it.
 //!
-//! Every `wq_core` runtime publishes its counters in a small shared-memory
-//! file (`$XDG_RUNTIME_DIR/cmwq/<pid>.<runtime-id>`, else
+//! Every `wq_core` runtime publishes its counters in a small file
+//! (`$XDG_RUNTIME_DIR/cmwq/<pid>.<runtime-id>`, else
 //! `<temp dir>/cmwq-<uid>/`), rewritten every 100 ms under a seqlock. The
 //! `wq` binary reads them, only for processes and files of your own uid:
 //!

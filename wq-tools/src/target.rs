@@ -1,6 +1,7 @@
 //! Finding the runtimes a process published, with the access rules: only
 //! processes and files of our own uid are read, and files left behind by
-//! processes that exited are skipped and deleted.
+//! processes that exited are skipped and deleted (a file is left behind
+//! when its pid is not a live process here and no publisher holds its lock).
 
 use std::fmt;
 use std::fs;
@@ -167,13 +168,15 @@ pub fn published_by(pid: u32) -> Result<(ProcessInfo, Vec<Published>), ToolError
 pub struct Listing {
     /// Runtimes of live processes of ours.
     pub runtimes: Vec<Published>,
-    /// Stale files (their process exited) that were deleted.
+    /// Stale files (their process exited and nothing holds them) that were
+    /// deleted, or that another reader deleted first.
     pub removed: Vec<PathBuf>,
     /// Files that were skipped, and why (another user's, unreadable).
     pub skipped: Vec<String>,
 }
 
-/// Every runtime published by a live process of ours; deletes the files of
+/// Every runtime published by a live process of ours (in this pid
+/// namespace or another sharing the directory); deletes the files of
 /// processes that exited.
 ///
 /// # Errors
@@ -193,23 +196,34 @@ pub fn list_all() -> Result<Listing, ToolError> {
     Ok(listing)
 }
 
-/// Reads `file` if it is ours; `Ok(None)` (and the file deleted) if its
-/// process exited.
+/// Reads `file` if it is ours; `Ok(None)` (and the file deleted) if it was
+/// abandoned: its pid is not a live process here and no publisher holds
+/// it. A held file whose pid means nothing here is a live process's in
+/// another pid namespace (a container sharing the directory).
 fn read_checked(file: PublishedFile, you: u32) -> Result<Option<Published>, ToolError> {
     check_file_owner(&file.path, you)?;
-    let stale = || {
-        // Another reader may have removed it first; either way it is gone.
-        let _ = fs::remove_file(&file.path);
-        Ok(None)
-    };
-    if !Path::new(&format!("/proc/{}", file.pid)).exists() {
-        return stale();
-    }
-    match Snapshot::read(&file.path) {
-        Ok(snapshot) if snapshot.is_from_live_process() => Ok(Some(Published { file, snapshot })),
-        Ok(_) => stale(),
+    let read = |file: PublishedFile| match Snapshot::read(&file.path) {
+        Ok(snapshot) => Ok(Some(Published { file, snapshot })),
         // The runtime was dropped between listing and reading.
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(ToolError::io(file.path.display().to_string(), err)),
+    };
+    let read_here = if Path::new(&format!("/proc/{}", file.pid)).exists() {
+        match read(file.clone())? {
+            Some(published) if published.snapshot.is_from_live_process() => return Ok(Some(published)),
+            None => return Ok(None),
+            Some(published) => Some(published),
+        }
+    } else {
+        None
+    };
+    match file.remove_if_abandoned() {
+        // Another reader may have removed it first; either way it is gone.
+        Ok(true) => Ok(None),
+        Ok(false) => match read_here {
+            Some(published) => Ok(Some(published)),
+            None => read(file),
+        },
         Err(err) => Err(ToolError::io(file.path.display().to_string(), err)),
     }
 }

@@ -247,3 +247,30 @@ fn stale_files_of_exited_processes_are_cleaned() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("its process exited"));
     assert!(!file.exists(), "the stale file was removed");
 }
+
+/// A process in another pid namespace (a container sharing the directory)
+/// publishes under a pid that means nothing here: the lock its writer
+/// holds, not the pid, says it is alive. A hard link stands in for such a
+/// file: the same inode, so the same lock, under a pid absent here.
+#[test]
+fn a_held_file_named_after_an_absent_pid_is_live() {
+    let xdg = TestDir::new("pidns");
+    let demo = Demo::spawn(&xdg.0, &["--items", "1", "q"]);
+    let cmwq = xdg.0.join("cmwq");
+    let pid_max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let foreign = cmwq.join(format!("{}.1", pid_max + 1));
+    fs::hard_link(cmwq.join(format!("{}.1", demo.pid)), &foreign).unwrap();
+
+    let out = wq(&xdg.0, &["list"]);
+    assert!(foreign.exists(), "a live publisher's file was removed: {}", String::from_utf8_lossy(&out.stderr));
+    let list = stdout(&out);
+    let pid = demo.pid.to_string();
+    assert_eq!(list.lines().filter(|l| l.split_whitespace().next() == Some(pid.as_str())).count(), 2, "{list}");
+
+    // Its writer is gone and its pid absent: now it is stale.
+    demo.stop();
+    let out = wq(&xdg.0, &["list"]);
+    assert!(stdout(&out).starts_with("no published wq runtimes"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("its process exited"));
+    assert!(!foreign.exists(), "the abandoned file was left");
+}

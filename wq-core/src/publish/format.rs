@@ -71,7 +71,7 @@ pub struct QueueSnapshot {
 
 impl Snapshot {
     /// The version of the file and payload layout this crate writes and reads.
-    pub const FORMAT_VERSION: u32 = 2;
+    pub const FORMAT_VERSION: u32 = 3;
 
     /// The payload bytes of the snapshot file (without the seqlock header).
     pub fn encode(&self) -> Vec<u8> {

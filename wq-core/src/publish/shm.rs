@@ -1,13 +1,13 @@
-//! The snapshot file: a seqlock header and the payload, in a shared mapping
-//! (the layout and protocol are described in `publish.rs`).
+//! The snapshot file: a seqlock header and the payload, written with
+//! `pwrite` and read with `pread` (the layout and protocol are described in
+//! `publish.rs`), and the lock that tells a live publisher's file from an
+//! abandoned one.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::ptr::{self, NonNull};
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,165 +21,50 @@ const OFF_SEQ: usize = 16;
 const OFF_LEN: usize = 24;
 const OFF_PID: usize = 32;
 const OFF_RUNTIME_ID: usize = 40;
+const OFF_CHECKSUM: usize = 48;
 /// Refuses payloads a sane runtime never produces, so a corrupt length
 /// cannot make a reader allocate gigabytes.
 const MAX_PAYLOAD: usize = 64 << 20;
 /// How long a reader keeps retrying a snapshot that is always mid-update.
 const READ_PATIENCE: Duration = Duration::from_millis(500);
 
-/// A shared mapping of a snapshot file. Every access to the mapped bytes,
-/// in this process or another, goes through atomics, so a concurrent
-/// writer is a race only in the seqlock's sense, never a data race.
-struct Map {
-    ptr: NonNull<u8>,
-    len: usize,
+/// FNV-1a 64 of the payload: the header's checksum.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
-// SAFETY: `Map` owns its mapping (unmapped only in `drop`), and all access to
-// the mapped bytes is through atomics, so it may move to and be shared with
-// other threads.
-unsafe impl Send for Map {}
-
-impl Map {
-    fn new(file: &File, len: usize, writable: bool) -> io::Result<Map> {
-        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
-        // SAFETY: a new shared mapping of an open file with no address hint, so
-        // the kernel picks a range that overlaps nothing of ours; MAP_FAILED is
-        // checked below and `len` is non-zero (callers map at least the header).
-        let addr = unsafe { libc::mmap(ptr::null_mut(), len, prot, libc::MAP_SHARED, file.as_raw_fd(), 0) };
-        if addr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(addr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
-        Ok(Map { ptr, len })
-    }
-
-    fn u64_at(&self, off: usize) -> &AtomicU64 {
-        assert!(off % 8 == 0 && off + 8 <= self.len, "u64 at {off} outside the {}-byte mapping", self.len);
-        // SAFETY: in bounds (asserted), 8-aligned (the mapping is page-aligned and
-        // `off` a multiple of 8), alive for as long as `&self`, and only ever
-        // accessed atomically.
-        unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU64>() }
-    }
-
-    fn u32_at(&self, off: usize) -> &AtomicU32 {
-        assert!(off % 4 == 0 && off + 4 <= self.len, "u32 at {off} outside the {}-byte mapping", self.len);
-        // SAFETY: as in `u64_at`, with 4-byte alignment.
-        unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU32>() }
-    }
-
-    /// `n` 8-byte words from `off`: the payload is copied a word at a time,
-    /// and only ever accessed as whole words, never mixed with byte accesses.
-    fn words(&self, off: usize, n: usize) -> &[AtomicU64] {
-        assert!(
-            off % 8 == 0 && n.checked_mul(8).and_then(|b| b.checked_add(off)).is_some_and(|end| end <= self.len),
-            "words {off}+{n}*8 outside the mapping"
-        );
-        // SAFETY: in bounds and 8-aligned (asserted; the mapping is
-        // page-aligned), the mapping lives as long as `&self`, and all access
-        // is atomic.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off).cast::<AtomicU64>(), n) }
-    }
-
-    fn bytes(&self, off: usize, len: usize) -> &[AtomicU8] {
-        assert!(off.checked_add(len).is_some_and(|end| end <= self.len), "bytes {off}+{len} outside the mapping");
-        // SAFETY: in bounds (asserted), `AtomicU8` has the size and alignment of
-        // `u8`, the mapping lives as long as `&self`, and all access is atomic.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off).cast::<AtomicU8>(), len) }
-    }
+fn put(header: &mut [u8; HEADER_LEN], off: usize, bytes: &[u8]) {
+    header[off..off + bytes.len()].copy_from_slice(bytes);
 }
 
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: `ptr` and `len` are exactly what `mmap` returned, and no
-        // reference into the mapping outlives the `&self` borrows that made it.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
+fn u32_at(header: &[u8; HEADER_LEN], off: usize) -> u32 {
+    let mut b = [0; 4];
+    b.copy_from_slice(&header[off..off + 4]);
+    u32::from_le_bytes(b)
 }
 
-fn check_header(map: &Map, path: &Path) -> io::Result<()> {
-    let magic: Vec<u8> = map.bytes(0, MAGIC.len()).iter().map(|b| b.load(Ordering::Relaxed)).collect();
-    if magic != MAGIC {
-        return Err(invalid(format!("{} is not a wq snapshot file (bad magic)", path.display())));
-    }
-    let version = u32::from_le(map.u32_at(OFF_VERSION).load(Ordering::Relaxed));
-    if version != Snapshot::FORMAT_VERSION {
-        return Err(invalid(format!(
-            "{} was written in snapshot format {version}; this reader knows format {} (a different wq-core version)",
-            path.display(),
-            Snapshot::FORMAT_VERSION
-        )));
-    }
-    let header_len = u32::from_le(map.u32_at(OFF_HEADER_LEN).load(Ordering::Relaxed));
-    if header_len as usize != HEADER_LEN {
-        return Err(invalid(format!("{}: unexpected header length {header_len}", path.display())));
-    }
-    Ok(())
+fn u64_at(header: &[u8; HEADER_LEN], off: usize) -> u64 {
+    let mut b = [0; 8];
+    b.copy_from_slice(&header[off..off + 8]);
+    u64::from_le_bytes(b)
 }
 
-/// What one attempt to copy the payload gave.
-enum Copied {
-    Payload(Vec<u8>),
-    /// The writer kept changing it.
-    Busy,
-    /// The header, read consistently, declares a payload longer than this
-    /// mapping: the file grew since it was mapped, or is corrupt.
-    Beyond(u64),
-}
-
-fn read_consistent(map: &Map) -> Copied {
-    let seq = map.u64_at(OFF_SEQ);
-    for _ in 0..64 {
-        // Relaxed, then a fence: the mapping is read-only, and only relaxed
-        // atomic loads of read-only memory are allowed (std's "Atomic
-        // accesses to read-only memory"); the fence gives the same order.
-        let before = seq.load(Ordering::Relaxed);
-        fence(Ordering::Acquire);
-        if before & 1 == 1 {
-            std::hint::spin_loop();
-            continue;
-        }
-        let declared = u64::from_le(map.u64_at(OFF_LEN).load(Ordering::Relaxed));
-        let fits =
-            usize::try_from(declared).ok().filter(|&l| l <= MAX_PAYLOAD && HEADER_LEN + l.div_ceil(8) * 8 <= map.len);
-        let Some(len) = fits else {
-            fence(Ordering::Acquire);
-            if seq.load(Ordering::Relaxed) == before {
-                return Copied::Beyond(declared);
-            }
-            continue;
-        };
-        let words = len.div_ceil(8);
-        let mut payload: Vec<u8> = Vec::with_capacity(8 * words);
-        for word in map.words(HEADER_LEN, words) {
-            payload.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
-        }
-        payload.truncate(len);
-        // Orders the payload loads before the re-check (Boehm's seqlock reader).
-        fence(Ordering::Acquire);
-        if seq.load(Ordering::Relaxed) == before {
-            return Copied::Payload(payload);
-        }
-    }
-    Copied::Busy
-}
-
-/// The writing side of one snapshot file.
+/// The writing side of one snapshot file. Its descriptor holds a shared
+/// `flock` on the file for the writer's life: that is what tells readers
+/// the publisher is alive, whatever its pid means to them.
 pub(super) struct Writer {
     file: File,
-    map: Map,
+    pid: u32,
+    runtime_id: u64,
+    /// The last even value of the sequence counter written.
     seq: u64,
 }
 
-fn capacity_for(needed: usize) -> usize {
-    needed.next_power_of_two().max(4096)
-}
-
-/// Sizes `file` to `len` bytes with every block allocated. `set_len` alone
-/// makes a sparse file: on a full filesystem (a small tmpfs) the first
-/// store into a page it cannot back raises SIGBUS and kills the process,
-/// where allocating first gives a clean `ENOSPC`. glibc emulates the call
-/// where the filesystem has no `fallocate`.
+/// Grows `file` to `len` bytes with every block allocated. Done before the
+/// counter goes odd, so on a full filesystem (a small tmpfs) the write fails
+/// with `ENOSPC` while the file still holds the last whole snapshot, where a
+/// `pwrite` running out of room would leave it mid-update for good. glibc
+/// emulates the call where the filesystem has no `fallocate`.
 fn allocate(file: &File, len: usize) -> io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `posix_fallocate` only reads its arguments; the descriptor is
@@ -190,10 +75,28 @@ fn allocate(file: &File, len: usize) -> io::Result<()> {
     }
 }
 
+/// `flock(file, op)`; `Ok(false)` when `op` has `LOCK_NB` and another open
+/// file holds a conflicting lock.
+fn flock(file: &File, op: libc::c_int) -> io::Result<bool> {
+    loop {
+        // SAFETY: `flock` only reads its arguments and touches no memory of
+        // ours; the descriptor is `file`'s and stays open across the call.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
 impl Writer {
     /// Creates `<dir>/<pid>.<runtime_id>` holding `first`. The file is built
-    /// under a hidden name and renamed into place, so a reader never finds
-    /// it without a complete snapshot.
+    /// and locked under a hidden name and renamed into place, so a reader
+    /// never finds it without a complete snapshot or without its lock.
     pub(super) fn create(dir: &Path, pid: u32, runtime_id: u64, first: &[u8]) -> io::Result<(Writer, PathBuf)> {
         let path = dir.join(format!("{pid}.{runtime_id}"));
         let tmp = dir.join(format!(".{pid}.{runtime_id}.tmp"));
@@ -206,94 +109,165 @@ impl Writer {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
+        let mut writer = Writer { file, pid, runtime_id, seq: 0 };
         let built = (|| {
             // The umask may have taken bits off; readers need exactly 0600.
-            file.set_permissions(fs::Permissions::from_mode(0o600))?;
-            let cap = capacity_for(HEADER_LEN + first.len());
-            allocate(&file, cap)?;
-            let map = Map::new(&file, cap, true)?;
-            for (dst, &b) in map.bytes(0, MAGIC.len()).iter().zip(&MAGIC) {
-                dst.store(b, Ordering::Relaxed);
-            }
-            map.u32_at(OFF_VERSION).store(Snapshot::FORMAT_VERSION.to_le(), Ordering::Relaxed);
-            map.u32_at(OFF_HEADER_LEN).store((HEADER_LEN as u32).to_le(), Ordering::Relaxed);
-            map.u32_at(OFF_PID).store(pid.to_le(), Ordering::Relaxed);
-            map.u64_at(OFF_RUNTIME_ID).store(runtime_id.to_le(), Ordering::Relaxed);
-            Ok::<Map, io::Error>(map)
+            writer.file.set_permissions(fs::Permissions::from_mode(0o600))?;
+            flock(&writer.file, libc::LOCK_SH)?;
+            writer.write(first)?;
+            fs::rename(&tmp, &path)
         })();
-        let map = match built {
-            Ok(map) => map,
-            Err(err) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(err);
-            }
-        };
-        let mut writer = Writer { file, map, seq: 0 };
-        if let Err(err) = writer.write(first).and_then(|()| fs::rename(&tmp, &path)) {
+        if let Err(err) = built {
             let _ = fs::remove_file(&tmp);
             return Err(err);
         }
         Ok((writer, path))
     }
 
+    /// The whole header, so a file truncated under the writer is whole
+    /// again after its next write.
+    fn header(&self, seq: u64, payload: &[u8]) -> [u8; HEADER_LEN] {
+        let mut h = [0; HEADER_LEN];
+        put(&mut h, 0, &MAGIC);
+        put(&mut h, OFF_VERSION, &Snapshot::FORMAT_VERSION.to_le_bytes());
+        put(&mut h, OFF_HEADER_LEN, &(HEADER_LEN as u32).to_le_bytes());
+        put(&mut h, OFF_SEQ, &seq.to_le_bytes());
+        put(&mut h, OFF_LEN, &(payload.len() as u64).to_le_bytes());
+        put(&mut h, OFF_PID, &self.pid.to_le_bytes());
+        put(&mut h, OFF_RUNTIME_ID, &self.runtime_id.to_le_bytes());
+        put(&mut h, OFF_CHECKSUM, &checksum(payload).to_le_bytes());
+        h
+    }
+
     /// Replaces the payload under the seqlock.
     pub(super) fn write(&mut self, payload: &[u8]) -> io::Result<()> {
-        let words = payload.len().div_ceil(8);
-        let needed = HEADER_LEN + 8 * words;
-        if needed > self.map.len {
-            // Grow, never shrink: readers may still map the old length.
-            let cap = capacity_for(needed);
-            allocate(&self.file, cap)?;
-            self.map = Map::new(&self.file, cap, true)?;
+        let end = HEADER_LEN + payload.len();
+        // Checked every time: someone may have truncated the file.
+        if self.file.metadata()?.len() < end as u64 {
+            allocate(&self.file, end)?;
         }
-        let seq = self.map.u64_at(OFF_SEQ);
-        seq.store((self.seq + 1).to_le(), Ordering::Relaxed);
-        // Orders the odd counter before the payload stores (Boehm's seqlock writer).
-        fence(Ordering::Release);
-        for (dst, chunk) in self.map.words(HEADER_LEN, words).iter().zip(payload.chunks(8)) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            dst.store(u64::from_le_bytes(word), Ordering::Relaxed);
-        }
-        self.map.u64_at(OFF_LEN).store((payload.len() as u64).to_le(), Ordering::Relaxed);
+        let odd = self.seq + 1;
+        self.file.write_all_at(&odd.to_le_bytes(), OFF_SEQ as u64)?;
+        self.file.write_all_at(payload, HEADER_LEN as u64)?;
+        self.file.write_all_at(&self.header(odd, payload), 0)?;
         self.seq += 2;
-        seq.store(self.seq.to_le(), Ordering::Release);
-        Ok(())
+        self.file.write_all_at(&self.seq.to_le_bytes(), OFF_SEQ as u64)
     }
 }
 
-/// The payload of the snapshot file at `path`, copied under the seqlock.
+fn check_header(header: &[u8; HEADER_LEN], path: &Path) -> io::Result<()> {
+    if header[..MAGIC.len()] != MAGIC {
+        return Err(invalid(format!("{} is not a wq snapshot file (bad magic)", path.display())));
+    }
+    let version = u32_at(header, OFF_VERSION);
+    if version != Snapshot::FORMAT_VERSION {
+        return Err(invalid(format!(
+            "{} was written in snapshot format {version}; this reader knows format {} (a different wq-core version)",
+            path.display(),
+            Snapshot::FORMAT_VERSION
+        )));
+    }
+    let header_len = u32_at(header, OFF_HEADER_LEN);
+    if header_len as usize != HEADER_LEN {
+        return Err(invalid(format!("{}: unexpected header length {header_len}", path.display())));
+    }
+    Ok(())
+}
+
+/// What one attempt to read the payload gave.
+enum Attempt {
+    Payload(Vec<u8>),
+    /// The writer is mid-update, or moved on while we read.
+    Busy,
+    /// The counter stayed at `seq`, yet the header and payload disagree: a
+    /// torn read if the counter moves on, a corrupt file if it does not.
+    Suspect {
+        seq: u64,
+        problem: String,
+    },
+}
+
+/// `read_exact_at`, with running into the end of the file (it was cut
+/// short, perhaps while we read) as `Ok(false)`.
+fn read_all_at(file: &File, buf: &mut [u8], off: usize) -> io::Result<bool> {
+    match file.read_exact_at(buf, off as u64) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+fn too_short(path: &Path, size: u64) -> io::Error {
+    invalid(format!("{} is too short to be a wq snapshot ({size} bytes)", path.display()))
+}
+
+fn attempt(file: &File, path: &Path) -> io::Result<Attempt> {
+    let size = file.metadata()?.len();
+    let mut header = [0; HEADER_LEN];
+    if !read_all_at(file, &mut header, 0)? {
+        return Err(too_short(path, file.metadata()?.len()));
+    }
+    check_header(&header, path)?;
+    let seq = u64_at(&header, OFF_SEQ);
+    if seq & 1 == 1 {
+        return Ok(Attempt::Busy);
+    }
+    let declared = u64_at(&header, OFF_LEN);
+    let fits = usize::try_from(declared).ok().filter(|&len| len <= MAX_PAYLOAD && (HEADER_LEN + len) as u64 <= size);
+    let mut payload = None;
+    if let Some(len) = fits {
+        let mut buf = vec![0; len];
+        if read_all_at(file, &mut buf, HEADER_LEN)? {
+            payload = Some(buf);
+        }
+    }
+    let mut again = [0; 8];
+    if !read_all_at(file, &mut again, OFF_SEQ)? {
+        return Err(too_short(path, file.metadata()?.len()));
+    }
+    if u64::from_le_bytes(again) != seq {
+        return Ok(Attempt::Busy);
+    }
+    Ok(match payload {
+        Some(payload) if checksum(&payload) == u64_at(&header, OFF_CHECKSUM) => Attempt::Payload(payload),
+        Some(_) => Attempt::Suspect { seq, problem: "the payload does not match the header's checksum".into() },
+        None => Attempt::Suspect {
+            seq,
+            problem: format!(
+                "the header declares a {declared}-byte payload but the file holds {} bytes",
+                file.metadata()?.len()
+            ),
+        },
+    })
+}
+
+/// Opens `path` for reading, refusing anything but a regular file.
+/// O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+fn open_regular(path: &Path) -> io::Result<File> {
+    let file =
+        OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(invalid(format!("{} is not a regular file", path.display())));
+    }
+    Ok(file)
+}
+
+/// The payload of the snapshot file at `path`, read under the seqlock.
 pub(super) fn read_payload(path: &Path) -> io::Result<Vec<u8>> {
-    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
-    // writer; the check below then refuses it (and anything not a file).
-    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    let file = open_regular(path)?;
     let deadline = Instant::now() + READ_PATIENCE;
     let mut attempts = 0u32;
-    let mut beyond = None;
+    let mut suspect = None;
     loop {
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(invalid(format!("{} is not a regular file", path.display())));
-        }
-        let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
-        if size < HEADER_LEN {
-            return Err(invalid(format!("{} is too short to be a wq snapshot ({size} bytes)", path.display())));
-        }
-        let map = Map::new(&file, size, false)?;
-        check_header(&map, path)?;
-        match read_consistent(&map) {
-            Copied::Payload(payload) => return Ok(payload),
-            // The writer grows the file before it publishes a longer payload,
-            // so a fresh mapping that is still too short means corruption.
-            Copied::Beyond(len) if beyond == Some(len) => {
-                return Err(invalid(format!(
-                    "{}: the header declares a {len}-byte payload but the file holds {} bytes",
-                    path.display(),
-                    size
-                )));
+        match attempt(&file, path)? {
+            Attempt::Payload(payload) => return Ok(payload),
+            // The writer changes the counter before anything else, so the
+            // same disagreement under the same counter twice is no torn read.
+            Attempt::Suspect { seq, problem } if suspect == Some(seq) => {
+                return Err(invalid(format!("{}: {problem}", path.display())));
             }
-            Copied::Beyond(len) => beyond = Some(len),
-            Copied::Busy => beyond = None,
+            Attempt::Suspect { seq, .. } => suspect = Some(seq),
+            Attempt::Busy => suspect = None,
         }
         if Instant::now() >= deadline {
             return Err(io::Error::new(
@@ -307,6 +281,39 @@ pub(super) fn read_payload(path: &Path) -> io::Result<Vec<u8>> {
         } else {
             thread::yield_now();
         }
+    }
+}
+
+/// Whether a live writer holds the file at `path` (see `PublishedFile::is_held`).
+pub(super) fn is_held(path: &Path) -> io::Result<bool> {
+    // A lock we take goes with `file`, at the end of this call.
+    Ok(!flock(&open_regular(path)?, libc::LOCK_EX | libc::LOCK_NB)?)
+}
+
+/// Removes the file at `path` unless a live writer holds it (see
+/// `PublishedFile::remove_if_abandoned`).
+pub(super) fn remove_if_abandoned(path: &Path) -> io::Result<bool> {
+    let file = match open_regular(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    if !flock(&file, libc::LOCK_EX | libc::LOCK_NB)? {
+        return Ok(false);
+    }
+    // Between our open and our lock, the file may have been removed and a
+    // new publisher's renamed into its place: that one is not ours to judge.
+    let locked = file.metadata()?;
+    match fs::symlink_metadata(path) {
+        Ok(now) if (now.dev(), now.ino()) == (locked.dev(), locked.ino()) => {}
+        Ok(_) => return Ok(false),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(err),
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err),
     }
 }
 

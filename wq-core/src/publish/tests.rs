@@ -139,24 +139,46 @@ fn files_of_exited_processes_are_swept() {
     assert_eq!(left, [format!("{me}.7"), "notes.txt".into()]);
 }
 
-fn header(seq: u64, len: u64) -> Vec<u8> {
+/// FNV-1a 64, written from its definition to check the documented layout.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// A header declaring a `len`-byte payload with checksum `sum`.
+fn header(seq: u64, len: u64, sum: u64) -> Vec<u8> {
     let mut h = vec![0u8; 64];
     h[..8].copy_from_slice(b"CMWQPUB\0");
     h[8..12].copy_from_slice(&Snapshot::FORMAT_VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&64u32.to_le_bytes());
     h[16..24].copy_from_slice(&seq.to_le_bytes());
     h[24..32].copy_from_slice(&len.to_le_bytes());
+    h[48..56].copy_from_slice(&sum.to_le_bytes());
     h
+}
+
+/// A whole file holding `payload` under counter `seq`.
+fn file_with(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut file = header(seq, payload.len() as u64, fnv1a(payload));
+    file.extend_from_slice(payload);
+    file
+}
+
+#[test]
+fn fnv1a_is_the_published_function() {
+    // The reference values of the FNV test suite.
+    assert_eq!(fnv1a(b""), 0xcbf29ce484222325);
+    assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
+    assert_eq!(fnv1a(b"foobar"), 0x85944171f73967e8);
 }
 
 #[test]
 fn a_file_written_by_the_documented_layout_reads_back() {
     let dir = TestDir::new("layout");
-    let payload = sample(8, 40).encode();
-    let mut file = header(2, payload.len() as u64);
-    file.extend_from_slice(&payload);
-    // The payload is stored as whole 8-byte words.
-    file.resize(file.len().div_ceil(8) * 8, 0);
+    let file = file_with(2, &sample(8, 40).encode());
     let path = dir.0.join("1.1");
     fs::write(&path, file).unwrap();
     assert_eq!(Snapshot::read(&path).unwrap(), sample(8, 40));
@@ -172,18 +194,16 @@ fn reading_a_bad_file_is_a_clear_error() {
     };
     assert!(read("short", vec![0; 10]).to_string().contains("too short"));
     assert!(read("magic", vec![0; 64]).to_string().contains("bad magic"));
-    let mut future = header(2, 0);
+    let mut future = file_with(2, &[]);
     future[8] = 7;
     assert!(read("version", future).to_string().contains("format 7"));
-    let mut corrupt = header(2, 3);
-    corrupt.extend_from_slice(&[1, 2, 3, 0, 0, 0, 0, 0]);
-    assert!(read("corrupt", corrupt).to_string().contains("corrupt snapshot"));
-    let mut cut = header(2, 4000);
+    assert!(read("corrupt", file_with(2, &[1, 2, 3])).to_string().contains("corrupt snapshot"));
+    let mut cut = header(2, 4000, 0);
     cut.extend_from_slice(&[0; 64]);
-    assert!(read("cut", cut).to_string().contains("declares a 4000-byte payload"));
-    assert!(read("huge", header(2, u64::MAX)).to_string().contains("payload"));
+    assert!(read("cut", cut).to_string().contains("declares a 4000-byte payload but the file holds 128 bytes"));
+    assert!(read("huge", header(2, u64::MAX, 0)).to_string().contains("payload"));
     // A writer that died mid-update leaves the counter odd forever.
-    let stuck = read("stuck", header(3, 0));
+    let stuck = read("stuck", file_with(3, &[]));
     assert_eq!(stuck.kind(), io::ErrorKind::TimedOut);
     assert!(stuck.to_string().contains("mid-update"), "{stuck}");
     assert_eq!(Snapshot::read(&dir.0.join("missing")).unwrap_err().kind(), io::ErrorKind::NotFound);
@@ -351,4 +371,149 @@ fn a_symlinked_or_foreign_directory_is_not_ours() {
         std::os::unix::fs::chown(&theirs.0, Some(65534), Some(65534)).unwrap();
         assert!(!is_our_dir(&theirs.0), "another user's directory");
     }
+}
+
+/// Anyone with write access can truncate the file (`: > file`); the
+/// publisher must carry on, not die of SIGBUS.
+#[test]
+fn truncating_a_live_runtimes_file_neither_kills_nor_stops_its_publisher() {
+    let dir = TestDir::new("truncate");
+    let rt = Runtime::builder().cpus([0]).publish(false).build().unwrap();
+    let handle = start_in(&rt, &dir.0).unwrap();
+    let path = handle.path().to_owned();
+    let before = Snapshot::read(&path).unwrap().generation;
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Snapshot::read(&path) {
+            Ok(snap) if snap.generation > before + 2 => break,
+            Ok(_) => {}
+            Err(err) => assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}"),
+        }
+        assert!(Instant::now() < deadline, "the truncated file was never rewritten");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lock_writer(&handle.writer).is_some(), "the publisher stopped");
+    let _wq = rt.workqueue("after").build().unwrap();
+    read_until(&path, |s| s.queues.iter().any(|q| q.name == "after"));
+}
+
+/// A reader racing someone who truncates the file and puts it back gets
+/// the snapshot or a clear error, never SIGBUS.
+#[test]
+fn reading_a_file_truncated_under_the_reader_is_a_clear_error() {
+    let dir = TestDir::new("truncated-read");
+    let (writer, path) = Writer::create(&dir.0, 1, 1, &sample(3, 20_000).encode()).unwrap();
+    let whole = fs::read(&path).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cutter = {
+        let (stop, path) = (stop.clone(), path.clone());
+        thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let mut cuts = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for len in [0, 30, 64, 100, 8192] {
+                    file.set_len(len).unwrap();
+                    file.write_all_at(&whole, 0).unwrap();
+                    cuts += 1;
+                }
+            }
+            cuts
+        })
+    };
+    let (mut good, mut refused) = (0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match Snapshot::read(&path) {
+            Ok(snap) => {
+                assert_eq!(snap, sample(3, 20_000));
+                good += 1;
+            }
+            Err(err) => {
+                assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+                refused += 1;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(cutter.join().unwrap() > 0);
+    assert!(good + refused > 100, "{good} good and {refused} refused reads");
+    drop(writer);
+}
+
+/// The checksum catches payload bytes that do not belong to the header's
+/// snapshot, whatever the sequence counter says.
+#[test]
+fn a_payload_changed_behind_the_headers_back_is_refused() {
+    use std::os::unix::fs::FileExt;
+    let dir = TestDir::new("checksum");
+    let (writer, path) = Writer::create(&dir.0, 1, 1, &sample(1, 40).encode()).unwrap();
+    let bytes = fs::read(&path).unwrap();
+    let dump = bytes.windows(40).position(|w| w.iter().all(|&b| b == b'b')).unwrap();
+    fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(b"c", dump as u64 + 7).unwrap();
+    let err = Snapshot::read(&path).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains("checksum"), "{err}");
+    drop(writer);
+}
+
+/// A process in another pid namespace has a pid meaningless here, but its
+/// writer holds the file's lock: neither a reader nor the sweep removes it
+/// until the writer goes.
+#[test]
+fn a_file_held_by_its_writer_is_not_abandoned_whatever_its_pid() {
+    let dir = TestDir::new("held");
+    let pid_max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let absent = pid_max + 1;
+    let (first, path) = Writer::create(&dir.0, absent, 1, &sample(1, 10).encode()).unwrap();
+    let (second, other) = Writer::create(&dir.0, absent, 2, &sample(2, 10).encode()).unwrap();
+    let file = PublishedFile { path: path.clone(), pid: absent, runtime_id: 1 };
+    assert!(file.is_held().unwrap());
+    assert!(!file.remove_if_abandoned().unwrap());
+    sweep(&dir.0);
+    assert!(path.exists() && other.exists(), "a held file was swept");
+    assert_eq!(file.read().unwrap(), sample(1, 10), "probing the lock left the file readable");
+    assert!(file.is_held().unwrap(), "probing the lock left it held");
+
+    drop((first, second));
+    assert!(!file.is_held().unwrap());
+    assert!(file.remove_if_abandoned().unwrap());
+    assert!(!path.exists());
+    assert!(!file.remove_if_abandoned().unwrap(), "already gone");
+    sweep(&dir.0);
+    assert!(!other.exists(), "an abandoned file of an absent pid was left");
+}
+
+/// A hidden file being built is held from the start; one a crashed writer
+/// left behind is not, and is swept.
+#[test]
+fn the_sweep_leaves_a_held_hidden_file() {
+    let dir = TestDir::new("held-tmp");
+    let pid_max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let (held, left) = (dir.0.join(format!(".{}.1.tmp", pid_max + 1)), dir.0.join(format!(".{}.2.tmp", pid_max + 1)));
+    fs::write(&held, b"").unwrap();
+    fs::write(&left, b"").unwrap();
+    let lock = fs::File::open(&held).unwrap();
+    // SAFETY: `flock` only reads its arguments; `lock` is open across the call.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_SH) }, 0);
+    sweep(&dir.0);
+    assert!(held.exists(), "a held hidden file was swept");
+    assert!(!left.exists(), "an abandoned hidden file was left");
+}
+
+#[test]
+fn probing_the_lock_refuses_what_is_not_a_regular_file() {
+    let dir = TestDir::new("probe");
+    let probe = |path: PathBuf| PublishedFile { path, pid: 1, runtime_id: 1 };
+    let err = probe(dir.0.clone()).is_held().unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    assert!(probe(dir.0.clone()).remove_if_abandoned().is_err());
+    assert!(dir.0.exists());
+    let link = dir.0.join("1.1");
+    std::os::unix::fs::symlink(dir.0.join("elsewhere"), &link).unwrap();
+    assert!(probe(link.clone()).remove_if_abandoned().is_err(), "a symlink is not followed");
+    assert!(fs::symlink_metadata(&link).is_ok());
+    assert_eq!(probe(dir.0.join("missing")).is_held().unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert!(!probe(dir.0.join("missing")).remove_if_abandoned().unwrap());
 }
